@@ -1,0 +1,230 @@
+//! `weft-proxy`'s command line. Every flag can also be set through the
+//! `WEFT_*` environment variable named in `--help`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use weft_api::defaults;
+
+use crate::ports::PortList;
+use crate::telemetry::log::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weft-proxy",
+    version,
+    about = "The Weft sidecar: transparent interception and proxying for one pod"
+)]
+pub struct Cli {
+    /// Log filter: a level (`info`, `debug`) or per-module directives
+    /// (`weft_proxy=debug,info`).
+    #[arg(long, env = "WEFT_LOG", default_value = "info", global = true)]
+    pub log_level: String,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "WEFT_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install (or remove) the iptables rules that redirect the pod's traffic
+    /// through the proxy. Run once per pod, as the init container.
+    Init(InitArgs),
+    /// Run the proxy.
+    Run(Box<RunArgs>),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Ipv6Mode {
+    /// Install IPv6 rules when this network namespace has IPv6.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The proxy's inbound listener port: incoming TCP goes here.
+    #[arg(long, env = "WEFT_INBOUND_PORT", default_value_t = defaults::INBOUND_PORT)]
+    pub inbound_port: u16,
+
+    /// The proxy's outbound listener port: outgoing TCP goes here.
+    #[arg(long, env = "WEFT_OUTBOUND_PORT", default_value_t = defaults::OUTBOUND_PORT)]
+    pub outbound_port: u16,
+
+    /// The proxy's admin port; never redirected.
+    #[arg(long, env = "WEFT_ADMIN_PORT", default_value_t = defaults::ADMIN_PORT)]
+    pub admin_port: u16,
+
+    /// The proxy's DNS port (with --dns).
+    #[arg(long, env = "WEFT_DNS_PORT", default_value_t = defaults::DNS_PORT)]
+    pub dns_port: u16,
+
+    /// The UID the proxy runs as; its own traffic is never redirected.
+    #[arg(long, env = "WEFT_PROXY_UID", default_value_t = defaults::PROXY_UID)]
+    pub proxy_uid: u32,
+
+    /// Incoming ports that reach the application directly, e.g. `22,8000-8010`.
+    #[arg(long, env = "WEFT_SKIP_INBOUND_PORTS", default_value = "")]
+    pub skip_inbound_ports: PortList,
+
+    /// Outgoing destination ports that bypass the proxy, e.g. `5432,9000-9009`.
+    #[arg(long, env = "WEFT_SKIP_OUTBOUND_PORTS", default_value = "")]
+    pub skip_outbound_ports: PortList,
+
+    /// Also redirect outgoing DNS (UDP and TCP port 53) to the proxy's DNS port.
+    #[arg(long, env = "WEFT_DNS")]
+    pub dns: bool,
+
+    /// Whether to install ip6tables rules too.
+    #[arg(long, env = "WEFT_IPV6", value_enum, default_value_t)]
+    pub ipv6: Ipv6Mode,
+
+    /// The iptables command (e.g. `iptables-legacy`); `-restore` is appended
+    /// for the restore command.
+    #[arg(long, env = "WEFT_IPTABLES", default_value = "iptables")]
+    pub iptables: String,
+
+    /// The ip6tables command (e.g. `ip6tables-legacy`).
+    #[arg(long, env = "WEFT_IP6TABLES", default_value = "ip6tables")]
+    pub ip6tables: String,
+
+    /// Remove every rule and chain `init` added, instead of adding them.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub remove: bool,
+
+    /// Print the rules and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn default_inbound() -> Vec<SocketAddr> {
+    both_families(defaults::INBOUND_PORT, false)
+}
+
+fn default_outbound() -> Vec<SocketAddr> {
+    both_families(defaults::OUTBOUND_PORT, true)
+}
+
+fn default_admin() -> Vec<SocketAddr> {
+    both_families(defaults::ADMIN_PORT, false)
+}
+
+fn both_families(port: u16, loopback: bool) -> Vec<SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    if loopback {
+        vec![
+            (Ipv4Addr::LOCALHOST, port).into(),
+            (Ipv6Addr::LOCALHOST, port).into(),
+        ]
+    } else {
+        vec![
+            (Ipv4Addr::UNSPECIFIED, port).into(),
+            (Ipv6Addr::UNSPECIFIED, port).into(),
+        ]
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 500ms or 5s: {e}"))
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Addresses of the inbound listener (redirected incoming TCP). IPv6
+    /// addresses are skipped where the pod has no IPv6.
+    #[arg(long, env = "WEFT_INBOUND_LISTEN", value_delimiter = ',', default_values_t = default_inbound())]
+    pub inbound_listen: Vec<SocketAddr>,
+
+    /// Addresses of the outbound listener (redirected outgoing TCP). iptables
+    /// REDIRECT sends locally made connections to loopback.
+    #[arg(long, env = "WEFT_OUTBOUND_LISTEN", value_delimiter = ',', default_values_t = default_outbound())]
+    pub outbound_listen: Vec<SocketAddr>,
+
+    /// Addresses of the admin server.
+    #[arg(long, env = "WEFT_ADMIN_LISTEN", value_delimiter = ',', default_values_t = default_admin())]
+    pub admin_listen: Vec<SocketAddr>,
+
+    /// Explicit mode: send every inbound connection here instead of to its
+    /// original destination (for hosts without iptables).
+    #[arg(long, env = "WEFT_INBOUND_TARGET")]
+    pub inbound_target: Option<SocketAddr>,
+
+    /// Explicit mode: send every outbound connection here instead of to its
+    /// original destination.
+    #[arg(long, env = "WEFT_OUTBOUND_TARGET")]
+    pub outbound_target: Option<SocketAddr>,
+
+    /// Do not run the inbound listener (e.g. a client-side proxy in explicit mode).
+    #[arg(long, env = "WEFT_NO_INBOUND")]
+    pub no_inbound: bool,
+
+    /// Do not run the outbound listener.
+    #[arg(long, env = "WEFT_NO_OUTBOUND")]
+    pub no_outbound: bool,
+
+    /// How long to wait for a connection to the destination.
+    #[arg(long, env = "WEFT_CONNECT_TIMEOUT", default_value = "3s", value_parser = duration)]
+    pub connect_timeout: Duration,
+
+    /// On SIGTERM or POST /shutdown: how long open connections may go on
+    /// before the proxy exits anyway.
+    #[arg(long, env = "WEFT_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub drain_timeout: Duration,
+
+    /// Worker threads. A sidecar shares its pod's CPU, so one by default.
+    #[arg(long, env = "WEFT_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let cli = Cli::try_parse_from(["weft-proxy", "run"]).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.inbound_listen[0].to_string(), "0.0.0.0:4143");
+        assert_eq!(run.outbound_listen[0].to_string(), "127.0.0.1:4140");
+        assert_eq!(run.outbound_listen[1].to_string(), "[::1]:4140");
+        assert_eq!(run.admin_listen[0].port(), 4191);
+        assert_eq!(run.threads, 1);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let e = Cli::try_parse_from(["weft-proxy", "init", "--skip-inbound-ports", "22,ssh"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--skip-inbound-ports") && e.contains("`ssh`"),
+            "{e}"
+        );
+        let e = Cli::try_parse_from(["weft-proxy", "run", "--drain-timeout", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--drain-timeout"), "{e}");
+    }
+}

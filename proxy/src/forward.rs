@@ -1,0 +1,221 @@
+//! The L4 forwarder both listeners share: accept, decide where the connection
+//! was going, connect there, and carry bytes both ways.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::shutdown::Shutdown;
+use crate::telemetry::{Direction, TcpMetrics};
+use crate::transport::{self, Counted, orig_dst::OrigDstError};
+
+/// Where an accepted connection should go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Where it was going before iptables redirected it (transparent mode).
+    OriginalDst,
+    /// A fixed address (explicit mode, for hosts without iptables).
+    Fixed(SocketAddr),
+}
+
+/// What a listener needs to serve connections.
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    pub direction: Direction,
+    pub target: Target,
+    pub connect_timeout: Duration,
+    pub metrics: TcpMetrics,
+    pub shutdown: Shutdown,
+}
+
+/// Why a connection could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    OrigDst(#[from] OrigDstError),
+    #[error("refusing {dst}: it is this proxy's own listener (the connection would loop)")]
+    Loop { dst: SocketAddr },
+    #[error("connecting to {dst} timed out after {timeout:?}")]
+    ConnectTimeout { dst: SocketAddr, timeout: Duration },
+    #[error("connecting to {dst}: {source}")]
+    Connect {
+        dst: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("after connecting to {dst}: {source}")]
+    Io {
+        dst: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Forwarder {
+    /// Accepts until shutdown; each connection runs as its own tracked task.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let local = listener.local_addr().ok();
+        loop {
+            let accepted = tokio::select! {
+                _ = self.shutdown.triggered() => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let this = self.clone();
+                    let span = info_span!("conn", dir = self.direction.as_str(), %peer);
+                    self.shutdown.spawn_connection(
+                        async move { this.handle(stream).await }.instrument(span),
+                    );
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    warn!(?local, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        debug!(?local, "listener closed");
+    }
+
+    async fn handle(&self, stream: TcpStream) {
+        let _open = self.metrics.accept(self.direction);
+        match self.forward(stream).await {
+            Ok((up, down)) => debug!(up, down, "closed"),
+            Err(e) => {
+                self.metrics.error(self.direction);
+                match e {
+                    ForwardError::Io { .. } => debug!(error = %e, "ended"),
+                    _ => info!(error = %e, "not forwarded"),
+                }
+            }
+        }
+    }
+
+    async fn forward(&self, stream: TcpStream) -> Result<(u64, u64), ForwardError> {
+        let dst = self.destination(&stream)?;
+        let mut upstream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(source)) => return Err(ForwardError::Connect { dst, source }),
+                Err(_) => {
+                    return Err(ForwardError::ConnectTimeout {
+                        dst,
+                        timeout: self.connect_timeout,
+                    });
+                }
+            };
+        // Latency matters more than packet count for proxied request/response.
+        let _ = stream.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        debug!(%dst, "connected");
+        let (read, written) = self.metrics.bytes(self.direction);
+        let mut client = Counted::new(stream, read, written);
+        transport::forward(&mut client, &mut upstream)
+            .await
+            .map_err(|source| ForwardError::Io { dst, source })
+    }
+
+    fn destination(&self, stream: &TcpStream) -> Result<SocketAddr, ForwardError> {
+        let dst = match self.target {
+            Target::Fixed(a) => return Ok(a),
+            Target::OriginalDst => transport::original_dst(stream)?,
+        };
+        let local = stream
+            .local_addr()
+            .map_err(|e| ForwardError::OrigDst(e.into()))?;
+        if canonical(dst) == canonical(local) {
+            return Err(ForwardError::Loop { dst });
+        }
+        Ok(dst)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare equal to their IPv4 form.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn echo_server() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn forwarder(target: Target) -> Arc<Forwarder> {
+        Arc::new(Forwarder {
+            direction: Direction::Outbound,
+            target,
+            connect_timeout: Duration::from_secs(1),
+            metrics: TcpMetrics::default(),
+            shutdown: Shutdown::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn fixed_target_carries_bytes_and_counts_them() {
+        let echo = echo_server().await;
+        let fwd = forwarder(Target::Fixed(echo));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(fwd.clone().serve(l));
+
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping");
+
+        fwd.shutdown.trigger();
+        assert!(fwd.shutdown.drain(Duration::from_secs(2)).await);
+        let (r, w) = fwd.metrics.bytes(Direction::Outbound);
+        assert_eq!((r.get(), w.get()), (4, 4));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_was_not_redirected_is_refused() {
+        let fwd = forwarder(Target::OriginalDst);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(fwd.clone().serve(l));
+
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        // The proxy closes without forwarding anything.
+        let _ = c.read_to_end(&mut got).await;
+        assert!(got.is_empty());
+        fwd.shutdown.trigger();
+        fwd.shutdown.drain(Duration::from_secs(2)).await;
+    }
+
+    #[test]
+    fn mapped_addresses_compare_as_ipv4() {
+        let a: SocketAddr = "[::ffff:10.0.0.1]:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        assert_eq!(canonical(a), b);
+    }
+}

@@ -1,0 +1,178 @@
+//! The proxy's Prometheus metrics. Labels are drawn from small fixed sets so the
+//! registry's size does not grow with traffic.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Which listener a connection came through.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
+
+/// TCP metrics for both directions.
+#[derive(Clone, Debug, Default)]
+pub struct TcpMetrics {
+    open_total: Family<DirectionLabels, Counter>,
+    close_total: Family<DirectionLabels, Counter>,
+    open_connections: Family<DirectionLabels, Gauge>,
+    read_bytes: Family<DirectionLabels, Counter>,
+    write_bytes: Family<DirectionLabels, Counter>,
+    errors: Family<DirectionLabels, Counter>,
+}
+
+impl TcpMetrics {
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "tcp_open",
+            "Connections accepted by the proxy",
+            self.open_total.clone(),
+        );
+        reg.register(
+            "tcp_close",
+            "Connections the proxy has finished with",
+            self.close_total.clone(),
+        );
+        reg.register(
+            "tcp_open_connections",
+            "Connections open now",
+            self.open_connections.clone(),
+        );
+        reg.register(
+            "tcp_read_bytes",
+            "Bytes read from the accepted (downstream) connections",
+            self.read_bytes.clone(),
+        );
+        reg.register(
+            "tcp_write_bytes",
+            "Bytes written to the accepted (downstream) connections",
+            self.write_bytes.clone(),
+        );
+        reg.register(
+            "tcp_forward_errors",
+            "Connections that ended in an error (connect failure, reset, loop refused)",
+            self.errors.clone(),
+        );
+    }
+
+    /// Counts one accepted connection; the guard counts its close when dropped.
+    pub fn accept(&self, direction: Direction) -> ConnectionGuard {
+        let l = DirectionLabels { direction };
+        self.open_total.get_or_create(&l).inc();
+        let open = self.open_connections.get_or_create(&l).clone();
+        open.inc();
+        ConnectionGuard {
+            close: self.close_total.get_or_create(&l).clone(),
+            open,
+        }
+    }
+
+    /// The byte counters for one direction: (read, written).
+    pub fn bytes(&self, direction: Direction) -> (Counter, Counter) {
+        let l = DirectionLabels { direction };
+        (
+            self.read_bytes.get_or_create(&l).clone(),
+            self.write_bytes.get_or_create(&l).clone(),
+        )
+    }
+
+    pub fn error(&self, direction: Direction) {
+        self.errors
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+}
+
+/// Held for the life of a connection.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    close: Counter,
+    open: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.open.dec();
+        self.close.inc();
+    }
+}
+
+/// Every metric the proxy exports, and the registry that renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    pub tcp: TcpMetrics,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let tcp = TcpMetrics::default();
+        let mut registry = Registry::default();
+        tcp.register(&mut registry);
+        Metrics { tcp, registry }
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_open_close_and_bytes_by_direction() {
+        let m = Metrics::default();
+        {
+            let _g = m.tcp.accept(Direction::Inbound);
+            let (r, w) = m.tcp.bytes(Direction::Inbound);
+            r.inc_by(10);
+            w.inc_by(20);
+            assert!(
+                m.render()
+                    .contains("tcp_open_connections{direction=\"inbound\"} 1")
+            );
+        }
+        let text = m.render();
+        assert!(
+            text.contains("tcp_open_total{direction=\"inbound\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("tcp_close_total{direction=\"inbound\"} 1"));
+        assert!(text.contains("tcp_open_connections{direction=\"inbound\"} 0"));
+        assert!(text.contains("tcp_read_bytes_total{direction=\"inbound\"} 10"));
+        assert!(text.contains("tcp_write_bytes_total{direction=\"inbound\"} 20"));
+        assert!(!text.contains("outbound"));
+    }
+}
