@@ -22,7 +22,6 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("weft-proxy: {e:#}");
             ExitCode::FAILURE
         }

@@ -104,6 +104,10 @@ impl Iptables {
     /// is not there is not an error.
     pub fn remove(&self) -> Result<(), InitError> {
         for chain in Chain::ALL {
+            // No chain, no jump to it: iptables cannot hold a dangling jump.
+            if !self.chain_exists(chain)? {
+                continue;
+            }
             while self.jump_exists(chain)? {
                 let out = run(
                     &self.command,

@@ -17,6 +17,7 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("--log-level `{level}` is not a valid filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let res = match format {
         LogFormat::Plain => builder.try_init(),

@@ -1,0 +1,195 @@
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use socket2::SockRef;
+use tokio::net::TcpListener;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// The service this instance belongs to (reported by `/`).
+    #[arg(long, env = "WEFT_TEST_SERVICE", default_value = "test")]
+    service: String,
+    #[arg(long, env = "WEFT_TEST_VERSION", default_value = "v1")]
+    version: String,
+    /// This instance's name; also sent as `x-served-by` on every response.
+    #[arg(long, env = "WEFT_TEST_POD", default_value = "test-0")]
+    pod: String,
+    /// Share of requests (0..=1) answered with --fail-status instead.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    #[arg(long, default_value_t = 503)]
+    fail_status: u16,
+    /// Share of requests (0..=1) whose connection is reset (RST) unanswered.
+    #[arg(long, default_value_t = 0.0)]
+    reset_rate: f64,
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+#[derive(Debug)]
+struct State {
+    args: Args,
+    requests: AtomicU64,
+}
+
+/// Returned by the handler to make hyper drop the connection.
+#[derive(Debug, thiserror::Error)]
+#[error("reset on purpose")]
+struct Reset;
+
+pub async fn serve(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.fail_rate) && (0.0..=1.0).contains(&args.reset_rate),
+        "--fail-rate and --reset-rate are shares between 0 and 1"
+    );
+    StatusCode::from_u16(args.fail_status).context("--fail-status is not an HTTP status")?;
+    let l = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %args.listen, service = %args.service, version = %args.version, pod = %args.pod, "http server listening");
+    let state = Arc::new(State {
+        args,
+        requests: AtomicU64::new(0),
+    });
+    loop {
+        let (stream, peer) = l.accept().await?;
+        let _ = stream.set_nodelay(true);
+        // A second handle on the socket, to set SO_LINGER=0 before dropping
+        // the connection when a reset is wanted.
+        let std_stream = stream.into_std()?;
+        let handle = Arc::new(std_stream.try_clone()?);
+        let stream = tokio::net::TcpStream::from_std(std_stream)?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let (state, handle) = (state.clone(), handle.clone());
+                async move { handle_request(req, &state, &handle).await }
+            });
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "http connection");
+            }
+        });
+    }
+}
+
+async fn handle_request(
+    req: Request<Incoming>,
+    st: &State,
+    sock: &std::net::TcpStream,
+) -> Result<Response<Body>, Reset> {
+    let path = req.uri().path().to_string();
+    if path == "/_stats" {
+        let n = st.requests.load(Ordering::Relaxed);
+        return Ok(json_response(st, StatusCode::OK, json!({ "requests": n })));
+    }
+    st.requests.fetch_add(1, Ordering::Relaxed);
+
+    if st.args.reset_rate > 0.0 && rand::random_bool(st.args.reset_rate) {
+        let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+        return Err(Reset);
+    }
+    if st.args.fail_rate > 0.0 && rand::random_bool(st.args.fail_rate) {
+        let status =
+            StatusCode::from_u16(st.args.fail_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return Ok(json_response(
+            st,
+            status,
+            json!({ "error": "failure injected" }),
+        ));
+    }
+
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let res = match segments.as_slice() {
+        [""] => json_response(
+            st,
+            StatusCode::OK,
+            json!({ "service": st.args.service, "version": st.args.version, "pod": st.args.pod }),
+        ),
+        ["status", code] => match code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(status) => json_response(st, status, json!({ "status": status.as_u16() })),
+            None => json_response(
+                st,
+                StatusCode::BAD_REQUEST,
+                json!({ "error": "bad status code" }),
+            ),
+        },
+        ["delay", ms] => match ms.parse::<u64>() {
+            Ok(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                json_response(st, StatusCode::OK, json!({ "delayed_ms": ms }))
+            }
+            Err(_) => json_response(st, StatusCode::BAD_REQUEST, json!({ "error": "bad delay" })),
+        },
+        ["headers"] => {
+            let mut headers = BTreeMap::<String, String>::new();
+            for (name, value) in req.headers() {
+                let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                headers
+                    .entry(name.as_str().to_string())
+                    .and_modify(|e| {
+                        e.push_str(", ");
+                        e.push_str(&v);
+                    })
+                    .or_insert(v);
+            }
+            json_response(st, StatusCode::OK, json!({ "headers": headers }))
+        }
+        ["echo"] => {
+            // Streams the body (and trailers) back as it arrives.
+            let mut res = Response::new(req.into_body().boxed());
+            served_by(st, &mut res);
+            res
+        }
+        _ => json_response(
+            st,
+            StatusCode::NOT_FOUND,
+            json!({ "error": "no such path" }),
+        ),
+    };
+    Ok(res)
+}
+
+fn served_by(st: &State, res: &mut Response<Body>) {
+    if let Ok(v) = header::HeaderValue::from_str(&st.args.pod) {
+        res.headers_mut().insert("x-served-by", v);
+    }
+}
+
+fn json_response(st: &State, status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut body = body.to_string();
+    body.push('\n');
+    let mut res = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    served_by(st, &mut res);
+    res
+}
