@@ -1,7 +1,16 @@
 //! Weft's shared vocabulary: the names and default ports every part of the mesh
-//! agrees on (the proxy, the control plane, the injector and the tests).
-//!
-//! The gRPC API between proxies and the control plane joins this crate with the
-//! identity work; until then it holds only the defaults below.
+//! agrees on, and the gRPC API between proxies and the control plane.
 
 pub mod defaults;
+pub mod identity;
+pub mod log;
+
+pub mod tls;
+
+pub use identity::SpiffeId;
+
+/// `weft.v1`: generated from `proto/weft/v1/*.proto` at build time (protox).
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("weft.v1");
+}

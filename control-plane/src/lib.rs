@@ -1,3 +1,8 @@
-//! The Weft control plane: the mesh CA and Certify API, discovery and the Watch
-//! push API, the injector webhook. It grows one issue at a time; see the README
-//! for what is built so far.
+//! The Weft control plane: the mesh CA and the Identity API so far;
+//! discovery, the Watch push API and the injector come with later issues.
+
+pub mod admin;
+pub mod grpc;
+pub mod identity;
+pub mod metrics;
+pub mod server;

@@ -1,12 +1,103 @@
 //! `weft-control`: the control plane's server binary.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
 use clap::Parser;
+use weft_api::{SpiffeId, defaults, log};
+use weft_control::server::{self, CaSource, Config};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 24h or 10s: {e}"))
+}
 
 #[derive(Debug, Parser)]
-#[command(name = "weft-control", version, about = "The Weft control plane")]
-struct Cli {}
+#[command(name = "weft-control", version, about = "The Weft control plane: mesh CA and identity API")]
+struct Cli {
+    /// The mesh's trust domain.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = defaults::TRUST_DOMAIN)]
+    trust_domain: String,
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!("the control plane's servers are not built yet; see the README's status section")
+    /// Directory of the mesh CA (ca.crt, ca.key, optional roots.crt); a new CA
+    /// is generated there when it holds neither file.
+    #[arg(long, env = "WEFT_CA_DIR", default_value = "/var/lib/weft/ca", conflicts_with_all = ["ca_cert", "ca_key"])]
+    ca_dir: PathBuf,
+
+    /// Bring your own CA: the issuer certificate (PEM). Needs --ca-key.
+    #[arg(long, env = "WEFT_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+
+    /// Bring your own CA: the issuer's private key (PEM).
+    #[arg(long, env = "WEFT_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+
+    /// Trust anchors to hand to proxies (PEM, several during a root rotation);
+    /// default: the issuer certificate.
+    #[arg(long, env = "WEFT_CA_ROOTS", requires = "ca_cert")]
+    ca_roots: Option<PathBuf>,
+
+    /// Bootstrap tokens (local mode): which token proves which namespace and
+    /// service account.
+    #[arg(long, env = "WEFT_TOKENS", default_value = "/etc/weft/tokens.yaml")]
+    tokens: PathBuf,
+
+    /// Lifetime of issued workload certificates.
+    #[arg(long, env = "WEFT_CERT_LIFETIME", default_value = "24h", value_parser = duration)]
+    cert_lifetime: Duration,
+
+    /// gRPC (Certify) over TLS.
+    #[arg(long, env = "WEFT_GRPC_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], defaults::CONTROL_GRPC_PORT)))]
+    grpc_listen: SocketAddr,
+
+    /// Admin server (/live, /ready, /metrics).
+    #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], defaults::CONTROL_ADMIN_PORT)))]
+    admin_listen: SocketAddr,
+
+    /// The control plane's own identity (proxies check it).
+    #[arg(long, env = "WEFT_IDENTITY", default_value = "spiffe://cluster.local/ns/weft-system/sa/weft-control")]
+    identity: SpiffeId,
+
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    log_level: String,
+
+    #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: log::LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = log::init(cli.log_format, &cli.log_level) {
+        eprintln!("weft-control: {e:#}");
+        return ExitCode::from(2);
+    }
+    weft_api::tls::install_default_provider();
+    let ca = match (cli.ca_cert, cli.ca_key) {
+        (Some(cert), Some(key)) => CaSource::Files { cert, key, roots: cli.ca_roots },
+        _ => CaSource::Dir(cli.ca_dir),
+    };
+    let cfg = Config {
+        trust_domain: cli.trust_domain,
+        ca,
+        tokens: cli.tokens,
+        cert_lifetime: cli.cert_lifetime,
+        grpc_listen: cli.grpc_listen,
+        admin_listen: cli.admin_listen,
+        identity: cli.identity,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft-control: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(server::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-control: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

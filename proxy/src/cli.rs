@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use weft_api::defaults;
 
 use crate::ports::PortList;
-use crate::telemetry::log::LogFormat;
+use weft_api::log::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use weft_proxy::cli::{Cli, Command, InitArgs, Ipv6Mode};
 use weft_proxy::init::{self, Action, Family, InitConfig, Iptables};
-use weft_proxy::telemetry::log;
+use weft_api::log;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

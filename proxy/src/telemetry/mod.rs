@@ -1,6 +1,5 @@
 //! Logs and metrics.
 
-pub mod log;
 pub mod metrics;
 
 pub use metrics::{Direction, Metrics, TcpMetrics};

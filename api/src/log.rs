@@ -1,4 +1,5 @@
-//! Log setup: `tracing` with an env filter (`WEFT_LOG`), plain or JSON lines.
+//! Log setup shared by every Weft binary: `tracing` with an env filter
+//! (`WEFT_LOG`), plain or JSON lines on stderr.
 
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;

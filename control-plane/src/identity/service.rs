@@ -1,0 +1,82 @@
+//! `weft.v1.Identity`: Certify and TrustBundle.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+use weft_api::v1::identity_server::Identity;
+use weft_api::v1::{CertifyRequest, CertifyResponse, TrustBundleRequest, TrustBundleResponse};
+
+use super::ca::{Ca, SignError};
+use super::tokens::{TokenError, TokenVerifier};
+use crate::metrics::{Metrics, Reject};
+
+#[derive(Debug, Clone)]
+pub struct IdentityService {
+    pub ca: Arc<Ca>,
+    pub tokens: Arc<dyn TokenVerifier>,
+    pub lifetime: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl IdentityService {
+    fn reject(&self, reason: Reject, status: Status) -> Status {
+        self.metrics.certify_rejected(reason);
+        warn!(reason = reason.as_str(), message = status.message(), "Certify refused");
+        status
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn certify(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let req = request.into_inner();
+        let proven = match self.tokens.verify(&req.token).await {
+            Ok(id) => id,
+            Err(e @ (TokenError::Empty | TokenError::Unknown)) => {
+                return Err(self.reject(Reject::Token, Status::unauthenticated(e.to_string())));
+            }
+            Err(e @ TokenError::Unavailable(_)) => {
+                return Err(self.reject(Reject::Internal, Status::unavailable(e.to_string())));
+            }
+        };
+        let issued = self
+            .ca
+            .sign(&req.csr_der, &proven, self.lifetime)
+            .map_err(|e| match e {
+                SignError::BadCsr(_) | SignError::BadSan(_) => {
+                    self.reject(Reject::BadCsr, Status::invalid_argument(e.to_string()))
+                }
+                SignError::IdentityMismatch { .. } => {
+                    self.reject(Reject::IdentityMismatch, Status::permission_denied(e.to_string()))
+                }
+                SignError::Sign(_) => self.reject(Reject::Internal, Status::internal(e.to_string())),
+            })?;
+        self.metrics.certify_issued();
+        let valid_until_unix_ms = issued
+            .not_after
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        info!(identity = %proven, valid_until_unix_ms, "certificate issued");
+        Ok(Response::new(CertifyResponse {
+            leaf_der: issued.leaf.to_vec(),
+            intermediates_der: issued.intermediates.iter().map(|c| c.to_vec()).collect(),
+            valid_until_unix_ms,
+            trust_anchors_der: self.ca.roots().iter().map(|c| c.to_vec()).collect(),
+        }))
+    }
+
+    async fn trust_bundle(
+        &self,
+        _request: Request<TrustBundleRequest>,
+    ) -> Result<Response<TrustBundleResponse>, Status> {
+        Ok(Response::new(TrustBundleResponse {
+            trust_anchors_der: self.ca.roots().iter().map(|c| c.to_vec()).collect(),
+        }))
+    }
+}
