@@ -320,3 +320,138 @@ fn random_serial() -> SerialNumber {
     bytes[0] &= 0x7f; // positive
     SerialNumber::from_slice(&bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn id(sa: &str) -> SpiffeId {
+        SpiffeId::new("cluster.local", "default", sa).unwrap()
+    }
+
+    fn csr(sans: Vec<SanType>) -> Vec<u8> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = sans;
+        p.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    fn uri(s: &str) -> SanType {
+        SanType::URI(s.try_into().unwrap())
+    }
+
+    #[test]
+    fn generates_once_then_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Ca::load_or_generate(dir.path(), "cluster.local").unwrap();
+        let b = Ca::load_or_generate(dir.path(), "cluster.local").unwrap();
+        assert_eq!(a.roots(), b.roots());
+        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn signs_a_csr_for_the_proven_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_generate(dir.path(), "cluster.local").unwrap();
+        let web = id("web");
+        let issued = ca
+            .sign(&csr(vec![uri(&web.to_string())]), &web, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(SpiffeId::from_certificate(&issued.leaf), vec![web]);
+        let left = issued.not_after.duration_since(SystemTime::now()).unwrap();
+        assert!(left <= Duration::from_secs(10) && left >= Duration::from_secs(8), "{left:?}");
+        let (_, c) = x509_parser::parse_x509_certificate(&issued.leaf).unwrap();
+        let eku = c.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        assert!(!c.is_ca());
+        assert!(issued.intermediates.is_empty());
+    }
+
+    #[test]
+    fn refuses_bad_csrs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_generate(dir.path(), "cluster.local").unwrap();
+        let web = id("web");
+        let life = Duration::from_secs(60);
+        assert!(matches!(ca.sign(b"garbage", &web, life), Err(SignError::BadCsr(_))));
+        assert!(matches!(
+            ca.sign(&csr(vec![uri(&id("admin").to_string())]), &web, life),
+            Err(SignError::IdentityMismatch { .. })
+        ));
+        assert!(matches!(
+            ca.sign(&csr(vec![SanType::DnsName("web".try_into().unwrap())]), &web, life),
+            Err(SignError::BadSan(_))
+        ));
+        assert!(matches!(
+            ca.sign(&csr(vec![uri("https://example.com/")]), &web, life),
+            Err(SignError::BadSan(_))
+        ));
+        assert!(matches!(ca.sign(&csr(vec![]), &web, life), Err(SignError::BadSan(_))));
+    }
+
+    fn write_ca(dir: &Path, params: CertificateParams) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (dir.join("ca.crt"), dir.join("ca.key"));
+        fs::write(&c, cert.pem()).unwrap();
+        fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn ca_params() -> CertificateParams {
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = write_ca(dir.path(), ca_params());
+        fs::remove_file(dir.path().join("ca.key")).unwrap();
+        let e = Ca::load_or_generate(dir.path(), "cluster.local").unwrap_err();
+        assert!(matches!(e, CaError::Missing(ref p) if p.ends_with("ca.key")), "{e}");
+
+        let other = tempfile::tempdir().unwrap();
+        let (_, other_key) = write_ca(other.path(), ca_params());
+        let e = Ca::load(&cert, &other_key, None).unwrap_err();
+        assert!(matches!(e, CaError::KeyMismatch { .. }), "{e}");
+
+        let mut expired = ca_params();
+        expired.not_before = OffsetDateTime::now_utc() - Duration::from_secs(7200);
+        expired.not_after = OffsetDateTime::now_utc() - Duration::from_secs(3600);
+        let d = tempfile::tempdir().unwrap();
+        let (c, k) = write_ca(d.path(), expired);
+        let e = Ca::load(&c, &k, None).unwrap_err();
+        assert!(matches!(e, CaError::Expired { .. }), "{e}");
+        assert!(e.to_string().contains("ca.crt"), "{e}");
+
+        let d = tempfile::tempdir().unwrap();
+        let (c, k) = write_ca(d.path(), CertificateParams::default());
+        assert!(matches!(Ca::load(&c, &k, None), Err(CaError::NotCa { .. })));
+
+        fs::write(&c, "not pem").unwrap();
+        let e = Ca::load(&c, &k, None).unwrap_err();
+        assert!(matches!(e, CaError::Invalid { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_intermediate_issuer_ships_in_the_chain() {
+        let d = tempfile::tempdir().unwrap();
+        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let root = ca_params().self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::from_ca_cert_der(root.der(), root_key).unwrap();
+        let int_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let int = ca_params().signed_by(&int_key, &root_issuer).unwrap();
+        fs::write(d.path().join("ca.crt"), int.pem()).unwrap();
+        fs::write(d.path().join("ca.key"), int_key.serialize_pem()).unwrap();
+        fs::write(d.path().join("roots.crt"), root.pem()).unwrap();
+        let ca = Ca::load_or_generate(d.path(), "cluster.local").unwrap();
+        assert_eq!(ca.roots(), &[root.der().clone()]);
+        let web = id("web");
+        let issued = ca.sign(&csr(vec![uri(&web.to_string())]), &web, Duration::from_secs(60)).unwrap();
+        assert_eq!(issued.intermediates, vec![int.der().clone()]);
+    }
+}
