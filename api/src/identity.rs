@@ -15,7 +15,9 @@ pub struct SpiffeId {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpiffeIdError {
-    #[error("`{0}` is not a SPIFFE ID: expected spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT")]
+    #[error(
+        "`{0}` is not a SPIFFE ID: expected spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT"
+    )]
     Shape(String),
     #[error("`{0}` in `{1}` is not a valid DNS-1123 name (lowercase letters, digits, '-', '.')")]
     Name(String, String),

@@ -10,7 +10,9 @@ use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
@@ -94,7 +96,9 @@ fn anchors(ders: Vec<CertificateDer<'static>>) -> Result<Anchors, TlsError> {
 
 impl TrustAnchors {
     pub fn new(ders: Vec<CertificateDer<'static>>) -> Result<Self, TlsError> {
-        Ok(TrustAnchors(Arc::new(ArcSwap::from_pointee(anchors(ders)?))))
+        Ok(TrustAnchors(Arc::new(ArcSwap::from_pointee(anchors(
+            ders,
+        )?))))
     }
 
     /// Replaces the anchors; a bad bundle is refused and the old one stays.
@@ -146,7 +150,10 @@ impl CertSlot {
 
     /// The current leaf, DER.
     pub fn leaf(&self) -> Option<CertificateDer<'static>> {
-        self.0.load().as_ref().and_then(|ck| ck.cert.first().cloned())
+        self.0
+            .load()
+            .as_ref()
+            .and_then(|ck| ck.cert.first().cloned())
     }
 }
 
@@ -211,7 +218,10 @@ fn ids(cert: &CertificateDer<'_>) -> String {
     if ids.is_empty() {
         "no SPIFFE ID".into()
     } else {
-        ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ids.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -386,7 +396,8 @@ pub fn client_config(
 
 /// The rustls error inside an IO error from a TLS handshake, if any.
 pub fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
-    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
 
 /// Whether a handshake failed because the peer is the wrong workload.

@@ -91,7 +91,8 @@ pub fn incoming(
             let (tx, acceptor) = (tx.clone(), acceptor.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::info!(%remote, error = %e, "gRPC TLS handshake failed");

@@ -10,11 +10,16 @@ use weft_api::{SpiffeId, defaults, log};
 use weft_control::server::{self, CaSource, Config};
 
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration like 24h or 10s: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 24h or 10s: {e}"))
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "weft-control", version, about = "The Weft control plane: mesh CA and identity API")]
+#[command(
+    name = "weft-control",
+    version,
+    about = "The Weft control plane: mesh CA and identity API"
+)]
 struct Cli {
     /// The mesh's trust domain.
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = defaults::TRUST_DOMAIN)]
@@ -56,7 +61,11 @@ struct Cli {
     admin_listen: SocketAddr,
 
     /// The control plane's own identity (proxies check it).
-    #[arg(long, env = "WEFT_IDENTITY", default_value = "spiffe://cluster.local/ns/weft-system/sa/weft-control")]
+    #[arg(
+        long,
+        env = "WEFT_IDENTITY",
+        default_value = "spiffe://cluster.local/ns/weft-system/sa/weft-control"
+    )]
     identity: SpiffeId,
 
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
@@ -74,7 +83,11 @@ fn main() -> ExitCode {
     }
     weft_api::tls::install_default_provider();
     let ca = match (cli.ca_cert, cli.ca_key) {
-        (Some(cert), Some(key)) => CaSource::Files { cert, key, roots: cli.ca_roots },
+        (Some(cert), Some(key)) => CaSource::Files {
+            cert,
+            key,
+            roots: cli.ca_roots,
+        },
         _ => CaSource::Dir(cli.ca_dir),
     };
     let cfg = Config {
@@ -86,7 +99,10 @@ fn main() -> ExitCode {
         admin_listen: cli.admin_listen,
         identity: cli.identity,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weft-control: starting the runtime: {e}");

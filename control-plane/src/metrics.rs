@@ -90,7 +90,10 @@ impl Metrics {
     }
 
     pub fn set_ca_expiry(&self, at: SystemTime) {
-        let secs = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         self.ca_expiry.set(secs as i64);
     }
 

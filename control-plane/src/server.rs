@@ -48,7 +48,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         CaSource::Dir(dir) => Ca::load_or_generate(dir, &cfg.trust_domain)?,
         CaSource::Files { cert, key, roots } => Ca::load(cert, key, roots.as_deref())?,
     });
-    let tokens: Arc<dyn TokenVerifier> = Arc::new(BootstrapTokens::load(&cfg.tokens, &cfg.trust_domain)?);
+    let tokens: Arc<dyn TokenVerifier> =
+        Arc::new(BootstrapTokens::load(&cfg.tokens, &cfg.trust_domain)?);
     let metrics = Arc::new(Metrics::default());
     metrics.set_ca_expiry(ca.not_after());
 
@@ -62,7 +63,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let anchors = TrustAnchors::new(ca.roots().to_vec())?;
     renew_own_certificate(&ca, &cfg.identity, cfg.cert_lifetime, &slot)?;
     {
-        let (ca, id, slot, lifetime) = (ca.clone(), cfg.identity.clone(), slot.clone(), cfg.cert_lifetime);
+        let (ca, id, slot, lifetime) = (
+            ca.clone(),
+            cfg.identity.clone(),
+            slot.clone(),
+            cfg.cert_lifetime,
+        );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(lifetime.mul_f64(0.5)).await;
@@ -86,7 +92,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     info!(grpc = %cfg.grpc_listen, admin = %cfg.admin_listen, identity = %cfg.identity, "control plane serving");
     tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
-        .serve_with_incoming_shutdown(crate::grpc::incoming(grpc, Arc::new(tls_config)), shutdown())
+        .serve_with_incoming_shutdown(
+            crate::grpc::incoming(grpc, Arc::new(tls_config)),
+            shutdown(),
+        )
         .await
         .context("the gRPC server failed")?;
     info!("control plane stopped");
@@ -103,13 +112,19 @@ fn renew_own_certificate(
     let mut chain = vec![issued.leaf];
     chain.extend(issued.intermediates);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    slot.set(chain.into_iter().map(CertificateDer::into_owned).collect(), key)?;
+    slot.set(
+        chain.into_iter().map(CertificateDer::into_owned).collect(),
+        key,
+    )?;
     Ok(())
 }
 
 async fn shutdown() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

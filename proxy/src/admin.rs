@@ -41,6 +41,9 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub ready: Readiness,
     pub shutdown: Shutdown,
+    /// When the proxy has an identity it is ready only once it holds a
+    /// certificate.
+    pub cert: Option<weft_api::tls::CertSlot>,
 }
 
 type Body = Full<Bytes>;
@@ -74,10 +77,14 @@ impl Admin {
         }
     }
 
+    fn is_ready(&self) -> bool {
+        self.ready.get() && self.cert.as_ref().is_none_or(|c| c.is_set())
+    }
+
     fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-            (&Method::GET, "/ready") if self.ready.get() => text(StatusCode::OK, "ready\n"),
+            (&Method::GET, "/ready") if self.is_ready() => text(StatusCode::OK, "ready\n"),
             (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             (&Method::GET, "/metrics") => {
                 let mut r = Response::new(Body::from(self.metrics.render()));
@@ -140,6 +147,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             ready: Readiness::default(),
             shutdown: Shutdown::new(),
+            cert: None,
         };
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use weft_api::defaults;
 
 use crate::ports::PortList;
+use crate::tls::{MtlsMode, PeerIdentity};
+use weft_api::SpiffeId;
 use weft_api::log::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -188,6 +190,79 @@ pub struct RunArgs {
     /// Worker threads. A sidecar shares its pod's CPU, so one by default.
     #[arg(long, env = "WEFT_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: u16,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// Who this proxy is, and whom it expects to talk to. Without any of these the
+/// proxy carries plain TCP, as before a mesh identity exists.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// This workload's SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/web.
+    /// With identity files it defaults to the one in the certificate.
+    #[arg(long = "identity", env = "WEFT_IDENTITY")]
+    pub id: Option<SpiffeId>,
+
+    /// The control plane's gRPC address (host:port), for certificates.
+    #[arg(long, env = "WEFT_CONTROL_PLANE", conflicts_with_all = ["identity_cert", "identity_key"])]
+    pub control_plane: Option<String>,
+
+    /// The identity the control plane must present.
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_PLANE_IDENTITY",
+        default_value = "spiffe://cluster.local/ns/weft-system/sa/weft-control"
+    )]
+    pub control_plane_identity: SpiffeId,
+
+    /// Proof of identity for Certify: a file reread at each renewal (a
+    /// Kubernetes projected ServiceAccount token)...
+    #[arg(
+        long,
+        env = "WEFT_IDENTITY_TOKEN_FILE",
+        conflicts_with = "identity_token"
+    )]
+    pub identity_token_file: Option<std::path::PathBuf>,
+
+    /// ...or the token itself (a local-mode bootstrap token).
+    #[arg(long, env = "WEFT_IDENTITY_TOKEN", hide_env_values = true)]
+    pub identity_token: Option<String>,
+
+    /// Trust anchors (PEM): the roots to verify the control plane and peers
+    /// with until the control plane sends its bundle.
+    #[arg(long, env = "WEFT_TRUST_ANCHORS")]
+    pub trust_anchors: Option<std::path::PathBuf>,
+
+    /// Identity from files instead of the control plane: the certificate chain (PEM).
+    #[arg(long, env = "WEFT_IDENTITY_CERT", requires = "identity_key")]
+    pub identity_cert: Option<std::path::PathBuf>,
+
+    /// The private key for --identity-cert (PEM).
+    #[arg(long, env = "WEFT_IDENTITY_KEY", requires = "identity_cert")]
+    pub identity_key: Option<std::path::PathBuf>,
+
+    /// Meshed destinations and the identity each must present, as
+    /// `IP=SPIFFE_ID` or `IP:PORT=SPIFFE_ID`; connections to them use mTLS.
+    #[arg(
+        long = "peer-identity",
+        env = "WEFT_PEER_IDENTITIES",
+        value_delimiter = ','
+    )]
+    pub peer_identities: Vec<PeerIdentity>,
+
+    /// Explicit mode: the identity --outbound-target must present (mTLS to it).
+    #[arg(long, env = "WEFT_OUTBOUND_TARGET_IDENTITY")]
+    pub outbound_target_identity: Option<SpiffeId>,
+
+    /// Whether the inbound side also serves plaintext clients.
+    #[arg(long, env = "WEFT_INBOUND_MTLS_MODE", value_enum, default_value_t)]
+    pub inbound_mtls_mode: MtlsMode,
+
+    /// How long the inbound side waits for a client's first byte to tell TLS
+    /// from plaintext (permissive mode).
+    #[arg(long, env = "WEFT_DETECT_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub detect_timeout: Duration,
 }
 
 #[cfg(test)]

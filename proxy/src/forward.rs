@@ -1,16 +1,19 @@
 //! The L4 forwarder both listeners share: accept, decide where the connection
-//! was going, connect there, and carry bytes both ways.
+//! was going, terminate or originate mTLS where the mesh says so, connect, and
+//! carry bytes both ways.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::shutdown::Shutdown;
-use crate::telemetry::{Direction, TcpMetrics};
+use crate::telemetry::{Direction, TcpMetrics, TlsMetrics};
+use crate::tls::{Accepted, InboundTls, OutboundTls, TlsFailure};
 use crate::transport::{self, Counted, orig_dst::OrigDstError};
 
 /// Where an accepted connection should go.
@@ -22,13 +25,25 @@ pub enum Target {
     Fixed(SocketAddr),
 }
 
+/// The TLS role of a listener; `None` when the proxy has no identity.
+#[derive(Clone, Debug)]
+pub enum TlsSide {
+    None,
+    /// Terminate mTLS from peers (and plaintext, when permissive).
+    Inbound(Arc<InboundTls>),
+    /// Originate mTLS to meshed destinations.
+    Outbound(Arc<OutboundTls>),
+}
+
 /// What a listener needs to serve connections.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
     pub direction: Direction,
     pub target: Target,
     pub connect_timeout: Duration,
+    pub tls: TlsSide,
     pub metrics: TcpMetrics,
+    pub tls_metrics: TlsMetrics,
     pub shutdown: Shutdown,
 }
 
@@ -44,6 +59,13 @@ pub enum ForwardError {
     #[error("connecting to {dst}: {source}")]
     Connect {
         dst: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("TLS with {dst} failed ({reason}): {source}")]
+    Tls {
+        dst: SocketAddr,
+        reason: TlsFailure,
         #[source]
         source: io::Error,
     },
@@ -88,8 +110,12 @@ impl Forwarder {
             Ok((up, down)) => debug!(up, down, "closed"),
             Err(e) => {
                 self.metrics.error(self.direction);
-                match e {
+                match &e {
                     ForwardError::Io { .. } => debug!(error = %e, "ended"),
+                    ForwardError::Tls { reason, .. } => {
+                        self.tls_metrics.failure(self.direction, reason.as_str());
+                        warn!(error = %e, reason = reason.as_str(), "TLS refused");
+                    }
                     _ => info!(error = %e, "not forwarded"),
                 }
             }
@@ -98,29 +124,89 @@ impl Forwarder {
 
     async fn forward(&self, stream: TcpStream) -> Result<(u64, u64), ForwardError> {
         let dst = self.destination(&stream)?;
-        let mut upstream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => return Err(ForwardError::Connect { dst, source }),
-                Err(_) => {
-                    return Err(ForwardError::ConnectTimeout {
-                        dst,
-                        timeout: self.connect_timeout,
-                    });
+        match &self.tls {
+            TlsSide::None => {
+                let upstream = self.connect(dst).await?;
+                self.carry(stream, upstream, dst).await
+            }
+            TlsSide::Inbound(tls) => {
+                let accepted =
+                    tls.accept(stream)
+                        .await
+                        .map_err(|(reason, source)| ForwardError::Tls {
+                            dst,
+                            reason,
+                            source,
+                        })?;
+                let upstream = self.connect(dst).await?;
+                match accepted {
+                    Accepted::Tls(client, peer) => {
+                        self.tls_metrics.session(self.direction, &peer);
+                        debug!(client_identity = %peer, "mTLS accepted");
+                        self.carry(*client, upstream, dst).await
+                    }
+                    Accepted::Plain(client) => self.carry(client, upstream, dst).await,
                 }
-            };
+            }
+            TlsSide::Outbound(tls) => {
+                let expected = tls.expected(dst, matches!(self.target, Target::Fixed(_)));
+                let upstream = self.connect(dst).await?;
+                match expected {
+                    Some(id) => {
+                        let server = tls.connect(upstream, dst, &id).await.map_err(|source| {
+                            ForwardError::Tls {
+                                dst,
+                                reason: TlsFailure::of(&source),
+                                source,
+                            }
+                        })?;
+                        self.tls_metrics.session(self.direction, &id);
+                        debug!(server_identity = %id, "mTLS established");
+                        self.carry(stream, server, dst).await
+                    }
+                    None => self.carry(stream, upstream, dst).await,
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, dst: SocketAddr) -> Result<TcpStream, ForwardError> {
+        let s = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(dst)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(ForwardError::Connect { dst, source }),
+            Err(_) => {
+                return Err(ForwardError::ConnectTimeout {
+                    dst,
+                    timeout: self.connect_timeout,
+                });
+            }
+        };
         // Latency matters more than packet count for proxied request/response.
-        let _ = stream.set_nodelay(true);
-        let _ = upstream.set_nodelay(true);
+        let _ = s.set_nodelay(true);
         debug!(%dst, "connected");
+        Ok(s)
+    }
+
+    /// Copies both ways, counting the accepted side's bytes.
+    async fn carry<C, U>(
+        &self,
+        client: C,
+        mut upstream: U,
+        dst: SocketAddr,
+    ) -> Result<(u64, u64), ForwardError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
         let (read, written) = self.metrics.bytes(self.direction);
-        let mut client = Counted::new(stream, read, written);
+        let mut client = Counted::new(client, read, written);
         transport::forward(&mut client, &mut upstream)
             .await
             .map_err(|source| ForwardError::Io { dst, source })
     }
 
     fn destination(&self, stream: &TcpStream) -> Result<SocketAddr, ForwardError> {
+        let _ = stream.set_nodelay(true);
         let dst = match self.target {
             Target::Fixed(a) => return Ok(a),
             Target::OriginalDst => transport::original_dst(stream)?,
@@ -145,7 +231,6 @@ fn canonical(a: SocketAddr) -> SocketAddr {
         v4 => v4,
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,7 +255,9 @@ mod tests {
             direction: Direction::Outbound,
             target,
             connect_timeout: Duration::from_secs(1),
+            tls: TlsSide::None,
             metrics: TcpMetrics::default(),
+            tls_metrics: TlsMetrics::default(),
             shutdown: Shutdown::new(),
         })
     }

@@ -9,9 +9,11 @@
 pub mod admin;
 pub mod cli;
 pub mod forward;
+pub mod identity;
 pub mod init;
 pub mod ports;
 pub mod run;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;

@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use weft_api::log;
 use weft_proxy::cli::{Cli, Command, InitArgs, Ipv6Mode};
 use weft_proxy::init::{self, Action, Family, InitConfig, Iptables};
-use weft_api::log;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    weft_api::tls::install_default_provider();
     if let Err(e) = log::init(cli.log_format, &cli.log_level) {
         eprintln!("weft-proxy: {e:#}");
         return ExitCode::from(2);

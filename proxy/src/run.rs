@@ -1,20 +1,27 @@
-//! `weft-proxy run`: binds the listeners, serves until told to stop, drains.
+//! `weft-proxy run`: sets up the identity, binds the listeners, serves until
+//! told to stop, drains.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
+use weft_api::tls::TrustAnchors;
 
 use crate::admin::{Admin, Readiness};
-use crate::cli::RunArgs;
-use crate::forward::{Forwarder, Target};
+use crate::cli::{IdentityArgs, RunArgs};
+use crate::forward::{Forwarder, Target, TlsSide};
+use crate::identity::{
+    Certifier, ControlPlane, FileIdentity, Identity, TokenSource, read_pem_certs,
+};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Direction, Metrics};
+use crate::tls::{InboundTls, OutboundTls};
 use crate::transport::bind_all;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
+    let identity = start_identity(&args.identity).await?;
+    let metrics = Arc::new(Metrics::new(identity.as_ref().map(|i| &i.metrics)));
     let shutdown = Shutdown::new();
     let ready = Readiness::default();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -24,6 +31,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: ready.clone(),
         shutdown: shutdown.clone(),
+        cert: identity.as_ref().map(|i| i.cert.clone()),
     };
     for l in bind_all(&args.admin_listen, "admin")? {
         tokio::spawn(admin.clone().serve(l));
@@ -47,11 +55,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         if disabled {
             continue;
         }
+        let tls = match (&identity, direction) {
+            (None, _) => TlsSide::None,
+            (Some(id), Direction::Inbound) => TlsSide::Inbound(Arc::new(InboundTls::new(
+                id,
+                args.identity.inbound_mtls_mode,
+                args.identity.detect_timeout,
+            )?)),
+            (Some(id), Direction::Outbound) => TlsSide::Outbound(Arc::new(OutboundTls::new(
+                id.clone(),
+                args.identity.peer_identities.clone(),
+                args.identity.outbound_target_identity.clone(),
+            ))),
+        };
         let fwd = Arc::new(Forwarder {
             direction,
             target: target.map_or(Target::OriginalDst, Target::Fixed),
             connect_timeout: args.connect_timeout,
+            tls,
             metrics: metrics.tcp.clone(),
+            tls_metrics: metrics.tls.clone(),
             shutdown: shutdown.clone(),
         });
         for l in bind_all(addrs, direction.as_str())? {
@@ -65,7 +88,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     ready.set(true);
-    info!("ready");
+    info!(identity = ?identity.as_ref().map(|i| i.id.to_string()), "listeners bound");
 
     tokio::select! {
         _ = sigterm.recv() => info!("SIGTERM: draining"),
@@ -84,4 +107,72 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Builds the identity from the flags and starts keeping it fresh: the
+/// control plane's Certify (renewals in the background; `/ready` waits for
+/// the first certificate), or files (loaded now, watched after).
+async fn start_identity(args: &IdentityArgs) -> anyhow::Result<Option<Identity>> {
+    let wants_identity = args.control_plane.is_some() || args.identity_cert.is_some();
+    if !wants_identity {
+        anyhow::ensure!(
+            args.peer_identities.is_empty() && args.outbound_target_identity.is_none(),
+            "--peer-identity and --outbound-target-identity need an identity of our own: \
+             give --control-plane or --identity-cert"
+        );
+        return Ok(None);
+    }
+    let anchors_path = args
+        .trust_anchors
+        .as_ref()
+        .context("--trust-anchors is required with --control-plane or --identity-cert")?;
+    let anchors = TrustAnchors::new(read_pem_certs(anchors_path)?)
+        .with_context(|| format!("trust anchors in {}", anchors_path.display()))?;
+
+    if let (Some(cert), Some(key)) = (&args.identity_cert, &args.identity_key) {
+        let files = FileIdentity {
+            cert: cert.clone(),
+            key: key.clone(),
+            anchors: anchors_path.clone(),
+        };
+        let id = match &args.id {
+            Some(id) => id.clone(),
+            None => weft_api::SpiffeId::from_certificate(
+                read_pem_certs(cert)?
+                    .first()
+                    .context("empty certificate file")?,
+            )
+            .into_iter()
+            .next()
+            .with_context(|| format!("{} names no SPIFFE ID; pass --identity", cert.display()))?,
+        };
+        let identity = Identity::new(id, anchors);
+        files.load(&identity)?;
+        tokio::spawn(files.watch(identity.clone()));
+        return Ok(Some(identity));
+    }
+
+    let addr = args
+        .control_plane
+        .clone()
+        .context("--control-plane is required")?;
+    let id = args
+        .id
+        .clone()
+        .context("--identity (this workload's SPIFFE ID) is required with --control-plane")?;
+    let token = match (&args.identity_token_file, &args.identity_token) {
+        (Some(f), _) => TokenSource::File(f.clone()),
+        (None, Some(t)) => TokenSource::Value(t.clone()),
+        (None, None) => anyhow::bail!(
+            "--identity-token-file or --identity-token is required with --control-plane"
+        ),
+    };
+    let identity = Identity::new(id, anchors);
+    let cp = ControlPlane {
+        addr,
+        identity: args.control_plane_identity.clone(),
+    };
+    let certifier = Certifier::new(identity.clone(), cp, token)?;
+    tokio::spawn(certifier.run());
+    Ok(Some(identity))
 }

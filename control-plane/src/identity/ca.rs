@@ -15,8 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
@@ -153,7 +152,10 @@ impl Ca {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "weft");
-        dn.push(DnType::CommonName, format!("weft root CA for {trust_domain}"));
+        dn.push(
+            DnType::CommonName,
+            format!("weft root CA for {trust_domain}"),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
@@ -183,15 +185,19 @@ impl Ca {
 
     /// Loads an issuer from PEM files: its certificate, its key, and optionally
     /// the trust anchors (when absent, the issuer is the trust anchor).
-    pub fn load(cert_path: &Path, key_path: &Path, roots_path: Option<&Path>) -> Result<Ca, CaError> {
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        roots_path: Option<&Path>,
+    ) -> Result<Ca, CaError> {
         let chain = certs_from_pem(cert_path)?;
         let issuer_cert = chain[0].clone();
-        let key_pem = String::from_utf8(read(key_path)?)
-            .map_err(|_| invalid(key_path, "not PEM text"))?;
+        let key_pem =
+            String::from_utf8(read(key_path)?).map_err(|_| invalid(key_path, "not PEM text"))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(key_path, e))?;
 
-        let (_, x509) = x509_parser::parse_x509_certificate(&issuer_cert)
-            .map_err(|e| invalid(cert_path, e))?;
+        let (_, x509) =
+            x509_parser::parse_x509_certificate(&issuer_cert).map_err(|e| invalid(cert_path, e))?;
         if x509.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(CaError::KeyMismatch {
                 cert: cert_path.into(),
@@ -222,7 +228,8 @@ impl Ca {
             Some(p) => certs_from_pem(p)?,
             None => vec![issuer_cert.clone()],
         };
-        let issuer = Issuer::from_ca_cert_der(&issuer_cert, key).map_err(|e| invalid(cert_path, e))?;
+        let issuer =
+            Issuer::from_ca_cert_der(&issuer_cert, key).map_err(|e| invalid(cert_path, e))?;
         // What ca.crt holds beyond the trust anchors travels with every leaf:
         // the issuer itself when it is an intermediate, and its parents.
         let intermediates = chain.into_iter().filter(|c| !roots.contains(c)).collect();
@@ -251,11 +258,17 @@ impl Ca {
         proven: &SpiffeId,
         lifetime: Duration,
     ) -> Result<Issued, SignError> {
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-            .map_err(|e| SignError::BadCsr(e.to_string()))?;
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| SignError::BadCsr(e.to_string()))?;
         let requested = match csr.params.subject_alt_names.as_slice() {
             [SanType::URI(uri)] => uri.as_str().to_string(),
-            other => return Err(SignError::BadSan(format!("{} SAN(s) of other kinds", other.len()))),
+            other => {
+                return Err(SignError::BadSan(format!(
+                    "{} SAN(s) of other kinds",
+                    other.len()
+                )));
+            }
         };
         let requested_id: SpiffeId = requested
             .parse()
@@ -279,7 +292,9 @@ impl Ca {
     /// control plane's own serving certificate.
     pub fn issue(&self, id: &SpiffeId, lifetime: Duration) -> Result<(Issued, KeyPair), SignError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let cert = self.leaf_params(id, lifetime)?.signed_by(&key, &self.issuer)?;
+        let cert = self
+            .leaf_params(id, lifetime)?
+            .signed_by(&key, &self.issuer)?;
         Ok((self.issued(cert), key))
     }
 
@@ -294,7 +309,11 @@ impl Ca {
         }
     }
 
-    fn leaf_params(&self, id: &SpiffeId, lifetime: Duration) -> Result<CertificateParams, SignError> {
+    fn leaf_params(
+        &self,
+        id: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<CertificateParams, SignError> {
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         // SPIFFE X.509-SVIDs identify by the URI SAN alone (marked critical by
@@ -347,7 +366,10 @@ mod tests {
         let a = Ca::load_or_generate(dir.path(), "cluster.local").unwrap();
         let b = Ca::load_or_generate(dir.path(), "cluster.local").unwrap();
         assert_eq!(a.roots(), b.roots());
-        let mode = fs::metadata(dir.path().join("ca.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -357,11 +379,18 @@ mod tests {
         let ca = Ca::load_or_generate(dir.path(), "cluster.local").unwrap();
         let web = id("web");
         let issued = ca
-            .sign(&csr(vec![uri(&web.to_string())]), &web, Duration::from_secs(10))
+            .sign(
+                &csr(vec![uri(&web.to_string())]),
+                &web,
+                Duration::from_secs(10),
+            )
             .unwrap();
         assert_eq!(SpiffeId::from_certificate(&issued.leaf), vec![web]);
         let left = issued.not_after.duration_since(SystemTime::now()).unwrap();
-        assert!(left <= Duration::from_secs(10) && left >= Duration::from_secs(8), "{left:?}");
+        assert!(
+            left <= Duration::from_secs(10) && left >= Duration::from_secs(8),
+            "{left:?}"
+        );
         let (_, c) = x509_parser::parse_x509_certificate(&issued.leaf).unwrap();
         let eku = c.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && eku.client_auth);
@@ -375,20 +404,30 @@ mod tests {
         let ca = Ca::load_or_generate(dir.path(), "cluster.local").unwrap();
         let web = id("web");
         let life = Duration::from_secs(60);
-        assert!(matches!(ca.sign(b"garbage", &web, life), Err(SignError::BadCsr(_))));
+        assert!(matches!(
+            ca.sign(b"garbage", &web, life),
+            Err(SignError::BadCsr(_))
+        ));
         assert!(matches!(
             ca.sign(&csr(vec![uri(&id("admin").to_string())]), &web, life),
             Err(SignError::IdentityMismatch { .. })
         ));
         assert!(matches!(
-            ca.sign(&csr(vec![SanType::DnsName("web".try_into().unwrap())]), &web, life),
+            ca.sign(
+                &csr(vec![SanType::DnsName("web".try_into().unwrap())]),
+                &web,
+                life
+            ),
             Err(SignError::BadSan(_))
         ));
         assert!(matches!(
             ca.sign(&csr(vec![uri("https://example.com/")]), &web, life),
             Err(SignError::BadSan(_))
         ));
-        assert!(matches!(ca.sign(&csr(vec![]), &web, life), Err(SignError::BadSan(_))));
+        assert!(matches!(
+            ca.sign(&csr(vec![]), &web, life),
+            Err(SignError::BadSan(_))
+        ));
     }
 
     fn write_ca(dir: &Path, params: CertificateParams) -> (PathBuf, PathBuf) {
@@ -412,7 +451,10 @@ mod tests {
         let (cert, _) = write_ca(dir.path(), ca_params());
         fs::remove_file(dir.path().join("ca.key")).unwrap();
         let e = Ca::load_or_generate(dir.path(), "cluster.local").unwrap_err();
-        assert!(matches!(e, CaError::Missing(ref p) if p.ends_with("ca.key")), "{e}");
+        assert!(
+            matches!(e, CaError::Missing(ref p) if p.ends_with("ca.key")),
+            "{e}"
+        );
 
         let other = tempfile::tempdir().unwrap();
         let (_, other_key) = write_ca(other.path(), ca_params());
@@ -451,7 +493,13 @@ mod tests {
         let ca = Ca::load_or_generate(d.path(), "cluster.local").unwrap();
         assert_eq!(ca.roots(), &[root.der().clone()]);
         let web = id("web");
-        let issued = ca.sign(&csr(vec![uri(&web.to_string())]), &web, Duration::from_secs(60)).unwrap();
+        let issued = ca
+            .sign(
+                &csr(vec![uri(&web.to_string())]),
+                &web,
+                Duration::from_secs(60),
+            )
+            .unwrap();
         assert_eq!(issued.intermediates, vec![int.der().clone()]);
     }
 }

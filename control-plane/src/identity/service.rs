@@ -23,7 +23,11 @@ pub struct IdentityService {
 impl IdentityService {
     fn reject(&self, reason: Reject, status: Status) -> Status {
         self.metrics.certify_rejected(reason);
-        warn!(reason = reason.as_str(), message = status.message(), "Certify refused");
+        warn!(
+            reason = reason.as_str(),
+            message = status.message(),
+            "Certify refused"
+        );
         status
     }
 }
@@ -51,10 +55,13 @@ impl Identity for IdentityService {
                 SignError::BadCsr(_) | SignError::BadSan(_) => {
                     self.reject(Reject::BadCsr, Status::invalid_argument(e.to_string()))
                 }
-                SignError::IdentityMismatch { .. } => {
-                    self.reject(Reject::IdentityMismatch, Status::permission_denied(e.to_string()))
+                SignError::IdentityMismatch { .. } => self.reject(
+                    Reject::IdentityMismatch,
+                    Status::permission_denied(e.to_string()),
+                ),
+                SignError::Sign(_) => {
+                    self.reject(Reject::Internal, Status::internal(e.to_string()))
                 }
-                SignError::Sign(_) => self.reject(Reject::Internal, Status::internal(e.to_string())),
             })?;
         self.metrics.certify_issued();
         let valid_until_unix_ms = issued

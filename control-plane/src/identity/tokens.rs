@@ -172,7 +172,8 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, "tokens:\n  - token: abc\n    namespace: Default!\n").unwrap();
         let f = std::fs::File::options().append(true).open(&path).unwrap();
-        f.set_modified(SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+        f.set_modified(SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
         assert!(t.verify("abc").await.is_ok());
     }
 
@@ -185,10 +186,18 @@ mod tests {
             "tokens:\n  - token: a\n    namespace: ok\n    serviceAccount: Bad_Name\n",
         )
         .unwrap();
-        let e = BootstrapTokens::load(&path, "cluster.local").unwrap_err().to_string();
+        let e = BootstrapTokens::load(&path, "cluster.local")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tokens[0]") && e.contains("Bad_Name"), "{e}");
-        std::fs::write(&path, "tokens:\n  - token: a\n    namespace: ok\n    sa: x\n").unwrap();
-        let e = BootstrapTokens::load(&path, "cluster.local").unwrap_err().to_string();
+        std::fs::write(
+            &path,
+            "tokens:\n  - token: a\n    namespace: ok\n    sa: x\n",
+        )
+        .unwrap();
+        let e = BootstrapTokens::load(&path, "cluster.local")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sa"), "{e}");
     }
 }

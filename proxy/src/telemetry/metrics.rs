@@ -121,19 +121,82 @@ impl Drop for ConnectionGuard {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    direction: Direction,
+    peer_identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    direction: Direction,
+    reason: &'static str,
+}
+
+/// mTLS outcomes. The peer label is a workload identity, so its cardinality
+/// is the number of service accounts this pod talks to.
+#[derive(Clone, Debug, Default)]
+pub struct TlsMetrics {
+    sessions: Family<PeerLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+}
+
+impl TlsMetrics {
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "tls_sessions",
+            "mTLS connections established, by peer workload identity",
+            self.sessions.clone(),
+        );
+        reg.register(
+            "tls_errors",
+            "Connections refused or failed in TLS, by reason",
+            self.failures.clone(),
+        );
+    }
+
+    pub fn session(&self, direction: Direction, peer: &weft_api::SpiffeId) {
+        self.sessions
+            .get_or_create(&PeerLabels {
+                direction,
+                peer_identity: peer.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn failure(&self, direction: Direction, reason: &'static str) {
+        self.failures
+            .get_or_create(&FailureLabels { direction, reason })
+            .inc();
+    }
+}
+
 /// Every metric the proxy exports, and the registry that renders them.
 #[derive(Debug)]
 pub struct Metrics {
     pub tcp: TcpMetrics,
+    pub tls: TlsMetrics,
     registry: Registry,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl Metrics {
+    /// The registry, with the identity metrics when the proxy has an identity.
+    pub fn new(identity: Option<&crate::identity::IdentityMetrics>) -> Self {
         let tcp = TcpMetrics::default();
+        let tls = TlsMetrics::default();
         let mut registry = Registry::default();
         tcp.register(&mut registry);
-        Metrics { tcp, registry }
+        tls.register(&mut registry);
+        if let Some(m) = identity {
+            m.register(&mut registry);
+        }
+        Metrics { tcp, tls, registry }
     }
 }
 

@@ -2,4 +2,4 @@
 
 pub mod metrics;
 
-pub use metrics::{Direction, Metrics, TcpMetrics};
+pub use metrics::{Direction, Metrics, TcpMetrics, TlsMetrics};

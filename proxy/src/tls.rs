@@ -1,0 +1,330 @@
+//! mTLS on the data path: the outbound side opens TLS 1.3 to a meshed peer and
+//! checks it is the workload expected there; the inbound side tells TLS from
+//! plaintext by peeking (no byte lost), terminates mTLS, and learns the
+//! client's identity.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::ValueEnum;
+use rustls::pki_types::ServerName;
+use rustls::{CertificateError, ClientConfig, Error as TlsErr, OtherError};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
+use weft_api::SpiffeId;
+use weft_api::tls::{self as wtls, ForeignIdentity, IdentityMismatch};
+
+use crate::identity::Identity;
+
+/// Whether the inbound side accepts plaintext. Meshed clients always speak
+/// mTLS; this only decides what happens to everyone else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum MtlsMode {
+    /// Plaintext is served too (un-meshed clients, health checks): the default,
+    /// as in Istio and Linkerd, so a mesh can be adopted gradually.
+    #[default]
+    Permissive,
+    /// Only mTLS from a workload of this trust domain.
+    Strict,
+}
+
+/// The workload expected at a destination: `IP=ID` or `IP:PORT=ID`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+    pub id: SpiffeId,
+}
+
+impl FromStr for PeerIdentity {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (dst, id) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}` is not DESTINATION=SPIFFE_ID"))?;
+        let id: SpiffeId = id.parse().map_err(|e| format!("{e}"))?;
+        if let Ok(sa) = dst.parse::<SocketAddr>() {
+            return Ok(PeerIdentity {
+                ip: sa.ip(),
+                port: Some(sa.port()),
+                id,
+            });
+        }
+        let ip = dst
+            .parse::<IpAddr>()
+            .map_err(|_| format!("`{dst}` is not an IP address or IP:PORT"))?;
+        Ok(PeerIdentity { ip, port: None, id })
+    }
+}
+
+/// Why a TLS connection failed, as a metric label and a log field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TlsFailure {
+    IdentityMismatch,
+    ForeignIdentity,
+    UntrustedCertificate,
+    NoClientCertificate,
+    PlaintextRefused,
+    Timeout,
+    Other,
+}
+
+impl TlsFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsFailure::IdentityMismatch => "identity_mismatch",
+            TlsFailure::ForeignIdentity => "foreign_identity",
+            TlsFailure::UntrustedCertificate => "untrusted_certificate",
+            TlsFailure::NoClientCertificate => "no_client_certificate",
+            TlsFailure::PlaintextRefused => "plaintext_refused",
+            TlsFailure::Timeout => "timeout",
+            TlsFailure::Other => "other",
+        }
+    }
+
+    /// Classifies a handshake error.
+    pub fn of(e: &io::Error) -> TlsFailure {
+        let Some(err) = wtls::rustls_error(e) else {
+            return TlsFailure::Other;
+        };
+        match err {
+            TlsErr::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+                if inner.downcast_ref::<IdentityMismatch>().is_some() {
+                    TlsFailure::IdentityMismatch
+                } else if inner.downcast_ref::<ForeignIdentity>().is_some() {
+                    TlsFailure::ForeignIdentity
+                } else {
+                    TlsFailure::UntrustedCertificate
+                }
+            }
+            TlsErr::InvalidCertificate(_) => TlsFailure::UntrustedCertificate,
+            TlsErr::NoCertificatesPresented => TlsFailure::NoClientCertificate,
+            TlsErr::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+                TlsFailure::NoClientCertificate
+            }
+            TlsErr::AlertReceived(
+                rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::UnknownCA
+                | rustls::AlertDescription::CertificateUnknown,
+            ) => TlsFailure::UntrustedCertificate,
+            _ => TlsFailure::Other,
+        }
+    }
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The client side of sidecar-to-sidecar mTLS.
+#[derive(Debug)]
+pub struct OutboundTls {
+    identity: Identity,
+    peers: Vec<PeerIdentity>,
+    /// Expected identity of an explicit-mode target.
+    target: Option<SpiffeId>,
+    /// One client config per expected identity, built once: the certificate
+    /// and the anchors inside are swapped in place, so configs never go stale.
+    configs: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+}
+
+impl OutboundTls {
+    pub fn new(identity: Identity, peers: Vec<PeerIdentity>, target: Option<SpiffeId>) -> Self {
+        OutboundTls {
+            identity,
+            peers,
+            target,
+            configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The identity expected at `dst`: none means an un-meshed destination,
+    /// reached in plaintext.
+    pub fn expected(&self, dst: SocketAddr, fixed_target: bool) -> Option<SpiffeId> {
+        if fixed_target {
+            return self.target.clone();
+        }
+        let exact = self
+            .peers
+            .iter()
+            .find(|p| p.ip == dst.ip() && p.port == Some(dst.port()));
+        exact
+            .or_else(|| {
+                self.peers
+                    .iter()
+                    .find(|p| p.ip == dst.ip() && p.port.is_none())
+            })
+            .map(|p| p.id.clone())
+    }
+
+    fn config(&self, expected: &SpiffeId) -> Result<Arc<ClientConfig>, io::Error> {
+        let mut configs = self
+            .configs
+            .lock()
+            .map_err(|_| io::Error::other("TLS config cache poisoned"))?;
+        if let Some(c) = configs.get(expected) {
+            return Ok(c.clone());
+        }
+        let cfg = Arc::new(
+            wtls::client_config(
+                self.identity.cert.clone(),
+                self.identity.anchors.clone(),
+                expected.clone(),
+                &[wtls::ALPN_TCP],
+            )
+            .map_err(io::Error::other)?,
+        );
+        configs.insert(expected.clone(), cfg.clone());
+        Ok(cfg)
+    }
+
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        dst: SocketAddr,
+        expected: &SpiffeId,
+    ) -> io::Result<client::TlsStream<TcpStream>> {
+        let config = self.config(expected)?;
+        // An IP server name sends no SNI; the verifier checks the SPIFFE ID.
+        TlsConnector::from(config)
+            .connect(ServerName::IpAddress(dst.ip().into()), tcp)
+            .await
+    }
+}
+
+/// What the inbound side found on a connection.
+#[derive(Debug)]
+pub enum Accepted {
+    Tls(Box<server::TlsStream<TcpStream>>, SpiffeId),
+    Plain(TcpStream),
+}
+
+/// The server side of sidecar-to-sidecar mTLS.
+pub struct InboundTls {
+    acceptor: TlsAcceptor,
+    mode: MtlsMode,
+    detect_timeout: Duration,
+}
+
+impl fmt::Debug for InboundTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundTls")
+            .field("mode", &self.mode)
+            .field("detect_timeout", &self.detect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+impl InboundTls {
+    pub fn new(
+        identity: &Identity,
+        mode: MtlsMode,
+        detect_timeout: Duration,
+    ) -> Result<Self, wtls::TlsError> {
+        let cfg = wtls::server_config(
+            identity.cert.clone(),
+            identity.anchors.clone(),
+            identity.trust_domain(),
+            true,
+            &[wtls::ALPN_TCP, wtls::ALPN_H2],
+        )?;
+        Ok(InboundTls {
+            acceptor: TlsAcceptor::from(Arc::new(cfg)),
+            mode,
+            detect_timeout,
+        })
+    }
+
+    /// Peeks at the first byte: a TLS handshake is terminated (client
+    /// certificate required), anything else is plaintext, served only in
+    /// permissive mode. A client that says nothing within the detect timeout
+    /// is plaintext too (a server-speaks-first protocol).
+    pub async fn accept(&self, tcp: TcpStream) -> Result<Accepted, (TlsFailure, io::Error)> {
+        let mut first = [0u8; 1];
+        let peeked = match self.mode {
+            MtlsMode::Permissive => tokio::time::timeout(self.detect_timeout, tcp.peek(&mut first))
+                .await
+                .ok(),
+            MtlsMode::Strict => Some(tcp.peek(&mut first).await),
+        };
+        let is_tls = match peeked {
+            Some(Ok(1)) => first[0] == TLS_HANDSHAKE,
+            Some(Ok(_)) => false, // EOF before a byte
+            Some(Err(e)) => return Err((TlsFailure::Other, e)),
+            None => false,
+        };
+        if !is_tls {
+            return match self.mode {
+                MtlsMode::Permissive => Ok(Accepted::Plain(tcp)),
+                MtlsMode::Strict => Err((
+                    TlsFailure::PlaintextRefused,
+                    io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "plaintext refused: this workload's mTLS mode is strict",
+                    ),
+                )),
+            };
+        }
+        let tls =
+            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return Err((TlsFailure::of(&e), e)),
+                Err(_) => {
+                    return Err((
+                        TlsFailure::Timeout,
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
+                    ));
+                }
+            };
+        let client = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| SpiffeId::from_certificate(c).into_iter().next());
+        match client {
+            Some(id) => Ok(Accepted::Tls(Box::new(tls), id)),
+            // The verifier already demands one; this is belt and braces.
+            None => Err((
+                TlsFailure::ForeignIdentity,
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "client certificate has no SPIFFE ID",
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_identities_parse_with_and_without_port() {
+        let p: PeerIdentity = "10.0.0.1=spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        assert_eq!((p.port, p.id.service_account()), (None, "b"));
+        let p: PeerIdentity = "10.0.0.1:80=spiffe://cluster.local/ns/a/sa/b"
+            .parse()
+            .unwrap();
+        assert_eq!(p.port, Some(80));
+        assert!("10.0.0.1".parse::<PeerIdentity>().is_err());
+        assert!(
+            "host=spiffe://cluster.local/ns/a/sa/b"
+                .parse::<PeerIdentity>()
+                .is_err()
+        );
+        assert!("10.0.0.1=spiffe://x/y".parse::<PeerIdentity>().is_err());
+    }
+}
