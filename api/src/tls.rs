@@ -408,3 +408,15 @@ pub fn is_identity_mismatch(e: &rustls::Error) -> bool {
             if inner.downcast_ref::<IdentityMismatch>().is_some()
     )
 }
+
+/// A handshake error in words: our own verifiers' reasons as they say them,
+/// rustls's otherwise.
+pub fn describe(e: &std::io::Error) -> String {
+    match rustls_error(e) {
+        Some(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner)))) => {
+            inner.to_string()
+        }
+        Some(err) => err.to_string(),
+        None => e.to_string(),
+    }
+}

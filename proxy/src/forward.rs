@@ -62,12 +62,11 @@ pub enum ForwardError {
         #[source]
         source: io::Error,
     },
-    #[error("TLS with {dst} failed ({reason}): {source}")]
+    #[error("TLS with {dst} failed ({reason}): {detail}")]
     Tls {
         dst: SocketAddr,
         reason: TlsFailure,
-        #[source]
-        source: io::Error,
+        detail: String,
     },
     #[error("after connecting to {dst}: {source}")]
     Io {
@@ -133,10 +132,10 @@ impl Forwarder {
                 let accepted =
                     tls.accept(stream)
                         .await
-                        .map_err(|(reason, source)| ForwardError::Tls {
+                        .map_err(|(reason, e)| ForwardError::Tls {
                             dst,
                             reason,
-                            source,
+                            detail: weft_api::tls::describe(&e),
                         })?;
                 let upstream = self.connect(dst).await?;
                 match accepted {
@@ -153,11 +152,11 @@ impl Forwarder {
                 let upstream = self.connect(dst).await?;
                 match expected {
                     Some(id) => {
-                        let server = tls.connect(upstream, dst, &id).await.map_err(|source| {
+                        let server = tls.connect(upstream, dst, &id).await.map_err(|e| {
                             ForwardError::Tls {
                                 dst,
-                                reason: TlsFailure::of(&source),
-                                source,
+                                reason: TlsFailure::of(&e),
+                                detail: weft_api::tls::describe(&e),
                             }
                         })?;
                         self.tls_metrics.session(self.direction, &id);

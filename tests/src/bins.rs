@@ -31,3 +31,7 @@ pub fn proxy() -> PathBuf {
 pub fn test_app() -> PathBuf {
     find("weft-test-app", "WEFT_TEST_APP_BIN")
 }
+
+pub fn control() -> PathBuf {
+    find("weft-control", "WEFT_CONTROL_BIN")
+}

@@ -12,12 +12,15 @@
 //! entry point says so plainly when run without it.
 
 pub mod bins;
+pub mod capture;
 pub mod client;
+pub mod mesh;
 pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod process;
 
+pub use mesh::{ControlPlane, spiffe};
 pub use netns::Netns;
 pub use node::{Node, Pod};
 pub use process::Process;

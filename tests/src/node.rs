@@ -98,17 +98,27 @@ impl Node {
     pub fn id(&self) -> &str {
         &self.id
     }
+
+    /// Where this node's logs and files live.
+    pub fn logs(&self) -> &std::path::Path {
+        &self.logs
+    }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         let pods = std::mem::take(&mut *self.pods.lock().unwrap_or_else(|p| p.into_inner()));
-        if std::thread::panicking() {
+        let failed = std::thread::panicking();
+        if failed {
             for pod in &pods {
                 pod.dump_logs();
             }
         }
         drop(pods);
+        // Keep a failed test's files for a post-mortem; a passing test's go.
+        if !failed {
+            let _ = std::fs::remove_dir_all(&self.logs);
+        }
     }
 }
 
@@ -224,6 +234,12 @@ impl Pod {
         }
     }
 
+    /// Whether something listens on `port` on this pod's address.
+    pub fn is_listening(&self, port: u16) -> bool {
+        let addr = self.addr(port);
+        self.ns.run_in(|| std::net::TcpStream::connect(addr)).is_ok()
+    }
+
     /// Waits until something listens on `port` in this pod.
     pub fn wait_listening(&self, port: u16) {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -259,6 +275,21 @@ impl Pod {
     /// that has not moved).
     pub fn metric(&self, series: &str) -> f64 {
         crate::metrics::value(&self.metrics(), series).unwrap_or(0.0)
+    }
+
+    /// Fails (printing every log of the pod) unless the proxy's log contains
+    /// `needle`.
+    pub fn assert_proxy_log_contains(&self, needle: &str) {
+        let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        if !procs
+            .iter()
+            .any(|p| p.name.ends_with("/proxy") && p.log().contains(needle))
+        {
+            for p in procs.iter() {
+                p.dump_log();
+            }
+            panic!("the proxy log of {} lacks {needle:?}", self.name);
+        }
     }
 
     pub fn dump_logs(&self) {

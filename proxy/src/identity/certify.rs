@@ -7,16 +7,14 @@
 //! quarter of what is left of the current certificate) while the certificate
 //! in hand keeps serving.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use tokio_rustls::TlsConnector;
-use tonic::transport::{Channel, Endpoint};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tonic::transport::Channel;
 use tracing::{info, warn};
 use weft_api::SpiffeId;
 use weft_api::tls;
@@ -71,26 +69,7 @@ impl Certifier {
             cp.identity.clone(),
             &[tls::ALPN_H2],
         )?);
-        let addr = cp.addr.clone();
-        let connector = tower::service_fn(move |_uri| {
-            let (config, addr) = (config.clone(), addr.clone());
-            async move {
-                let target: SocketAddr = tokio::net::lookup_host(&addr)
-                    .await?
-                    .next()
-                    .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to nothing")))?;
-                let tcp = tokio::net::TcpStream::connect(target).await?;
-                let _ = tcp.set_nodelay(true);
-                // The name is not checked (the verifier checks the SPIFFE ID).
-                let name = ServerName::try_from("weft-control").map_err(std::io::Error::other)?;
-                let tls = TlsConnector::from(config).connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        });
-        let channel = Endpoint::from_static("http://weft-control")
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_with_connector_lazy(connector);
+        let channel = weft_api::grpc::connect_lazy(cp.addr.clone(), config);
         Ok(Certifier {
             identity,
             token,
