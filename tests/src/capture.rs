@@ -27,7 +27,11 @@ impl Capture {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !process.log().contains("listening on") {
             assert!(process.is_running(), "tcpdump exited: {}", process.log());
-            assert!(Instant::now() < deadline, "tcpdump never started: {}", process.log());
+            assert!(
+                Instant::now() < deadline,
+                "tcpdump never started: {}",
+                process.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Capture { process, file }

@@ -102,9 +102,15 @@ impl ControlPlane {
             ],
         );
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.ca_cert().exists() || !self.pod.is_listening(weft_api::defaults::CONTROL_GRPC_PORT) {
+        while !self.ca_cert().exists()
+            || !self.pod.is_listening(weft_api::defaults::CONTROL_GRPC_PORT)
+        {
             assert!(p.is_running(), "weft-control exited: {}", p.log());
-            assert!(Instant::now() < deadline, "weft-control never listened: {}", p.log());
+            assert!(
+                Instant::now() < deadline,
+                "weft-control never listened: {}",
+                p.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         *self.process.lock().expect("process") = Some(p);
@@ -138,7 +144,12 @@ impl Pod {
     }
 
     /// Starts a proxy with an identity from `cp` (without running `init`).
-    pub fn start_identified_proxy(&self, cp: &ControlPlane, sa: &str, extra: &[&str]) -> Arc<Process> {
+    pub fn start_identified_proxy(
+        &self,
+        cp: &ControlPlane,
+        sa: &str,
+        extra: &[&str],
+    ) -> Arc<Process> {
         let token = cp.token_for(sa);
         let id = spiffe(sa);
         let addr = cp.grpc_addr().to_string();

@@ -237,7 +237,9 @@ impl Pod {
     /// Whether something listens on `port` on this pod's address.
     pub fn is_listening(&self, port: u16) -> bool {
         let addr = self.addr(port);
-        self.ns.run_in(|| std::net::TcpStream::connect(addr)).is_ok()
+        self.ns
+            .run_in(|| std::net::TcpStream::connect(addr))
+            .is_ok()
     }
 
     /// Waits until something listens on `port` in this pod.
