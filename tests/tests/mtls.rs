@@ -726,12 +726,21 @@ fn a_proxy_is_not_ready_until_it_holds_a_certificate() {
         "proxy",
         bins::proxy(),
         &[
-            "run", "--identity", &id, "--control-plane", &addr, "--identity-token", &token,
-            "--trust-anchors", anchors.to_str().expect("utf-8"),
+            "run",
+            "--identity",
+            &id,
+            "--control-plane",
+            &addr,
+            "--identity-token",
+            &token,
+            "--trust-anchors",
+            anchors.to_str().expect("utf-8"),
         ],
     );
     // Listeners are bound, but without a certificate the proxy is not ready.
-    eventually("the admin server answers", Duration::from_secs(10), || pod.admin("/live").is_ok());
+    eventually("the admin server answers", Duration::from_secs(10), || {
+        pod.admin("/live").is_ok()
+    });
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(pod.admin("/ready").expect("/ready").status, 503);
     assert!(pod.metric(RENEW_FAILED) >= 1.0);
