@@ -17,8 +17,7 @@ fn find(name: &str, env: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} not found; build it first (`cargo build --workspace --bins`, which \
-         `cargo test --workspace` does) or set {env}",
+        "{} not found; build it first (`cargo build --workspace --bins`, as scripts/test does) or set {env}",
         path.display()
     );
     path
