@@ -2,7 +2,10 @@
 //! protobuf compiler, so building needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/weft/v1/identity.proto"];
+    let protos = [
+        "proto/weft/v1/identity.proto",
+        "proto/weft/v1/discovery.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -1,4 +1,6 @@
-//! The control plane's admin server: `/live`, `/ready`, `/metrics`.
+//! The control plane's admin server: `/live`, `/ready`, `/metrics`, and the
+//! JSON views `/proxies` (what each proxy was sent and acknowledged) and
+//! `/errors` (manifest problems outstanding).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,48 +12,73 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
+use crate::discovery::Registry;
+use crate::discovery::source::State;
 use crate::metrics::Metrics;
 
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(route(&req, &metrics)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    pub state: watch::Receiver<Arc<State>>,
 }
 
-fn route(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/live") => (StatusCode::OK, "text/plain", "live\n".to_string()),
-        (&Method::GET, "/ready") => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_string(),
-        ),
-    };
-    let mut res = Response::new(Full::new(Bytes::from(body)));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(ctype),
-    );
-    res
+impl Admin {
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.route(&req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+
+    fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let json =
+            |v: serde_json::Value| (StatusCode::OK, "application/json", v.to_string() + "\n");
+        let (status, ctype, body) = match (req.method(), req.uri().path()) {
+            (&Method::GET, "/live") => (StatusCode::OK, "text/plain", "live\n".to_string()),
+            (&Method::GET, "/ready") => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+            (&Method::GET, "/metrics") => (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics.render(),
+            ),
+            (&Method::GET, "/proxies") => {
+                let state = self.state.borrow().clone();
+                json(serde_json::json!({
+                    "version": state.shared.version,
+                    "proxies": self.registry.list(),
+                }))
+            }
+            (&Method::GET, "/errors") => {
+                let state = self.state.borrow().clone();
+                json(serde_json::json!({ "errors": state.errors }))
+            }
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found; try /live, /ready, /metrics, /proxies, /errors\n".to_string(),
+            ),
+        };
+        let mut res = Response::new(Full::new(Bytes::from(body)));
+        *res.status_mut() = status;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(ctype),
+        );
+        res
+    }
 }

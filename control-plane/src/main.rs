@@ -68,11 +68,35 @@ struct Cli {
     )]
     identity: SpiffeId,
 
+    /// The directory of manifests (Services, Pods, HTTPRoutes; *.yaml, read
+    /// recursively and watched for changes).
+    #[arg(long, env = "WEFT_MANIFESTS", default_value = "/etc/weft/manifests")]
+    manifests: PathBuf,
+
+    /// The mesh-wide inbound mTLS mode; a Pod's `weft.dev/mtls-mode`
+    /// annotation overrides it.
+    #[arg(long, env = "WEFT_MTLS_MODE", value_enum, default_value_t = Mode::Permissive)]
+    mtls_mode: Mode,
+
+    /// Ports never sniffed (server-speaks-first protocols), mesh-wide.
+    #[arg(long, env = "WEFT_OPAQUE_PORTS", value_delimiter = ',', default_values_t = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211])]
+    opaque_ports: Vec<u16>,
+
+    /// Quiet time that ends a burst of manifest changes before one push.
+    #[arg(long, env = "WEFT_DEBOUNCE", default_value = "100ms", value_parser = duration)]
+    debounce: Duration,
+
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log_level: String,
 
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value_t)]
     log_format: log::LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Mode {
+    Permissive,
+    Strict,
 }
 
 fn main() -> ExitCode {
@@ -98,6 +122,13 @@ fn main() -> ExitCode {
         grpc_listen: cli.grpc_listen,
         admin_listen: cli.admin_listen,
         identity: cli.identity,
+        manifests: cli.manifests,
+        mtls_mode: match cli.mtls_mode {
+            Mode::Permissive => weft_api::v1::MtlsMode::Permissive,
+            Mode::Strict => weft_api::v1::MtlsMode::Strict,
+        },
+        opaque_ports: cli.opaque_ports,
+        debounce: cli.debounce,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

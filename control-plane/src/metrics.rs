@@ -48,6 +48,9 @@ pub struct Metrics {
     issued: Counter,
     rejected: Family<ReasonLabels, Counter>,
     ca_expiry: Gauge,
+    manifest_errors: Gauge,
+    pushes: Counter,
+    connected: Gauge,
 }
 
 impl Default for Metrics {
@@ -71,11 +74,32 @@ impl Default for Metrics {
             "When the issuing CA certificate expires (Unix seconds)",
             ca_expiry.clone(),
         );
+        let manifest_errors = Gauge::default();
+        let pushes = Counter::default();
+        let connected = Gauge::default();
+        registry.register(
+            "manifest_errors",
+            "Manifest problems outstanding (see /errors on the admin server)",
+            manifest_errors.clone(),
+        );
+        registry.register(
+            "snapshot_pushes",
+            "Snapshots sent to proxies",
+            pushes.clone(),
+        );
+        registry.register(
+            "connected_proxies",
+            "Proxies with an open Watch stream",
+            connected.clone(),
+        );
         Metrics {
             registry,
             issued,
             rejected,
             ca_expiry,
+            manifest_errors,
+            pushes,
+            connected,
         }
     }
 }
@@ -95,6 +119,18 @@ impl Metrics {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         self.ca_expiry.set(secs as i64);
+    }
+
+    pub fn set_manifest_errors(&self, n: usize) {
+        self.manifest_errors.set(n as i64);
+    }
+
+    pub fn snapshot_pushed(&self) {
+        self.pushes.inc();
+    }
+
+    pub fn set_connected_proxies(&self, n: usize) {
+        self.connected.set(n as i64);
     }
 
     pub fn render(&self) -> String {

@@ -14,6 +14,11 @@ use weft_api::SpiffeId;
 use weft_api::tls::{self, CertSlot, TrustAnchors};
 use weft_api::v1::identity_server::IdentityServer;
 
+use weft_api::v1::discovery_server::DiscoveryServer;
+
+use crate::discovery::snapshot::MeshSettings;
+use crate::discovery::source::Source;
+use crate::discovery::{DiscoveryService, Registry};
 use crate::identity::{BootstrapTokens, Ca, IdentityService, TokenVerifier};
 use crate::metrics::Metrics;
 
@@ -41,6 +46,12 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The control plane's own identity; proxies verify it.
     pub identity: SpiffeId,
+    /// The directory of manifests (Services, Pods, HTTPRoutes).
+    pub manifests: PathBuf,
+    pub mtls_mode: weft_api::v1::MtlsMode,
+    pub opaque_ports: Vec<u16>,
+    /// Quiet time that ends a burst of manifest changes.
+    pub debounce: Duration,
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -53,10 +64,29 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     metrics.set_ca_expiry(ca.not_after());
 
+    let settings = MeshSettings {
+        trust_domain: cfg.trust_domain.clone(),
+        mtls_mode: cfg.mtls_mode,
+        opaque_ports: cfg.opaque_ports.clone(),
+    };
+    let state = Source {
+        dir: cfg.manifests.clone(),
+        settings: settings.clone(),
+        trust_anchors_der: ca.roots().iter().map(|c| c.to_vec()).collect(),
+        debounce: cfg.debounce,
+    }
+    .spawn(metrics.clone());
+    let registry = Arc::new(Registry::default());
+
     let admin = TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("binding the admin server to {}", cfg.admin_listen))?;
-    tokio::spawn(crate::admin::serve(admin, metrics.clone()));
+    let admin_server = crate::admin::Admin {
+        metrics: metrics.clone(),
+        registry: registry.clone(),
+        state: state.clone(),
+    };
+    tokio::spawn(admin_server.serve(admin));
 
     // The serving certificate: issued to ourselves, renewed well before expiry.
     let slot = CertSlot::default();
@@ -80,6 +110,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let tls_config = tls::server_config(slot, anchors, &cfg.trust_domain, false, &[tls::ALPN_H2])?;
 
+    let discovery = DiscoveryService {
+        state,
+        settings,
+        registry,
+        metrics: metrics.clone(),
+    };
     let identity = IdentityService {
         ca: ca.clone(),
         tokens,
@@ -92,6 +128,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     info!(grpc = %cfg.grpc_listen, admin = %cfg.admin_listen, identity = %cfg.identity, "control plane serving");
     tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
+        .add_service(DiscoveryServer::new(discovery))
         .serve_with_incoming_shutdown(
             crate::grpc::incoming(grpc, Arc::new(tls_config)),
             shutdown(),

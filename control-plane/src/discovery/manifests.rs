@@ -1,0 +1,482 @@
+//! Reading manifests: YAML files (several documents each) of the kinds Weft
+//! understands, validated with errors that name the file, the object and the
+//! field. A file or object that breaks never replaces good state: the last
+//! good version of each object keeps serving until the error is fixed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use gateway_api::experimental::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// The kinds Weft reads. Others are skipped (a directory may hold anything).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Service,
+    Pod,
+    HttpRoute,
+}
+
+impl Kind {
+    fn of(api_version: &str, kind: &str) -> Option<Kind> {
+        match (api_version, kind) {
+            ("v1", "Service") => Some(Kind::Service),
+            ("v1", "Pod") => Some(Kind::Pod),
+            ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
+                Some(Kind::HttpRoute)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Service => "Service",
+            Kind::Pod => "Pod",
+            Kind::HttpRoute => "HTTPRoute",
+        })
+    }
+}
+
+/// Kind, namespace and name: what identifies an object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Object {
+    Service(Box<Service>),
+    Pod(Box<Pod>),
+    HttpRoute(Box<HttpRoute>),
+}
+
+/// One problem in the manifests, precise enough to fix without searching.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ManifestError {
+    pub file: PathBuf,
+    /// `Service default/web`, or `document 2` when the document has no name.
+    pub object: String,
+    /// A path such as `spec.ports[0].port`; empty when the whole object is at fault.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.object)?;
+        if !self.field.is_empty() {
+            write!(f, ": field {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    stamp: Option<(SystemTime, u64)>,
+    objects: BTreeMap<ObjectKey, Object>,
+    errors: Vec<ManifestError>,
+}
+
+/// Every manifest file's objects and errors.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(p);
+        }
+    }
+}
+
+impl Store {
+    pub fn new(dir: &Path) -> Store {
+        Store {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Rereads what changed on disk. True when anything did.
+    pub fn refresh(&mut self) -> bool {
+        let mut paths = Vec::new();
+        yaml_files(&self.dir, &mut paths);
+        let mut changed = false;
+        // Deleted files take their objects with them: a deliberate removal.
+        let before = self.files.len();
+        self.files.retain(|p, _| paths.contains(p));
+        changed |= self.files.len() != before;
+        for path in paths {
+            let now = stamp(&path);
+            let state = self.files.entry(path.clone()).or_default();
+            if state.stamp == now && now.is_some() {
+                continue;
+            }
+            changed = true;
+            state.stamp = now;
+            load_file(&path, state);
+        }
+        changed
+    }
+
+    /// Every object, first file wins on duplicates (the later ones are errors).
+    pub fn objects(&self) -> (BTreeMap<ObjectKey, Object>, Vec<ManifestError>) {
+        let mut objects = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (path, state) in &self.files {
+            errors.extend(state.errors.iter().cloned());
+            for (key, obj) in &state.objects {
+                if objects.contains_key(key) {
+                    errors.push(ManifestError {
+                        file: path.clone(),
+                        object: key.to_string(),
+                        field: "metadata.name".into(),
+                        message: "defined in another file already; this copy is ignored".into(),
+                    });
+                    continue;
+                }
+                objects.insert(key.clone(), obj.clone());
+            }
+        }
+        (objects, errors)
+    }
+}
+
+/// Reloads one file into `state`, keeping the previous good objects where the
+/// new text is broken.
+fn load_file(path: &Path, state: &mut FileState) {
+    let previous = std::mem::take(&mut state.objects);
+    state.errors.clear();
+    let err = |object: String, field: String, message: String| ManifestError {
+        file: path.to_path_buf(),
+        object,
+        field,
+        message,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            state.errors.push(err(
+                "file".into(),
+                String::new(),
+                format!("cannot read: {e}"),
+            ));
+            state.objects = previous;
+            return;
+        }
+    };
+    let mut docs = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
+        match Value::deserialize(doc) {
+            Ok(v) => docs.push((i + 1, v)),
+            Err(e) => {
+                // A YAML syntax error: nothing in the file can be trusted.
+                state.errors.push(err(
+                    format!("document {}", i + 1),
+                    String::new(),
+                    format!("not valid YAML: {e}"),
+                ));
+                state.objects = previous;
+                return;
+            }
+        }
+    }
+    for (n, doc) in docs {
+        if doc.is_null() {
+            continue;
+        }
+        match parse_object(&doc) {
+            Ok(None) => {}
+            Ok(Some((key, obj))) => {
+                state.objects.insert(key, obj);
+            }
+            Err((key, field, message)) => {
+                let object = key
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| format!("document {n}"));
+                state.errors.push(err(object, field, message));
+                if let Some(old) = key.and_then(|k| previous.get(&k).map(|o| (k, o.clone()))) {
+                    tracing::warn!(object = %old.0, "keeping the last good version");
+                    state.objects.insert(old.0, old.1);
+                }
+            }
+        }
+    }
+    for e in &state.errors {
+        tracing::warn!(error = %e, "manifest error");
+    }
+}
+
+type ParseError = (Option<ObjectKey>, String, String);
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+/// Parses one document: `Ok(None)` for kinds Weft does not read.
+fn parse_object(doc: &Value) -> Result<Option<(ObjectKey, Object)>, ParseError> {
+    let api = str_at(doc, &["apiVersion"]).ok_or((None, "apiVersion".into(), "missing".into()))?;
+    let kind_s = str_at(doc, &["kind"]).ok_or((None, "kind".into(), "missing".into()))?;
+    let Some(kind) = Kind::of(api, kind_s) else {
+        tracing::debug!(api, kind = kind_s, "skipping a kind Weft does not read");
+        return Ok(None);
+    };
+    let name = str_at(doc, &["metadata", "name"])
+        .filter(|n| !n.is_empty())
+        .ok_or((
+            None,
+            "metadata.name".into(),
+            format!("a {kind} needs a name"),
+        ))?;
+    let namespace = str_at(doc, &["metadata", "namespace"]).unwrap_or("default");
+    let key = ObjectKey {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    };
+    let fail = |field: String, message: String| (Some(key.clone()), field, message);
+    let obj = match kind {
+        Kind::Service => {
+            let s: Service = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            validate_service(&s).map_err(|(f, m)| fail(f, m))?;
+            Object::Service(Box::new(s))
+        }
+        Kind::Pod => {
+            let p: Pod = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            validate_pod(&p).map_err(|(f, m)| fail(f, m))?;
+            Object::Pod(Box::new(p))
+        }
+        Kind::HttpRoute => {
+            let r: HttpRoute = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            validate_route(&r).map_err(|(f, m)| fail(f, m))?;
+            Object::HttpRoute(Box::new(r))
+        }
+    };
+    Ok(Some((key, obj)))
+}
+
+/// Deserializes with the path of the field at fault.
+fn typed<T: DeserializeOwned>(doc: &Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        (path, e.into_inner().to_string())
+    })
+}
+
+fn validate_service(s: &Service) -> Result<(), (String, String)> {
+    let Some(spec) = &s.spec else {
+        return Err(("spec".into(), "missing".into()));
+    };
+    if let Some(ip) = &spec.cluster_ip
+        && ip != "None"
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        return Err((
+            "spec.clusterIP".into(),
+            format!("`{ip}` is not an IP address"),
+        ));
+    }
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    if ports.is_empty() {
+        return Err((
+            "spec.ports".into(),
+            "a Service needs at least one port".into(),
+        ));
+    }
+    for (i, p) in ports.iter().enumerate() {
+        if !(1..=65535).contains(&p.port) {
+            return Err((
+                format!("spec.ports[{i}].port"),
+                format!("{} is not a port (1-65535)", p.port),
+            ));
+        }
+        if let Some(proto) = &p.protocol
+            && proto != "TCP"
+        {
+            return Err((
+                format!("spec.ports[{i}].protocol"),
+                format!("{proto} is not proxied; only TCP"),
+            ));
+        }
+        if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(t)) =
+            p.target_port
+            && !(1..=65535).contains(&t)
+        {
+            return Err((
+                format!("spec.ports[{i}].targetPort"),
+                format!("{t} is not a port (1-65535)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_pod(p: &Pod) -> Result<(), (String, String)> {
+    if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.as_ref())
+        && ip.parse::<std::net::IpAddr>().is_err()
+    {
+        return Err((
+            "status.podIP".into(),
+            format!("`{ip}` is not an IP address"),
+        ));
+    }
+    if let Some(mode) = p
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(super::model::MTLS_MODE_ANNOTATION))
+        && mode != "strict"
+        && mode != "permissive"
+    {
+        return Err((
+            format!(
+                "metadata.annotations.{}",
+                super::model::MTLS_MODE_ANNOTATION
+            ),
+            format!("`{mode}` is not an mTLS mode (strict or permissive)"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_route(r: &HttpRoute) -> Result<(), (String, String)> {
+    let parents = r.spec.parent_refs.as_deref().unwrap_or_default();
+    if parents.is_empty() {
+        return Err((
+            "spec.parentRefs".into(),
+            "a mesh route attaches to a Service: parentRefs: [{kind: Service, name: ...}]".into(),
+        ));
+    }
+    for (i, p) in parents.iter().enumerate() {
+        if p.kind.as_deref() != Some("Service") {
+            return Err((
+                format!("spec.parentRefs[{i}].kind"),
+                format!(
+                    "`{}` is not Service (Weft routes mesh traffic, the GAMMA way)",
+                    p.kind.as_deref().unwrap_or("Gateway")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: 198.19.0.1\n  selector: {app: web}\n  ports:\n  - port: 80\n    targetPort: 8080\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web-0\n  labels: {app: web}\nspec:\n  containers: [{name: app, image: x}]\nstatus:\n  podIP: 198.18.0.20\n";
+
+    fn store_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let mut s = Store::new(dir.path());
+        s.refresh();
+        (dir, s)
+    }
+
+    #[test]
+    fn reads_several_documents_and_skips_other_kinds() {
+        let text =
+            format!("{GOOD}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: x}}\n");
+        let (_d, s) = store_with(&[("a.yaml", &text)]);
+        let (objs, errs) = s.objects();
+        assert_eq!(objs.len(), 2, "{errs:?}");
+        assert!(errs.is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_object_and_field() {
+        let bad = GOOD.replace("port: 80", "port: eighty");
+        let (_d, s) = store_with(&[("bad.yaml", &bad)]);
+        let (_objs, errs) = s.objects();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let e = &errs[0];
+        assert!(e.file.ends_with("bad.yaml"));
+        assert_eq!(e.object, "Service default/web");
+        assert_eq!(e.field, "spec.ports[0].port");
+        let bad = GOOD.replace("port: 80", "port: 70000");
+        let (_d, s) = store_with(&[("bad.yaml", &bad)]);
+        assert_eq!(s.objects().1[0].field, "spec.ports[0].port");
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_good_object() {
+        let (d, mut s) = store_with(&[("a.yaml", GOOD)]);
+        assert_eq!(s.objects().0.len(), 2);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(
+            d.path().join("a.yaml"),
+            GOOD.replace("clusterIP: 198.19.0.1", "clusterIP: nope!"),
+        )
+        .unwrap();
+        assert!(s.refresh());
+        let (objs, errs) = s.objects();
+        assert_eq!(objs.len(), 2, "the broken Service was dropped");
+        assert_eq!(errs[0].field, "spec.clusterIP");
+        let Some(Object::Service(svc)) = objs.values().find(|o| matches!(o, Object::Service(_)))
+        else {
+            panic!("no service")
+        };
+        assert_eq!(
+            svc.spec.as_ref().unwrap().cluster_ip.as_deref(),
+            Some("198.19.0.1")
+        );
+
+        // Broken YAML: the whole file keeps its last good state.
+        std::fs::write(d.path().join("a.yaml"), "kind: [unclosed").unwrap();
+        assert!(s.refresh());
+        let (objs, errs) = s.objects();
+        assert_eq!((objs.len(), errs.len()), (2, 1));
+        assert!(errs[0].message.contains("not valid YAML"));
+
+        // Fixed: the error clears.
+        std::fs::write(d.path().join("a.yaml"), GOOD).unwrap();
+        assert!(s.refresh());
+        assert!(s.objects().1.is_empty());
+    }
+
+    #[test]
+    fn routes_must_attach_to_services() {
+        let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: web}]\n";
+        let (_d, s) = store_with(&[("r.yaml", route)]);
+        let (objs, errs) = s.objects();
+        assert_eq!(errs.len(), 1, "{objs:?}");
+        assert_eq!(errs[0].field, "spec.parentRefs[0].kind", "{errs:?}");
+    }
+}
