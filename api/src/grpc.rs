@@ -11,7 +11,8 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 /// A channel that connects (and reconnects) lazily to `addr` (`host:port`,
-/// resolved at each attempt) with `config`.
+/// resolved at each attempt) with `config`. No request timeout is set, since
+/// Watch streams live for hours; unary calls set their own.
 pub fn connect_lazy(addr: String, config: Arc<ClientConfig>) -> Channel {
     let connector = tower::service_fn(move |_uri| {
         let (config, addr) = (config.clone(), addr.clone());
@@ -30,6 +31,8 @@ pub fn connect_lazy(addr: String, config: Arc<ClientConfig>) -> Channel {
     });
     Endpoint::from_static("http://weft-control")
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .connect_with_connector_lazy(connector)
 }

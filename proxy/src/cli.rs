@@ -193,6 +193,32 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub identity: IdentityArgs,
+
+    /// This pod's name, for discovery (Kubernetes: from the downward API).
+    #[arg(long, env = "WEFT_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// This pod's namespace; defaults to the namespace of --identity.
+    #[arg(long, env = "WEFT_POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// Run the DNS server that answers mesh Service names (pair it with
+    /// `weft-proxy init --dns`, which redirects the pod's port 53 to it).
+    #[arg(long, env = "WEFT_DNS")]
+    pub dns: bool,
+
+    /// Addresses of the DNS server (UDP and TCP).
+    #[arg(long, env = "WEFT_DNS_LISTEN", value_delimiter = ',', default_values_t = default_dns())]
+    pub dns_listen: Vec<SocketAddr>,
+
+    /// Where to forward DNS queries for other names; default: the first
+    /// nameserver in /etc/resolv.conf.
+    #[arg(long, env = "WEFT_DNS_UPSTREAM")]
+    pub dns_upstream: Option<SocketAddr>,
+}
+
+fn default_dns() -> Vec<SocketAddr> {
+    both_families(defaults::DNS_PORT, true)
 }
 
 /// Who this proxy is, and whom it expects to talk to. Without any of these the

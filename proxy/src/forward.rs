@@ -16,6 +16,9 @@ use crate::telemetry::{Direction, TcpMetrics, TlsMetrics};
 use crate::tls::{Accepted, InboundTls, OutboundTls, TlsFailure};
 use crate::transport::{self, Counted, orig_dst::OrigDstError};
 
+/// Endpoints tried for one connection to a Service before giving up.
+const CONNECT_ATTEMPTS: u32 = 3;
+
 /// Where an accepted connection should go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -54,6 +57,8 @@ pub enum ForwardError {
     OrigDst(#[from] OrigDstError),
     #[error("refusing {dst}: it is this proxy's own listener (the connection would loop)")]
     Loop { dst: SocketAddr },
+    #[error("{service} has no endpoints (connection to {dst})")]
+    NoEndpoints { dst: SocketAddr, service: String },
     #[error("connecting to {dst} timed out after {timeout:?}")]
     ConnectTimeout { dst: SocketAddr, timeout: Duration },
     #[error("connecting to {dst}: {source}")]
@@ -130,7 +135,7 @@ impl Forwarder {
             }
             TlsSide::Inbound(tls) => {
                 let accepted =
-                    tls.accept(stream)
+                    tls.accept(stream, dst)
                         .await
                         .map_err(|(reason, e)| ForwardError::Tls {
                             dst,
@@ -148,22 +153,39 @@ impl Forwarder {
                 }
             }
             TlsSide::Outbound(tls) => {
-                let expected = tls.expected(dst, matches!(self.target, Target::Fixed(_)));
-                let upstream = self.connect(dst).await?;
-                match expected {
+                let fixed = matches!(self.target, Target::Fixed(_));
+                let mut attempt = 1;
+                let (plan, upstream) = loop {
+                    let plan = tls
+                        .plan(dst, fixed)
+                        .map_err(|service| ForwardError::NoEndpoints { dst, service })?;
+                    match self.connect(plan.addr).await {
+                        Ok(upstream) => break (plan, upstream),
+                        // A Service has other endpoints: try another.
+                        Err(e) if plan.service.is_some() && attempt < CONNECT_ATTEMPTS => {
+                            info!(error = %e, attempt, "endpoint unreachable; trying another");
+                            attempt += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                if let Some(sp) = &plan.service {
+                    debug!(service = %sp.name, endpoint = %plan.addr, "balanced");
+                }
+                match &plan.identity {
                     Some(id) => {
-                        let server = tls.connect(upstream, dst, &id).await.map_err(|e| {
+                        let server = tls.connect(upstream, plan.addr, id).await.map_err(|e| {
                             ForwardError::Tls {
-                                dst,
+                                dst: plan.addr,
                                 reason: TlsFailure::of(&e),
                                 detail: weft_api::tls::describe(&e),
                             }
                         })?;
-                        self.tls_metrics.session(self.direction, &id);
+                        self.tls_metrics.session(self.direction, id);
                         debug!(server_identity = %id, "mTLS established");
-                        self.carry(stream, server, dst).await
+                        self.carry(stream, server, plan.addr).await
                     }
-                    None => self.carry(stream, upstream, dst).await,
+                    None => self.carry(stream, upstream, plan.addr).await,
                 }
             }
         }

@@ -8,6 +8,8 @@
 
 pub mod admin;
 pub mod cli;
+pub mod discovery;
+pub mod dns;
 pub mod forward;
 pub mod identity;
 pub mod init;

@@ -10,6 +10,8 @@ use weft_api::tls::TrustAnchors;
 
 use crate::admin::{Admin, Readiness};
 use crate::cli::{IdentityArgs, RunArgs};
+use crate::discovery::{DiscoveryMetrics, Mesh, MeshConfig, Watcher};
+use crate::dns;
 use crate::forward::{Forwarder, Target, TlsSide};
 use crate::identity::{
     Certifier, ControlPlane, FileIdentity, Identity, TokenSource, read_pem_certs,
@@ -21,7 +23,12 @@ use crate::transport::bind_all;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let identity = start_identity(&args.identity).await?;
-    let metrics = Arc::new(Metrics::new(identity.as_ref().map(|i| &i.metrics)));
+    let discovery_metrics = DiscoveryMetrics::default();
+    let metrics = Arc::new(Metrics::new(
+        identity.as_ref().map(|i| &i.metrics),
+        Some(&discovery_metrics),
+    ));
+    let mesh = start_discovery(&args, identity.as_ref(), discovery_metrics)?;
     let shutdown = Shutdown::new();
     let ready = Readiness::default();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -59,11 +66,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             (None, _) => TlsSide::None,
             (Some(id), Direction::Inbound) => TlsSide::Inbound(Arc::new(InboundTls::new(
                 id,
+                mesh.clone(),
                 args.identity.inbound_mtls_mode,
                 args.identity.detect_timeout,
             )?)),
             (Some(id), Direction::Outbound) => TlsSide::Outbound(Arc::new(OutboundTls::new(
                 id.clone(),
+                mesh.clone(),
                 args.identity.peer_identities.clone(),
                 args.identity.outbound_target_identity.clone(),
             ))),
@@ -87,6 +96,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::spawn(fwd.clone().serve(l));
         }
     }
+    if args.dns {
+        let upstream = match args.dns_upstream {
+            Some(u) => Some(u),
+            None => dns::system_upstream(),
+        };
+        let namespace = args
+            .pod_namespace
+            .clone()
+            .or_else(|| identity.as_ref().map(|i| i.id.namespace().to_string()))
+            .unwrap_or_else(|| "default".into());
+        let server = dns::DnsServer::new(mesh.clone(), upstream, namespace);
+        for addr in &args.dns_listen {
+            match server.clone().bind(*addr).await {
+                Ok(()) => info!(%addr, ?upstream, "DNS listening"),
+                Err(e) if addr.is_ipv6() => warn!(%addr, error = %e, "DNS: no IPv6 here, skipping"),
+                Err(e) => return Err(e).with_context(|| format!("binding DNS to {addr}")),
+            }
+        }
+    }
     ready.set(true);
     info!(identity = ?identity.as_ref().map(|i| i.id.to_string()), "listeners bound");
 
@@ -107,6 +135,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Starts watching the control plane for this pod's snapshot, when the proxy
+/// has a control plane and knows its pod.
+fn start_discovery(
+    args: &RunArgs,
+    identity: Option<&Identity>,
+    metrics: DiscoveryMetrics,
+) -> anyhow::Result<Option<Mesh>> {
+    let (Some(identity), Some(addr)) = (identity, &args.identity.control_plane) else {
+        return Ok(None);
+    };
+    let Some(pod) = args.pod_name.clone() else {
+        warn!("no --pod-name: discovery is off, only --peer-identity destinations are meshed");
+        return Ok(None);
+    };
+    let mesh: Mesh = Arc::new(arc_swap::ArcSwap::from_pointee(MeshConfig::default()));
+    let watcher = Watcher {
+        identity: identity.clone(),
+        control_plane: ControlPlane {
+            addr: addr.clone(),
+            identity: args.identity.control_plane_identity.clone(),
+        },
+        namespace: args
+            .pod_namespace
+            .clone()
+            .unwrap_or_else(|| identity.id.namespace().to_string()),
+        pod,
+        mesh: mesh.clone(),
+        metrics,
+    };
+    tokio::spawn(watcher.run());
+    Ok(Some(mesh))
 }
 
 /// Builds the identity from the flags and starts keeping it fresh: the

@@ -19,6 +19,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 use weft_api::SpiffeId;
 use weft_api::tls::{self as wtls, ForeignIdentity, IdentityMismatch};
 
+use crate::discovery::config_guard::ActiveGuard;
+use crate::discovery::{Destination, Mesh, ServicePort};
 use crate::identity::Identity;
 
 /// Whether the inbound side accepts plaintext. Meshed clients always speak
@@ -124,10 +126,23 @@ impl fmt::Display for TlsFailure {
     }
 }
 
+/// Where one outbound connection goes, and who must answer there.
+#[derive(Debug)]
+pub struct Plan {
+    pub addr: SocketAddr,
+    /// None: an un-meshed destination, reached in plaintext.
+    pub identity: Option<SpiffeId>,
+    /// The Service port it was balanced for, if any.
+    pub service: Option<Arc<ServicePort>>,
+    /// Counts the connection against the endpoint's load while it lives.
+    pub _load: Option<ActiveGuard>,
+}
+
 /// The client side of sidecar-to-sidecar mTLS.
 #[derive(Debug)]
 pub struct OutboundTls {
     identity: Identity,
+    mesh: Option<Mesh>,
     peers: Vec<PeerIdentity>,
     /// Expected identity of an explicit-mode target.
     target: Option<SpiffeId>,
@@ -137,21 +152,55 @@ pub struct OutboundTls {
 }
 
 impl OutboundTls {
-    pub fn new(identity: Identity, peers: Vec<PeerIdentity>, target: Option<SpiffeId>) -> Self {
+    pub fn new(
+        identity: Identity,
+        mesh: Option<Mesh>,
+        peers: Vec<PeerIdentity>,
+        target: Option<SpiffeId>,
+    ) -> Self {
         OutboundTls {
             identity,
+            mesh,
             peers,
             target,
             configs: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The identity expected at `dst`: none means an un-meshed destination,
-    /// reached in plaintext.
-    pub fn expected(&self, dst: SocketAddr, fixed_target: bool) -> Option<SpiffeId> {
+    /// Decides where a connection to `dst` goes: a Service's virtual IP is
+    /// balanced over its endpoints, a meshed pod gets mTLS, anything else
+    /// passes through. Err names a Service with no endpoints.
+    pub fn plan(&self, dst: SocketAddr, fixed_target: bool) -> Result<Plan, String> {
+        let direct = |identity| Plan {
+            addr: dst,
+            identity,
+            service: None,
+            _load: None,
+        };
         if fixed_target {
-            return self.target.clone();
+            return Ok(direct(self.target.clone()));
         }
+        let destination = self
+            .mesh
+            .as_ref()
+            .map_or(Destination::Passthrough, |m| m.load().destination(dst));
+        match destination {
+            Destination::Service(sp) => {
+                let ep = sp.pick().ok_or_else(|| sp.name.clone())?;
+                Ok(Plan {
+                    addr: ep.addr,
+                    identity: ep.identity.clone(),
+                    _load: Some(ep.track()),
+                    service: Some(sp),
+                })
+            }
+            Destination::Pod(id) => Ok(direct(Some(id))),
+            Destination::Passthrough => Ok(direct(self.static_peer(dst))),
+        }
+    }
+
+    /// The identity `--peer-identity` gives `dst`, if any.
+    fn static_peer(&self, dst: SocketAddr) -> Option<SpiffeId> {
         let exact = self
             .peers
             .iter()
@@ -210,6 +259,8 @@ pub enum Accepted {
 /// The server side of sidecar-to-sidecar mTLS.
 pub struct InboundTls {
     acceptor: TlsAcceptor,
+    mesh: Option<Mesh>,
+    /// Until the control plane says otherwise.
     mode: MtlsMode,
     detect_timeout: Duration,
 }
@@ -229,6 +280,7 @@ const TLS_HANDSHAKE: u8 = 0x16;
 impl InboundTls {
     pub fn new(
         identity: &Identity,
+        mesh: Option<Mesh>,
         mode: MtlsMode,
         detect_timeout: Duration,
     ) -> Result<Self, wtls::TlsError> {
@@ -241,6 +293,7 @@ impl InboundTls {
         )?;
         Ok(InboundTls {
             acceptor: TlsAcceptor::from(Arc::new(cfg)),
+            mesh,
             mode,
             detect_timeout,
         })
@@ -249,10 +302,27 @@ impl InboundTls {
     /// Peeks at the first byte: a TLS handshake is terminated (client
     /// certificate required), anything else is plaintext, served only in
     /// permissive mode. A client that says nothing within the detect timeout
-    /// is plaintext too (a server-speaks-first protocol).
-    pub async fn accept(&self, tcp: TcpStream) -> Result<Accepted, (TlsFailure, io::Error)> {
+    /// is plaintext too (a server-speaks-first protocol). On an opaque port a
+    /// client that is not a meshed pod is not peeked at at all, so a
+    /// server-speaks-first protocol never waits.
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+        dst: SocketAddr,
+    ) -> Result<Accepted, (TlsFailure, io::Error)> {
+        let cfg = self.mesh.as_ref().map(|m| m.load_full());
+        let mode = match cfg.as_ref().and_then(|c| c.mtls_mode) {
+            Some(weft_api::v1::MtlsMode::Strict) => MtlsMode::Strict,
+            Some(_) => MtlsMode::Permissive,
+            None => self.mode,
+        };
+        let peer_meshed = tcp
+            .peer_addr()
+            .is_ok_and(|p| cfg.as_ref().is_some_and(|c| c.is_meshed(p.ip())));
+        let skip_detection = cfg.as_ref().is_some_and(|c| c.is_opaque(dst.port())) && !peer_meshed;
         let mut first = [0u8; 1];
-        let peeked = match self.mode {
+        let peeked = match mode {
+            _ if skip_detection => None,
             MtlsMode::Permissive => tokio::time::timeout(self.detect_timeout, tcp.peek(&mut first))
                 .await
                 .ok(),
@@ -265,7 +335,7 @@ impl InboundTls {
             None => false,
         };
         if !is_tls {
-            return match self.mode {
+            return match mode {
                 MtlsMode::Permissive => Ok(Accepted::Plain(tcp)),
                 MtlsMode::Strict => Err((
                     TlsFailure::PlaintextRefused,

@@ -89,6 +89,8 @@ impl Certifier {
             token: self.token.read()?,
             csr_der: csr.der().to_vec(),
         };
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(Duration::from_secs(10));
         let res = self
             .client
             .certify(req)

@@ -181,19 +181,25 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new(None)
+        Self::new(None, None)
     }
 }
 
 impl Metrics {
     /// The registry, with the identity metrics when the proxy has an identity.
-    pub fn new(identity: Option<&crate::identity::IdentityMetrics>) -> Self {
+    pub fn new(
+        identity: Option<&crate::identity::IdentityMetrics>,
+        discovery: Option<&crate::discovery::DiscoveryMetrics>,
+    ) -> Self {
         let tcp = TcpMetrics::default();
         let tls = TlsMetrics::default();
         let mut registry = Registry::default();
         tcp.register(&mut registry);
         tls.register(&mut registry);
         if let Some(m) = identity {
+            m.register(&mut registry);
+        }
+        if let Some(m) = discovery {
             m.register(&mut registry);
         }
         Metrics { tcp, tls, registry }

@@ -1,0 +1,168 @@
+//! The Watch client: streams snapshots from the control plane, applies each
+//! atomically and acknowledges it. When the control plane goes away the last
+//! snapshot keeps serving and the stream is retried with capped backoff and
+//! jitter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use rustls::pki_types::CertificateDer;
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
+use weft_api::tls;
+use weft_api::v1::discovery_client::DiscoveryClient;
+use weft_api::v1::{AckRequest, WatchRequest};
+
+use super::config::{Mesh, MeshConfig};
+use crate::identity::{ControlPlane, Identity};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Discovery metrics: the version applied and how updates went.
+#[derive(Clone, Debug, Default)]
+pub struct DiscoveryMetrics {
+    version: Gauge,
+    updates: Family<ResultLabels, Counter>,
+}
+
+impl DiscoveryMetrics {
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "discovery_snapshot_version",
+            "Version of the mesh snapshot applied (0: none yet)",
+            self.version.clone(),
+        );
+        reg.register(
+            "discovery_updates",
+            "Snapshots received, by result (applied, rejected)",
+            self.updates.clone(),
+        );
+    }
+}
+
+#[derive(Debug)]
+pub struct Watcher {
+    pub identity: Identity,
+    pub control_plane: ControlPlane,
+    pub pod: String,
+    pub namespace: String,
+    pub mesh: Mesh,
+    pub metrics: DiscoveryMetrics,
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+impl Watcher {
+    pub async fn run(self) {
+        // Watch authenticates with the workload certificate: wait for it.
+        while !self.identity.cert.is_set() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let config = match tls::client_config(
+            self.identity.cert.clone(),
+            self.identity.anchors.clone(),
+            self.control_plane.identity.clone(),
+            &[tls::ALPN_H2],
+        ) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                warn!(error = %e, "cannot build the TLS config for Watch; discovery is off");
+                return;
+            }
+        };
+        let mut client = DiscoveryClient::new(weft_api::grpc::connect_lazy(
+            self.control_plane.addr.clone(),
+            config,
+        ));
+        let mut failures = 0u32;
+        loop {
+            match self.stream(&mut client).await {
+                Ok(received) => {
+                    info!("the control plane closed the Watch stream");
+                    if received {
+                        failures = 0;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "Watch failed; serving the last snapshot");
+                }
+            }
+            failures = failures.saturating_add(1);
+            let exp = BACKOFF_BASE.saturating_mul(1 << failures.min(8));
+            let wait = exp
+                .min(BACKOFF_CAP)
+                .mul_f64(0.5 + rand::random::<f64>() * 0.5);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One Watch stream until it ends; true if it delivered anything.
+    async fn stream(&self, client: &mut DiscoveryClient<Channel>) -> Result<bool, tonic::Status> {
+        let applied = self.mesh.load().version;
+        let mut stream = client
+            .watch(WatchRequest {
+                pod_name: self.pod.clone(),
+                namespace: self.namespace.clone(),
+                applied_version: applied,
+            })
+            .await?
+            .into_inner();
+        let mut received = false;
+        while let Some(snap) = stream.message().await? {
+            received = true;
+            let version = snap.version;
+            let prev = self.mesh.load_full();
+            let error = match MeshConfig::from_snapshot(&snap, self.identity.trust_domain(), &prev)
+            {
+                Ok(cfg) => {
+                    let anchors: Vec<CertificateDer<'static>> = cfg
+                        .trust_anchors_der
+                        .iter()
+                        .map(|d| CertificateDer::from(d.clone()))
+                        .collect();
+                    if !anchors.is_empty()
+                        && let Err(e) = self.identity.anchors.replace(anchors)
+                    {
+                        warn!(error = %e, "trust anchors in the snapshot are not usable; keeping ours");
+                    }
+                    self.mesh.store(Arc::new(cfg));
+                    self.metrics.version.set(version as i64);
+                    self.metrics
+                        .updates
+                        .get_or_create(&ResultLabels { result: "applied" })
+                        .inc();
+                    debug!(version, "snapshot applied");
+                    String::new()
+                }
+                Err(e) => {
+                    self.metrics
+                        .updates
+                        .get_or_create(&ResultLabels { result: "rejected" })
+                        .inc();
+                    warn!(version, error = %e, "snapshot rejected; keeping the previous one");
+                    e
+                }
+            };
+            let mut ack = tonic::Request::new(AckRequest {
+                pod_name: self.pod.clone(),
+                namespace: self.namespace.clone(),
+                version,
+                error,
+            });
+            ack.set_timeout(Duration::from_secs(5));
+            if let Err(e) = client.ack(ack).await {
+                debug!(error = %e, "ack failed");
+            }
+        }
+        Ok(received)
+    }
+}

@@ -1,0 +1,308 @@
+//! The snapshot in the form the data path uses: lookups by address, built
+//! once per snapshot rather than per connection.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use weft_api::SpiffeId;
+use weft_api::v1::{self, MtlsMode, Protocol};
+
+/// One endpoint of a Service port. Its load (open connections) carries over
+/// from one snapshot to the next, so a push does not reset the balancer.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// None when the pod is not meshed (then plaintext).
+    pub identity: Option<SpiffeId>,
+    pub pod: String,
+    active: Arc<AtomicUsize>,
+}
+
+impl Endpoint {
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection to this endpoint while the guard lives.
+    pub fn track(&self) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.active.clone())
+    }
+}
+
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub struct ServicePort {
+    /// `name.namespace:port`, for logs.
+    pub name: String,
+    pub protocol: Protocol,
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl ServicePort {
+    /// Power of two choices over open connections: two endpoints at random,
+    /// the less loaded wins (ties by a coin flip). Cheap, and it keeps away
+    /// from a slow endpoint whose connections pile up.
+    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        match self.endpoints.len() {
+            0 => None,
+            1 => self.endpoints.first().cloned(),
+            n => {
+                let a = rand::random_range(0..n);
+                let b = (a + rand::random_range(1..n)) % n;
+                let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+                let pick = match ea.active().cmp(&eb.active()) {
+                    std::cmp::Ordering::Less => ea,
+                    std::cmp::Ordering::Greater => eb,
+                    std::cmp::Ordering::Equal if rand::random_bool(0.5) => ea,
+                    std::cmp::Ordering::Equal => eb,
+                };
+                Some(pick.clone())
+            }
+        }
+    }
+}
+
+/// Where an outbound connection goes.
+#[derive(Debug)]
+pub enum Destination {
+    /// A Service's virtual IP: balanced over its endpoints.
+    Service(Arc<ServicePort>),
+    /// A meshed pod's own IP: mTLS to it.
+    Pod(SpiffeId),
+    /// Anything else: plain TCP, as addressed.
+    Passthrough,
+}
+
+#[derive(Debug, Default)]
+pub struct MeshConfig {
+    pub version: u64,
+    services: HashMap<SocketAddr, Arc<ServicePort>>,
+    /// DNS names (`name.ns.svc.cluster.local`, `name.ns.svc`) to virtual IPs.
+    names: HashMap<String, IpAddr>,
+    workloads: HashMap<IpAddr, SpiffeId>,
+    pub mtls_mode: Option<MtlsMode>,
+    inbound_ports: HashMap<u16, Protocol>,
+    opaque_ports: HashSet<u16>,
+    pub trust_anchors_der: Vec<Vec<u8>>,
+}
+
+/// The current mesh configuration, swapped whole when a snapshot arrives.
+pub type Mesh = Arc<ArcSwap<MeshConfig>>;
+
+impl MeshConfig {
+    /// Builds from a snapshot, reusing `prev`'s endpoint load counters.
+    pub fn from_snapshot(
+        s: &v1::Snapshot,
+        trust_domain: &str,
+        prev: &MeshConfig,
+    ) -> Result<MeshConfig, String> {
+        let mut loads: HashMap<SocketAddr, Arc<AtomicUsize>> = HashMap::new();
+        for sp in prev.services.values() {
+            for e in &sp.endpoints {
+                loads.entry(e.addr).or_insert_with(|| e.active.clone());
+            }
+        }
+        let ip = |s: &str, what: &str| {
+            s.parse::<IpAddr>()
+                .map_err(|_| format!("{what}: `{s}` is not an IP"))
+        };
+        let id = |s: &str| -> Result<Option<SpiffeId>, String> {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                s.parse().map(Some).map_err(|e| format!("{e}"))
+            }
+        };
+        let mut cfg = MeshConfig {
+            version: s.version,
+            trust_anchors_der: s.trust_anchors_der.clone(),
+            opaque_ports: s
+                .opaque_ports
+                .iter()
+                .filter_map(|p| u16::try_from(*p).ok())
+                .collect(),
+            ..MeshConfig::default()
+        };
+        for svc in &s.services {
+            let vip = ip(&svc.virtual_ip, "virtual_ip")?;
+            for fqdn in [
+                format!("{}.{}.svc.{trust_domain}", svc.name, svc.namespace),
+                format!("{}.{}.svc", svc.name, svc.namespace),
+            ] {
+                cfg.names.insert(fqdn, vip);
+            }
+            for port in &svc.ports {
+                let p = u16::try_from(port.port).map_err(|_| format!("port {}", port.port))?;
+                let mut endpoints = Vec::new();
+                for e in &port.endpoints {
+                    let addr = SocketAddr::new(
+                        ip(&e.ip, "endpoint")?,
+                        u16::try_from(e.port).map_err(|_| format!("endpoint port {}", e.port))?,
+                    );
+                    endpoints.push(Arc::new(Endpoint {
+                        addr,
+                        identity: id(&e.identity)?,
+                        pod: e.pod.clone(),
+                        active: loads.get(&addr).cloned().unwrap_or_default(),
+                    }));
+                }
+                cfg.services.insert(
+                    SocketAddr::new(vip, p),
+                    Arc::new(ServicePort {
+                        name: format!("{}.{}:{p}", svc.name, svc.namespace),
+                        protocol: Protocol::try_from(port.protocol)
+                            .unwrap_or(Protocol::Unspecified),
+                        endpoints,
+                    }),
+                );
+            }
+        }
+        for w in &s.workloads {
+            if let Some(identity) = id(&w.identity)? {
+                cfg.workloads.insert(ip(&w.ip, "workload")?, identity);
+            }
+        }
+        if let Some(inb) = &s.inbound {
+            cfg.mtls_mode = match MtlsMode::try_from(inb.mtls_mode) {
+                Ok(MtlsMode::Unspecified) | Err(_) => None,
+                Ok(m) => Some(m),
+            };
+            for p in &inb.ports {
+                if let Ok(port) = u16::try_from(p.port) {
+                    cfg.inbound_ports.insert(
+                        port,
+                        Protocol::try_from(p.protocol).unwrap_or(Protocol::Unspecified),
+                    );
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn destination(&self, dst: SocketAddr) -> Destination {
+        if let Some(sp) = self.services.get(&dst) {
+            return Destination::Service(sp.clone());
+        }
+        match self.workloads.get(&dst.ip()) {
+            Some(id) => Destination::Pod(id.clone()),
+            None => Destination::Passthrough,
+        }
+    }
+
+    /// Whether `ip` is a meshed pod (its proxy speaks mTLS to us).
+    pub fn is_meshed(&self, ip: IpAddr) -> bool {
+        self.workloads.contains_key(&ip)
+    }
+
+    /// Whether an inbound port must never be sniffed.
+    pub fn is_opaque(&self, port: u16) -> bool {
+        self.opaque_ports.contains(&port)
+            || self.inbound_ports.get(&port) == Some(&Protocol::Opaque)
+    }
+
+    /// The virtual IP for a DNS name, if it is a mesh Service.
+    pub fn resolve(&self, name: &str) -> Option<IpAddr> {
+        self.names.get(name.trim_end_matches('.')).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> v1::Snapshot {
+        v1::Snapshot {
+            version: 7,
+            services: vec![v1::Service {
+                name: "db".into(),
+                namespace: "default".into(),
+                virtual_ip: "198.19.0.1".into(),
+                ports: vec![v1::ServicePort {
+                    port: 6379,
+                    name: "redis".into(),
+                    protocol: Protocol::Opaque as i32,
+                    endpoints: (0..3)
+                        .map(|i| v1::Endpoint {
+                            ip: format!("198.18.0.{}", 20 + i),
+                            port: 6379,
+                            identity: "spiffe://cluster.local/ns/default/sa/db".into(),
+                            weight: 1,
+                            pod: format!("db-{i}"),
+                        })
+                        .collect(),
+                }],
+            }],
+            workloads: vec![v1::Workload {
+                ip: "198.18.0.20".into(),
+                identity: "spiffe://cluster.local/ns/default/sa/db".into(),
+                pod: "db-0".into(),
+                namespace: "default".into(),
+            }],
+            inbound: Some(v1::Inbound {
+                mtls_mode: MtlsMode::Strict as i32,
+                ports: vec![],
+            }),
+            trust_anchors_der: vec![],
+            opaque_ports: vec![3306],
+        }
+    }
+
+    #[test]
+    fn resolves_services_pods_and_names() {
+        let c = MeshConfig::from_snapshot(&snapshot(), "cluster.local", &MeshConfig::default())
+            .unwrap();
+        assert!(matches!(
+            c.destination("198.19.0.1:6379".parse().unwrap()),
+            Destination::Service(_)
+        ));
+        assert!(matches!(
+            c.destination("198.18.0.20:1".parse().unwrap()),
+            Destination::Pod(_)
+        ));
+        assert!(matches!(
+            c.destination("198.19.0.1:80".parse().unwrap()),
+            Destination::Passthrough
+        ));
+        assert_eq!(
+            c.resolve("db.default.svc.cluster.local."),
+            Some("198.19.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            c.resolve("db.default.svc"),
+            Some("198.19.0.1".parse().unwrap())
+        );
+        assert_eq!(c.mtls_mode, Some(MtlsMode::Strict));
+        assert!(c.is_opaque(3306));
+    }
+
+    #[test]
+    fn p2c_avoids_the_loaded_endpoint_and_loads_survive_a_push() {
+        let c = MeshConfig::from_snapshot(&snapshot(), "cluster.local", &MeshConfig::default())
+            .unwrap();
+        let Destination::Service(sp) = c.destination("198.19.0.1:6379".parse().unwrap()) else {
+            panic!()
+        };
+        let busy = sp.endpoints[0].clone();
+        let _guards: Vec<_> = (0..5).map(|_| busy.track()).collect();
+        for _ in 0..200 {
+            assert_ne!(sp.pick().unwrap().addr, busy.addr);
+        }
+        let next = MeshConfig::from_snapshot(&snapshot(), "cluster.local", &c).unwrap();
+        let Destination::Service(sp2) = next.destination("198.19.0.1:6379".parse().unwrap()) else {
+            panic!()
+        };
+        assert_eq!(sp2.endpoints[0].active(), 5);
+    }
+}

@@ -1,0 +1,15 @@
+//! What the control plane tells this proxy about the mesh: the Services it may
+//! call (virtual IPs, endpoints and their identities), the meshed pods, and
+//! its own inbound settings. Received over `Watch`, replaced atomically, and
+//! kept when the control plane goes away.
+
+mod client;
+mod config;
+
+pub use client::{DiscoveryMetrics, Watcher};
+pub use config::{Destination, Endpoint, Mesh, MeshConfig, ServicePort};
+
+/// The load guard handed out with a balanced endpoint.
+pub mod config_guard {
+    pub use super::config::ActiveGuard;
+}
