@@ -1,5 +1,5 @@
-//! The admin server: liveness, readiness, metrics and shutdown, on a port that
-//! interception never redirects (4191 by default).
+//! The admin server: liveness, readiness, metrics, the applied mesh config,
+//! and shutdown, on a port that interception never redirects (4191 by default).
 //!
 //! `POST /shutdown` is accepted only from loopback, so only something inside
 //! the pod (a preStop hook, a test) can stop the proxy.
@@ -44,6 +44,8 @@ pub struct Admin {
     /// When the proxy has an identity it is ready only once it holds a
     /// certificate.
     pub cert: Option<weft_api::tls::CertSlot>,
+    /// The mesh configuration from the control plane, for `/config`.
+    pub mesh: Option<crate::discovery::Mesh>,
 }
 
 type Body = Full<Bytes>;
@@ -96,6 +98,18 @@ impl Admin {
                 );
                 r
             }
+            (&Method::GET, "/config") => {
+                let body = match &self.mesh {
+                    Some(m) => m.load().to_json(),
+                    None => serde_json::json!({ "discovery": "off" }),
+                };
+                let mut r = Response::new(Body::from(body.to_string() + "\n"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
             (&Method::POST, "/shutdown") if is_loopback(peer) => {
                 info!(%peer, "shutdown requested through the admin server");
                 self.shutdown.trigger();
@@ -105,12 +119,12 @@ impl Admin {
                 StatusCode::FORBIDDEN,
                 "shutdown is accepted only from loopback\n",
             ),
-            (_, "/live" | "/ready" | "/metrics" | "/shutdown") => {
+            (_, "/live" | "/ready" | "/metrics" | "/config" | "/shutdown") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /live, /ready, /metrics, POST /shutdown\n",
+                "not found; try /live, /ready, /metrics, /config, POST /shutdown\n",
             ),
         }
     }
@@ -148,6 +162,7 @@ mod tests {
             ready: Readiness::default(),
             shutdown: Shutdown::new(),
             cert: None,
+            mesh: None,
         };
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

@@ -78,6 +78,7 @@ impl DnsServer {
                 }
             };
             let query = buf[..n].to_vec();
+            debug!(%from, bytes = n, "DNS query (udp)");
             let (this, sock) = (self.clone(), sock.clone());
             tokio::spawn(async move {
                 let reply = match this.answer(&query) {
@@ -158,6 +159,7 @@ impl DnsServer {
 
     async fn forward_udp(&self, query: &[u8]) -> Option<Vec<u8>> {
         let upstream = self.inner.upstream?;
+        debug!(%upstream, "DNS: forwarding");
         let local: SocketAddr = if upstream.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
         } else {

@@ -39,6 +39,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ready: ready.clone(),
         shutdown: shutdown.clone(),
         cert: identity.as_ref().map(|i| i.cert.clone()),
+        mesh: mesh.clone(),
     };
     for l in bind_all(&args.admin_listen, "admin")? {
         tokio::spawn(admin.clone().serve(l));

@@ -78,3 +78,45 @@ pub fn pattern(n: usize, seed: u8) -> Vec<u8> {
         })
         .collect()
 }
+
+/// One DNS query over UDP to `server`.
+pub async fn dns_query(
+    server: SocketAddr,
+    name: &str,
+    qtype: hickory_proto::rr::RecordType,
+) -> Result<hickory_proto::op::Message, String> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::Name;
+    use std::str::FromStr;
+    let mut q = Message::query();
+    q.metadata.id = rand::random();
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(
+        Name::from_str(name).map_err(|e| e.to_string())?,
+        qtype,
+    ));
+    let sock = tokio::net::UdpSocket::bind("0.0.0.0:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    sock.connect(server).await.map_err(|e| e.to_string())?;
+    sock.send(&q.to_vec().map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+        .await
+        .map_err(|_| format!("no DNS answer from {server} for {name}"))?
+        .map_err(|e| e.to_string())?;
+    Message::from_vec(&buf[..n]).map_err(|e| e.to_string())
+}
+
+/// The IPv4 addresses in a DNS answer.
+pub fn a_records(m: &hickory_proto::op::Message) -> Vec<std::net::Ipv4Addr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect()
+}

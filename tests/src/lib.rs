@@ -20,7 +20,7 @@ pub mod netns;
 pub mod node;
 pub mod process;
 
-pub use mesh::{ControlPlane, spiffe};
+pub use mesh::{ControlPlane, pod_yaml, service_yaml, spiffe};
 pub use netns::Netns;
 pub use node::{Node, Pod};
 pub use process::Process;

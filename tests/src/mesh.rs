@@ -33,7 +33,7 @@ impl ControlPlane {
     pub fn start(node: &Node, lifetime: &str) -> ControlPlane {
         let pod = node.pod("control");
         let dir = node.logs().join("control-plane");
-        std::fs::create_dir_all(&dir).expect("control plane directory");
+        std::fs::create_dir_all(dir.join("manifests")).expect("control plane directory");
         let cp = ControlPlane {
             pod,
             dir,
@@ -44,6 +44,33 @@ impl ControlPlane {
         cp.write_tokens();
         cp.restart();
         cp
+    }
+
+    /// The manifest directory the control plane watches.
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.join("manifests")
+    }
+
+    /// Writes (or replaces) one manifest file, atomically (as editors and
+    /// config tools do), so the control plane never reads half a file.
+    pub fn write_manifest(&self, file: &str, yaml: &str) {
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).expect("writing a manifest");
+        std::fs::rename(&tmp, self.manifests().join(file)).expect("moving a manifest in place");
+    }
+
+    pub fn remove_manifest(&self, file: &str) {
+        std::fs::remove_file(self.manifests().join(file)).expect("removing a manifest");
+    }
+
+    /// GET a JSON view of the admin server (`/proxies`, `/errors`).
+    pub fn admin_json(&self, path: &str) -> serde_json::Value {
+        let addr = self.pod.addr(weft_api::defaults::CONTROL_ADMIN_PORT);
+        self.pod
+            .ns
+            .block_on(client::get(addr, path))
+            .expect("control plane admin")
+            .json()
     }
 
     pub fn ca_dir(&self) -> PathBuf {
@@ -86,7 +113,7 @@ impl ControlPlane {
 
     /// Starts (again) with the same CA directory and tokens.
     pub fn restart(&self) {
-        let (ca, tokens) = (self.ca_dir(), self.tokens_file());
+        let (ca, tokens, manifests) = (self.ca_dir(), self.tokens_file(), self.manifests());
         let p = self.pod.spawn(
             "weft-control",
             bins::control(),
@@ -97,6 +124,8 @@ impl ControlPlane {
                 tokens.to_str().expect("utf-8 path"),
                 "--cert-lifetime",
                 &self.lifetime,
+                "--manifests",
+                manifests.to_str().expect("utf-8 path"),
                 "--log-level",
                 "weft_control=debug,info",
             ],
@@ -143,6 +172,23 @@ impl Pod {
         self.start_identified_proxy(cp, sa, extra)
     }
 
+    /// Like [`Pod::mesh_with`], with the sidecar's DNS: port 53 is redirected
+    /// to it, and names it does not know go to `upstream` (this pod's
+    /// resolv.conf nameserver).
+    pub fn mesh_with_dns(
+        &self,
+        cp: &ControlPlane,
+        sa: &str,
+        upstream: std::net::Ipv4Addr,
+        extra: &[&str],
+    ) -> Arc<Process> {
+        self.ns.set_resolv_conf(&format!("nameserver {upstream}\n"));
+        self.init(&["--dns"]);
+        let mut args = vec!["--dns"];
+        args.extend_from_slice(extra);
+        self.start_identified_proxy(cp, sa, &args)
+    }
+
     /// Starts a proxy with an identity from `cp` (without running `init`).
     pub fn start_identified_proxy(
         &self,
@@ -155,6 +201,8 @@ impl Pod {
         let addr = cp.grpc_addr().to_string();
         let anchors = cp.ca_cert();
         let mut args = vec![
+            "--pod-name",
+            &self.name,
             "--identity",
             &id,
             "--control-plane",
@@ -167,4 +215,41 @@ impl Pod {
         args.extend_from_slice(extra);
         self.start_proxy(&args)
     }
+}
+
+/// A Pod manifest for a harness pod: its name, IP, labels and service
+/// account, marked as meshed (`weft.dev/inject: enabled`) when `meshed`.
+pub fn pod_yaml(pod: &Pod, sa: &str, labels: &[(&str, &str)], meshed: bool) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {NAMESPACE}\n",
+        pod.name
+    );
+    if meshed {
+        y.push_str("  annotations:\n    weft.dev/inject: enabled\n");
+    }
+    y.push_str("  labels:\n");
+    for (k, v) in labels {
+        y.push_str(&format!("    {k}: {v}\n"));
+    }
+    y.push_str(&format!(
+        "spec:\n  serviceAccountName: {sa}\n  containers:\n  - name: app\n    image: weft-test-app\nstatus:\n  podIP: {}\n",
+        pod.ip
+    ));
+    y
+}
+
+/// A Service manifest: `ports` are (port, targetPort, appProtocol).
+pub fn service_yaml(name: &str, vip: &str, app: &str, ports: &[(u16, u16, &str)]) -> String {
+    let mut y = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\nspec:\n  clusterIP: {vip}\n  selector:\n    app: {app}\n  ports:\n"
+    );
+    for (port, target, proto) in ports {
+        y.push_str(&format!(
+            "  - name: p{port}\n    port: {port}\n    targetPort: {target}\n"
+        ));
+        if !proto.is_empty() {
+            y.push_str(&format!("    appProtocol: {proto}\n"));
+        }
+    }
+    y
 }

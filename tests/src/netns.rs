@@ -98,6 +98,14 @@ impl Netns {
         })
     }
 
+    /// Sets the resolv.conf that processes started with `ip netns exec` see
+    /// (iproute2 bind-mounts /etc/netns/NAME/* over /etc).
+    pub fn set_resolv_conf(&self, text: &str) {
+        let dir = format!("/etc/netns/{}", self.name);
+        std::fs::create_dir_all(&dir).expect("creating /etc/netns/NAME");
+        std::fs::write(format!("{dir}/resolv.conf"), text).expect("writing resolv.conf");
+    }
+
     /// The PIDs of processes inside this namespace.
     pub fn pids(&self) -> Vec<i32> {
         pids_in(&self.name)
@@ -126,6 +134,7 @@ pub fn destroy(name: &str) {
         );
     }
     let _ = Command::new("ip").args(["netns", "del", name]).output();
+    let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
 }
 
 impl Drop for Netns {

@@ -266,6 +266,53 @@ impl Pod {
         self.ns.block_on(client::get(addr, path))
     }
 
+    /// Waits until the proxy has applied a snapshot newer than `after`, and
+    /// returns its version.
+    pub fn wait_config(&self, after: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.metric("discovery_snapshot_version");
+            if v > after {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never got a snapshot newer than {after}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// The mesh config the proxy applied (its admin `/config`).
+    pub fn config(&self) -> serde_json::Value {
+        self.admin("/config").expect("the proxy's /config").json()
+    }
+
+    /// Waits until the proxy's config has `service` (`name.ns:port`) with
+    /// exactly `endpoints` endpoints.
+    pub fn wait_endpoints(&self, service: &str, endpoints: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let cfg = self.config();
+            let n = cfg["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|s| s["name"] == service)
+                .and_then(|s| s["endpoints"].as_array().map(Vec::len));
+            if n == Some(endpoints) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {service} never had {endpoints} endpoints; config: {cfg}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// The proxy's `/metrics` text.
     pub fn metrics(&self) -> String {
         self.admin("/metrics")

@@ -19,6 +19,9 @@ pub struct Endpoint {
     pub identity: Option<SpiffeId>,
     pub pod: String,
     active: Arc<AtomicUsize>,
+    /// Connections ever sent here: breaks ties so that, under light load,
+    /// traffic still spreads evenly instead of by coin flips.
+    picked: Arc<AtomicUsize>,
 }
 
 impl Endpoint {
@@ -28,6 +31,7 @@ impl Endpoint {
 
     /// Counts a connection to this endpoint while the guard lives.
     pub fn track(&self) -> ActiveGuard {
+        self.picked.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.active.clone())
     }
@@ -52,8 +56,8 @@ pub struct ServicePort {
 
 impl ServicePort {
     /// Power of two choices over open connections: two endpoints at random,
-    /// the less loaded wins (ties by a coin flip). Cheap, and it keeps away
-    /// from a slow endpoint whose connections pile up.
+    /// the less loaded wins (ties to the one picked less often). Cheap, and
+    /// it keeps away from a slow endpoint whose connections pile up.
     pub fn pick(&self) -> Option<Arc<Endpoint>> {
         match self.endpoints.len() {
             0 => None,
@@ -62,12 +66,8 @@ impl ServicePort {
                 let a = rand::random_range(0..n);
                 let b = (a + rand::random_range(1..n)) % n;
                 let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
-                let pick = match ea.active().cmp(&eb.active()) {
-                    std::cmp::Ordering::Less => ea,
-                    std::cmp::Ordering::Greater => eb,
-                    std::cmp::Ordering::Equal if rand::random_bool(0.5) => ea,
-                    std::cmp::Ordering::Equal => eb,
-                };
+                let load = |e: &Endpoint| (e.active(), e.picked.load(Ordering::Relaxed));
+                let pick = if load(ea) <= load(eb) { ea } else { eb };
                 Some(pick.clone())
             }
         }
@@ -108,10 +108,12 @@ impl MeshConfig {
         trust_domain: &str,
         prev: &MeshConfig,
     ) -> Result<MeshConfig, String> {
-        let mut loads: HashMap<SocketAddr, Arc<AtomicUsize>> = HashMap::new();
+        let mut loads: HashMap<SocketAddr, (Arc<AtomicUsize>, Arc<AtomicUsize>)> = HashMap::new();
         for sp in prev.services.values() {
             for e in &sp.endpoints {
-                loads.entry(e.addr).or_insert_with(|| e.active.clone());
+                loads
+                    .entry(e.addr)
+                    .or_insert_with(|| (e.active.clone(), e.picked.clone()));
             }
         }
         let ip = |s: &str, what: &str| {
@@ -151,11 +153,13 @@ impl MeshConfig {
                         ip(&e.ip, "endpoint")?,
                         u16::try_from(e.port).map_err(|_| format!("endpoint port {}", e.port))?,
                     );
+                    let (active, picked) = loads.get(&addr).cloned().unwrap_or_default();
                     endpoints.push(Arc::new(Endpoint {
                         addr,
                         identity: id(&e.identity)?,
                         pod: e.pod.clone(),
-                        active: loads.get(&addr).cloned().unwrap_or_default(),
+                        active,
+                        picked,
                     }));
                 }
                 cfg.services.insert(
@@ -210,6 +214,40 @@ impl MeshConfig {
     pub fn is_opaque(&self, port: u16) -> bool {
         self.opaque_ports.contains(&port)
             || self.inbound_ports.get(&port) == Some(&Protocol::Opaque)
+    }
+
+    /// What the admin server's `/config` shows: the snapshot as applied.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut services: Vec<_> = self
+            .services
+            .iter()
+            .map(|(vip, sp)| {
+                serde_json::json!({
+                    "name": sp.name,
+                    "address": vip.to_string(),
+                    "protocol": format!("{:?}", sp.protocol).to_lowercase(),
+                    "endpoints": sp.endpoints.iter().map(|e| serde_json::json!({
+                        "address": e.addr.to_string(),
+                        "identity": e.identity.as_ref().map(ToString::to_string),
+                        "pod": e.pod,
+                        "open_connections": e.active(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        services.sort_by_key(|s| s["name"].as_str().map(str::to_string));
+        let mut workloads: Vec<_> = self
+            .workloads
+            .iter()
+            .map(|(ip, id)| serde_json::json!({ "ip": ip.to_string(), "identity": id.to_string() }))
+            .collect();
+        workloads.sort_by_key(|w| w["ip"].as_str().map(str::to_string));
+        serde_json::json!({
+            "version": self.version,
+            "mtls_mode": self.mtls_mode.map(|m| format!("{m:?}").to_lowercase()),
+            "services": services,
+            "workloads": workloads,
+        })
     }
 
     /// The virtual IP for a DNS name, if it is a mesh Service.
@@ -304,5 +342,23 @@ mod tests {
             panic!()
         };
         assert_eq!(sp2.endpoints[0].active(), 5);
+    }
+
+    #[test]
+    fn light_load_spreads_evenly() {
+        let c = MeshConfig::from_snapshot(&snapshot(), "cluster.local", &MeshConfig::default())
+            .unwrap();
+        let Destination::Service(sp) = c.destination("198.19.0.1:6379".parse().unwrap()) else {
+            panic!()
+        };
+        let mut counts = HashMap::new();
+        for _ in 0..300 {
+            let e = sp.pick().unwrap();
+            drop(e.track());
+            *counts.entry(e.addr).or_insert(0) += 1;
+        }
+        for n in counts.values() {
+            assert!((90..=110).contains(n), "{counts:?}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! - `tcp`: a TCP server that echoes, or reads to EOF and answers with a digest
 //!   (to prove half-close: the answer comes after the client stopped writing).
 
+mod dns_server;
 mod http_server;
 mod tcp_server;
 
@@ -31,6 +32,18 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, value_enum, default_value_t = tcp_server::Mode::Echo)]
         mode: tcp_server::Mode,
+        /// This instance's name (the banner mode sends it first).
+        #[arg(long, env = "WEFT_TEST_POD", default_value = "test-0")]
+        pod: String,
+    },
+    /// A DNS server (UDP) answering A queries from a fixed table, NXDOMAIN
+    /// otherwise: the "upstream resolver" of test pods.
+    Dns {
+        #[arg(long, default_value = "0.0.0.0:53")]
+        listen: SocketAddr,
+        /// NAME=IPV4, repeatable.
+        #[arg(long = "record", value_delimiter = ',')]
+        records: Vec<String>,
     },
     /// GET a URL (HTTP/1.1) and print the body; exits 1 unless the status is 2xx.
     Get { url: http::Uri },
@@ -47,7 +60,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Http(args) => http_server::serve(args).await,
-        Command::Tcp { listen, mode } => tcp_server::serve(listen, mode).await,
+        Command::Tcp { listen, mode, pod } => tcp_server::serve(listen, mode, pod).await,
+        Command::Dns { listen, records } => dns_server::serve(listen, &records).await,
         Command::Get { url } => get(url).await,
     }
 }

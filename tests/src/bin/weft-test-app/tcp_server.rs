@@ -9,19 +9,23 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Mode {
     Echo,
     Digest,
+    /// Server speaks first: `<pod>\n` on connect, then echo.
+    Banner,
 }
 
-pub async fn serve(listen: SocketAddr, mode: Mode) -> anyhow::Result<()> {
+pub async fn serve(listen: SocketAddr, mode: Mode, pod: String) -> anyhow::Result<()> {
     let l = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, ?mode, "tcp server listening");
     loop {
         let (s, peer) = l.accept().await?;
+        let pod = pod.clone();
         tokio::spawn(async move {
             let res = match mode {
                 Mode::Echo => echo(s).await,
                 Mode::Digest => digest(s).await,
+                Mode::Banner => banner(s, &pod).await,
             };
             if let Err(e) = res {
                 tracing::debug!(%peer, error = %e, "tcp connection");
@@ -51,4 +55,9 @@ async fn digest(mut s: TcpStream) -> std::io::Result<()> {
     let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
     s.write_all(format!("{len} {hex}\n").as_bytes()).await?;
     s.shutdown().await
+}
+
+async fn banner(mut s: TcpStream, pod: &str) -> std::io::Result<()> {
+    s.write_all(format!("{pod}\n").as_bytes()).await?;
+    echo(s).await
 }
