@@ -260,7 +260,7 @@ pub enum Accepted {
 pub struct InboundTls {
     acceptor: TlsAcceptor,
     mesh: Option<Mesh>,
-    /// Until the control plane says otherwise.
+    /// The local setting; the control plane can make it stricter, not looser.
     mode: MtlsMode,
     detect_timeout: Duration,
 }
@@ -311,10 +311,11 @@ impl InboundTls {
         dst: SocketAddr,
     ) -> Result<Accepted, (TlsFailure, io::Error)> {
         let cfg = self.mesh.as_ref().map(|m| m.load_full());
-        let mode = match cfg.as_ref().and_then(|c| c.mtls_mode) {
-            Some(weft_api::v1::MtlsMode::Strict) => MtlsMode::Strict,
-            Some(_) => MtlsMode::Permissive,
-            None => self.mode,
+        // The stricter of the local setting and the control plane's: a proxy
+        // pinned to strict cannot be downgraded from afar.
+        let mode = match (self.mode, cfg.as_ref().and_then(|c| c.mtls_mode)) {
+            (MtlsMode::Strict, _) | (_, Some(weft_api::v1::MtlsMode::Strict)) => MtlsMode::Strict,
+            _ => MtlsMode::Permissive,
         };
         let peer_meshed = tcp
             .peer_addr()

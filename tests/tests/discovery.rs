@@ -505,3 +505,54 @@ fn server_speaks_first_protocols_never_wait_for_detection() {
         "an opaque port waited {took:?}"
     );
 }
+
+#[test]
+fn a_pod_annotation_overrides_the_mesh_wide_mtls_mode() {
+    // The mesh default is permissive; one pod asks for strict.
+    let node = Node::new("disc_mtls_mode");
+    let cp = ControlPlane::start(&node, "1h");
+    let outsider = node.pod("outsider");
+    let mut pods = Vec::new();
+    for (name, strict) in [("strict-0", true), ("relaxed-0", false)] {
+        let pod = node.pod(name);
+        pod.spawn(
+            "echo",
+            bins::test_app(),
+            &["tcp", "--listen", "0.0.0.0:7000"],
+        );
+        pod.wait_listening(DB_PORT);
+        let mut yaml = pod_yaml(&pod, name, &[("app", name)], true);
+        if strict {
+            yaml = yaml.replace(
+                "    weft.dev/inject: enabled\n",
+                "    weft.dev/inject: enabled\n    weft.dev/mtls-mode: strict\n",
+            );
+        }
+        cp.write_manifest(&format!("pod-{name}.yaml"), &yaml);
+        pod.mesh_with(&cp, name, &[]);
+        let want = if strict { "strict" } else { "permissive" };
+        eventually(
+            &format!("{name} gets mode {want}"),
+            Duration::from_secs(10),
+            || pod.config()["mtls_mode"] == want,
+        );
+        pods.push(pod);
+    }
+    let echo = |pod: &Pod| {
+        let dst = pod.addr(DB_PORT);
+        outsider.ns.block_on(async move {
+            let mut s = TcpStream::connect(dst).await?;
+            s.write_all(b"plain").await?;
+            s.shutdown().await?;
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await?;
+            Ok::<_, std::io::Error>(got)
+        })
+    };
+    let strict = echo(&pods[0]);
+    assert!(
+        !matches!(&strict, Ok(b) if b == b"plain"),
+        "the strict pod served plaintext"
+    );
+    assert_eq!(echo(&pods[1]).expect("permissive echo"), b"plain");
+}

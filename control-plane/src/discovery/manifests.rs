@@ -14,12 +14,15 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::crds::TrafficPolicy;
+
 /// The kinds Weft reads. Others are skipped (a directory may hold anything).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Service,
     Pod,
     HttpRoute,
+    TrafficPolicy,
 }
 
 impl Kind {
@@ -30,6 +33,7 @@ impl Kind {
             ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
                 Some(Kind::HttpRoute)
             }
+            ("weft.dev/v1alpha1", "TrafficPolicy") => Some(Kind::TrafficPolicy),
             _ => None,
         }
     }
@@ -41,6 +45,7 @@ impl fmt::Display for Kind {
             Kind::Service => "Service",
             Kind::Pod => "Pod",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::TrafficPolicy => "TrafficPolicy",
         })
     }
 }
@@ -64,6 +69,7 @@ pub enum Object {
     Service(Box<Service>),
     Pod(Box<Pod>),
     HttpRoute(Box<HttpRoute>),
+    TrafficPolicy(Box<TrafficPolicy>),
 }
 
 /// One problem in the manifests, precise enough to fix without searching.
@@ -283,6 +289,20 @@ fn parse_object(doc: &Value) -> Result<Option<(ObjectKey, Object)>, ParseError> 
             validate_route(&r).map_err(|(f, m)| fail(f, m))?;
             Object::HttpRoute(Box::new(r))
         }
+        Kind::TrafficPolicy => {
+            let p: TrafficPolicy = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            let t = &p.spec.target_ref;
+            if t.kind != "Service" || !t.group.is_empty() {
+                return Err(fail(
+                    "spec.targetRef.kind".into(),
+                    format!(
+                        "a TrafficPolicy targets a Service (group \"\"), not `{}`",
+                        t.kind
+                    ),
+                ));
+            }
+            Object::TrafficPolicy(Box::new(p))
+        }
     };
     Ok(Some((key, obj)))
 }
@@ -469,6 +489,19 @@ mod tests {
         std::fs::write(d.path().join("a.yaml"), GOOD).unwrap();
         assert!(s.refresh());
         assert!(s.objects().1.is_empty());
+    }
+
+    #[test]
+    fn traffic_policies_are_read_and_checked() {
+        let good = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  targetRef: {kind: Service, name: web, port: 80}\n";
+        let (_d, s) = store_with(&[("p.yaml", good)]);
+        let (objs, errs) = s.objects();
+        assert_eq!((objs.len(), errs.len()), (1, 0), "{errs:?}");
+        let bad = good.replace("port: 80", "prot: 80");
+        let (_d, s) = store_with(&[("p.yaml", &bad)]);
+        let errs = s.objects().1;
+        assert!(errs[0].message.contains("prot"), "{errs:?}");
+        assert_eq!(errs[0].object, "TrafficPolicy default/p");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! [`service::DiscoveryService`], which remembers what each proxy was sent and
 //! acknowledged ([`registry::Registry`]).
 
+pub mod crds;
 pub mod manifests;
 pub mod model;
 pub mod registry;

@@ -84,6 +84,7 @@ pub struct Model {
     pub services: Vec<ServiceModel>,
     pub pods: Vec<PodModel>,
     pub routes: Vec<HttpRoute>,
+    pub policies: Vec<super::crds::TrafficPolicy>,
 }
 
 /// `appProtocol` (and the opaque-ports list) to a protocol.
@@ -183,6 +184,7 @@ impl Model {
                     });
                 }
                 Object::HttpRoute(r) => m.routes.push((**r).clone()),
+                Object::TrafficPolicy(p) => m.policies.push((**p).clone()),
             }
         }
         m

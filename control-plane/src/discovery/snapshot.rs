@@ -183,3 +183,56 @@ pub fn protocol_name(p: i32) -> &'static str {
         Protocol::Grpc => "grpc",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::Store;
+
+    /// The README's example directory parses cleanly and means what the
+    /// README says it means.
+    #[test]
+    fn the_example_manifests_build_the_documented_mesh() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/manifests");
+        let mut store = Store::new(&dir);
+        store.refresh();
+        let (objects, errors) = store.objects();
+        assert!(errors.is_empty(), "{errors:?}");
+        let settings = MeshSettings {
+            trust_domain: "cluster.local".into(),
+            mtls_mode: MtlsMode::Permissive,
+            opaque_ports: vec![6379],
+        };
+        let model = Model::build(&objects, &settings.opaque_ports);
+        assert_eq!(
+            (
+                model.services.len(),
+                model.pods.len(),
+                model.routes.len(),
+                model.policies.len()
+            ),
+            (2, 3, 1, 1)
+        );
+        let shared = shared(1, &model, &settings, &[]);
+        let web = shared
+            .services
+            .iter()
+            .find(|s| s.name == "web")
+            .expect("web");
+        let eps = &web.ports[0].endpoints;
+        assert_eq!(eps.len(), 2);
+        assert!(eps.iter().all(|e| e.port == 8080 && e.identity == "spiffe://cluster.local/ns/default/sa/web"));
+        assert_eq!(web.ports[0].protocol, Protocol::Http1 as i32);
+        let redis = shared
+            .services
+            .iter()
+            .find(|s| s.name == "redis")
+            .expect("redis");
+        assert_eq!(redis.ports[0].protocol, Protocol::Opaque as i32);
+        let strict = inbound(&model, &settings, "default", "web-1");
+        assert_eq!(strict.mtls_mode, MtlsMode::Strict as i32);
+        assert_eq!(strict.ports[0].port, 8080);
+        let relaxed = inbound(&model, &settings, "default", "web-0");
+        assert_eq!(relaxed.mtls_mode, MtlsMode::Permissive as i32);
+    }
+}
