@@ -11,6 +11,7 @@ pub mod cli;
 pub mod discovery;
 pub mod dns;
 pub mod forward;
+pub mod http;
 pub mod identity;
 pub mod init;
 pub mod ports;

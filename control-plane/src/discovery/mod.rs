@@ -12,6 +12,7 @@ pub mod crds;
 pub mod manifests;
 pub mod model;
 pub mod registry;
+pub mod routes;
 pub mod service;
 pub mod snapshot;
 pub mod source;

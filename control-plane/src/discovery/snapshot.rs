@@ -83,6 +83,7 @@ pub fn shared(
                             name: p.name.clone(),
                             protocol: p.protocol as i32,
                             endpoints,
+                            routes: super::routes::for_port(model, s, p.port),
                         }
                     })
                     .collect(),

@@ -3,8 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use weft_api::SpiffeId;
@@ -22,6 +23,53 @@ pub struct Endpoint {
     /// Connections ever sent here: breaks ties so that, under light load,
     /// traffic still spreads evenly instead of by coin flips.
     picked: Arc<AtomicUsize>,
+    /// Peak-EWMA of response latency, for balancing requests.
+    latency: Arc<Mutex<PeakEwma>>,
+}
+
+/// How fast old latency observations are forgotten.
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// The latency assumed of an endpoint not yet measured.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+
+/// A latency estimate that jumps up to a slower observation at once and
+/// decays down slowly, so a slow endpoint is avoided quickly and tried
+/// again only gradually (the peak-EWMA of Finagle, tower and linkerd2-proxy).
+#[derive(Debug)]
+pub struct PeakEwma {
+    cost_ns: f64,
+    stamp: Instant,
+}
+
+impl Default for PeakEwma {
+    fn default() -> Self {
+        PeakEwma {
+            cost_ns: DEFAULT_RTT.as_nanos() as f64,
+            stamp: Instant::now(),
+        }
+    }
+}
+
+impl PeakEwma {
+    fn decayed(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
+        self.cost_ns * (-elapsed / EWMA_DECAY.as_secs_f64()).exp()
+    }
+
+    fn observe(&mut self, rtt: Duration) {
+        let now = Instant::now();
+        let rtt = rtt.as_nanos() as f64;
+        let current = self.decayed(now);
+        self.cost_ns = if rtt > current {
+            rtt
+        } else {
+            let w = (-(now.saturating_duration_since(self.stamp).as_secs_f64())
+                / EWMA_DECAY.as_secs_f64())
+            .exp();
+            current * w + rtt * (1.0 - w)
+        };
+        self.stamp = now;
+    }
 }
 
 impl Endpoint {
@@ -29,7 +77,24 @@ impl Endpoint {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Counts a connection to this endpoint while the guard lives.
+    /// The request balancer's load: latency estimate × (requests in flight + 1).
+    pub fn load(&self) -> f64 {
+        let cost = self
+            .latency
+            .lock()
+            .map(|e| e.decayed(Instant::now()))
+            .unwrap_or(DEFAULT_RTT.as_nanos() as f64);
+        cost * (self.active() as f64 + 1.0)
+    }
+
+    /// Records how long a request took to answer.
+    pub fn observe(&self, rtt: Duration) {
+        if let Ok(mut e) = self.latency.lock() {
+            e.observe(rtt);
+        }
+    }
+
+    /// Counts a connection (or request) to this endpoint while the guard lives.
     pub fn track(&self) -> ActiveGuard {
         self.picked.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -52,6 +117,8 @@ pub struct ServicePort {
     pub name: String,
     pub protocol: Protocol,
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// HTTP routes for requests to this port (empty: to its own endpoints).
+    pub routes: crate::http::routes::Routes,
 }
 
 impl ServicePort {
@@ -69,6 +136,24 @@ impl ServicePort {
                 let load = |e: &Endpoint| (e.active(), e.picked.load(Ordering::Relaxed));
                 let pick = if load(ea) <= load(eb) { ea } else { eb };
                 Some(pick.clone())
+            }
+        }
+    }
+
+    /// Power of two choices over peak-EWMA load, for requests.
+    pub fn pick_by_latency(&self) -> Option<Arc<Endpoint>> {
+        match self.endpoints.len() {
+            0 => None,
+            1 => self.endpoints.first().cloned(),
+            n => {
+                let a = rand::random_range(0..n);
+                let b = (a + rand::random_range(1..n)) % n;
+                let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+                Some(if ea.load() <= eb.load() {
+                    ea.clone()
+                } else {
+                    eb.clone()
+                })
             }
         }
     }
@@ -108,12 +193,13 @@ impl MeshConfig {
         trust_domain: &str,
         prev: &MeshConfig,
     ) -> Result<MeshConfig, String> {
-        let mut loads: HashMap<SocketAddr, (Arc<AtomicUsize>, Arc<AtomicUsize>)> = HashMap::new();
+        type Loads = (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<Mutex<PeakEwma>>);
+        let mut loads: HashMap<SocketAddr, Loads> = HashMap::new();
         for sp in prev.services.values() {
             for e in &sp.endpoints {
                 loads
                     .entry(e.addr)
-                    .or_insert_with(|| (e.active.clone(), e.picked.clone()));
+                    .or_insert_with(|| (e.active.clone(), e.picked.clone(), e.latency.clone()));
             }
         }
         let ip = |s: &str, what: &str| {
@@ -153,13 +239,14 @@ impl MeshConfig {
                         ip(&e.ip, "endpoint")?,
                         u16::try_from(e.port).map_err(|_| format!("endpoint port {}", e.port))?,
                     );
-                    let (active, picked) = loads.get(&addr).cloned().unwrap_or_default();
+                    let (active, picked, latency) = loads.get(&addr).cloned().unwrap_or_default();
                     endpoints.push(Arc::new(Endpoint {
                         addr,
                         identity: id(&e.identity)?,
                         pod: e.pod.clone(),
                         active,
                         picked,
+                        latency,
                     }));
                 }
                 cfg.services.insert(
@@ -169,6 +256,8 @@ impl MeshConfig {
                         protocol: Protocol::try_from(port.protocol)
                             .unwrap_or(Protocol::Unspecified),
                         endpoints,
+                        routes: crate::http::routes::Routes::new(&port.routes)
+                            .map_err(|e| format!("{}.{}:{p}: {e}", svc.name, svc.namespace))?,
                     }),
                 );
             }
@@ -193,6 +282,11 @@ impl MeshConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// The Service port at a virtual address (a route's backend).
+    pub fn service(&self, addr: SocketAddr) -> Option<Arc<ServicePort>> {
+        self.services.get(&addr).cloned()
     }
 
     pub fn destination(&self, dst: SocketAddr) -> Destination {
@@ -280,6 +374,7 @@ mod tests {
                             pod: format!("db-{i}"),
                         })
                         .collect(),
+                    routes: vec![],
                 }],
             }],
             workloads: vec![v1::Workload {

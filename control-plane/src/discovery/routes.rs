@@ -1,0 +1,237 @@
+//! HTTPRoutes compiled for the proxies: every (route, rule, match) attached
+//! to a Service port becomes one `RouteRule`, sorted by Gateway API
+//! precedence, so a proxy just takes the first that matches.
+
+use std::cmp::Ordering;
+
+use gateway_api::experimental::httproutes::{HttpRoute, HttpRouteRules, HttpRouteRulesMatches};
+use weft_api::v1;
+
+use super::model::{Model, ServiceModel};
+
+/// The serde name of a generated enum value (`PathPrefix`, `GET`, `301`).
+fn enum_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn attaches(route: &HttpRoute, svc: &ServiceModel, port: u16) -> bool {
+    let route_ns = route.metadata.namespace.as_deref().unwrap_or("default");
+    route.spec.parent_refs.iter().flatten().any(|p| {
+        p.kind.as_deref() == Some("Service")
+            && p.name == svc.name
+            && p.namespace.as_deref().unwrap_or(route_ns) == svc.namespace
+            && p.port.is_none_or(|pp| pp == i32::from(port))
+    })
+}
+
+fn compile_match(m: &HttpRouteRulesMatches) -> v1::RouteMatch {
+    let (kind, path) = match &m.path {
+        Some(p) => {
+            let value = p.value.clone().unwrap_or_else(|| "/".into());
+            let kind = match p.r#type.as_ref().map(enum_name).as_deref() {
+                Some("Exact") => v1::route_match::PathKind::Exact,
+                Some("RegularExpression") => v1::route_match::PathKind::Regex,
+                _ => v1::route_match::PathKind::Prefix,
+            };
+            (kind, value)
+        }
+        None => (v1::route_match::PathKind::Prefix, "/".into()),
+    };
+    v1::RouteMatch {
+        path_kind: kind as i32,
+        path,
+        headers: m
+            .headers
+            .iter()
+            .flatten()
+            .map(|h| v1::ValueMatch {
+                name: h.name.to_ascii_lowercase(),
+                value: h.value.clone(),
+                regex: h.r#type.as_ref().map(enum_name).as_deref() == Some("RegularExpression"),
+            })
+            .collect(),
+        query_params: m
+            .query_params
+            .iter()
+            .flatten()
+            .map(|q| v1::ValueMatch {
+                name: q.name.clone(),
+                value: q.value.clone(),
+                regex: q.r#type.as_ref().map(enum_name).as_deref() == Some("RegularExpression"),
+            })
+            .collect(),
+        method: m.method.as_ref().map(enum_name).unwrap_or_default(),
+    }
+}
+
+/// Filters and backends of one rule (shared by each of its matches).
+fn compile_rule(
+    model: &Model,
+    route: &HttpRoute,
+    rule: &HttpRouteRules,
+    port: u16,
+) -> v1::RouteRule {
+    let route_ns = route
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let backends = rule
+        .backend_refs
+        .iter()
+        .flatten()
+        .filter(|b| b.kind.as_deref().unwrap_or("Service") == "Service")
+        .filter_map(|b| {
+            let ns = b.namespace.clone().unwrap_or_else(|| route_ns.clone());
+            let svc = model
+                .services
+                .iter()
+                .find(|s| s.name == b.name && s.namespace == ns)?;
+            let bport = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(port);
+            Some(v1::Backend {
+                address: std::net::SocketAddr::new(svc.vip?, bport).to_string(),
+                name: format!("{}.{}:{bport}", svc.name, svc.namespace),
+                weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
+            })
+        })
+        .collect();
+    let mut out = v1::RouteRule {
+        route: format!(
+            "{route_ns}/{}",
+            route.metadata.name.clone().unwrap_or_default()
+        ),
+        backends,
+        ..Default::default()
+    };
+    for f in rule.filters.iter().flatten() {
+        if let Some(h) = &f.request_header_modifier {
+            out.request_header_modifiers.push(v1::HeaderModifier {
+                set: h
+                    .set
+                    .iter()
+                    .flatten()
+                    .map(|h| v1::Header {
+                        name: h.name.clone(),
+                        value: h.value.clone(),
+                    })
+                    .collect(),
+                add: h
+                    .add
+                    .iter()
+                    .flatten()
+                    .map(|h| v1::Header {
+                        name: h.name.clone(),
+                        value: h.value.clone(),
+                    })
+                    .collect(),
+                remove: h.remove.clone().unwrap_or_default(),
+            });
+        }
+        if let Some(r) = &f.request_redirect {
+            out.redirect = Some(v1::Redirect {
+                enabled: true,
+                scheme: r.scheme.as_ref().map(enum_name).unwrap_or_default(),
+                hostname: r.hostname.clone().unwrap_or_default(),
+                port: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+                path_full: r
+                    .path
+                    .as_ref()
+                    .and_then(|p| p.replace_full_path.clone())
+                    .unwrap_or_default(),
+                path_prefix: r
+                    .path
+                    .as_ref()
+                    .and_then(|p| p.replace_prefix_match.clone())
+                    .unwrap_or_default(),
+                status_code: r
+                    .status_code
+                    .as_ref()
+                    .map(enum_name)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(302),
+            });
+        }
+        if let Some(r) = &f.url_rewrite {
+            out.rewrite = Some(v1::Rewrite {
+                enabled: true,
+                hostname: r.hostname.clone().unwrap_or_default(),
+                path_full: r
+                    .path
+                    .as_ref()
+                    .and_then(|p| p.replace_full_path.clone())
+                    .unwrap_or_default(),
+                path_prefix: r
+                    .path
+                    .as_ref()
+                    .and_then(|p| p.replace_prefix_match.clone())
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+/// Gateway API precedence between two matches: exact path, then longer
+/// prefix, then a method, then more header matches, then more query matches.
+fn precedence(a: &v1::RouteMatch, b: &v1::RouteMatch) -> Ordering {
+    use v1::route_match::PathKind;
+    let rank =
+        |m: &v1::RouteMatch| match PathKind::try_from(m.path_kind).unwrap_or(PathKind::Prefix) {
+            PathKind::Exact => (0, 0),
+            PathKind::Prefix => (1, usize::MAX - m.path.len()),
+            PathKind::Regex => (2, usize::MAX - m.path.len()),
+        };
+    rank(a)
+        .cmp(&rank(b))
+        .then_with(|| b.method.is_empty().cmp(&a.method.is_empty()).reverse())
+        .then_with(|| b.headers.len().cmp(&a.headers.len()))
+        .then_with(|| b.query_params.len().cmp(&a.query_params.len()))
+}
+
+/// The rules for one Service port, in the order a proxy tries them.
+pub fn for_port(model: &Model, svc: &ServiceModel, port: u16) -> Vec<v1::RouteRule> {
+    let mut routes: Vec<&HttpRoute> = model
+        .routes
+        .iter()
+        .filter(|r| attaches(r, svc, port))
+        .collect();
+    // Ties go to the oldest route, then by namespace/name.
+    routes.sort_by(|a, b| {
+        let ts = |r: &HttpRoute| {
+            r.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+        };
+        let key = |r: &HttpRoute| (r.metadata.namespace.clone(), r.metadata.name.clone());
+        ts(a).cmp(&ts(b)).then_with(|| key(a).cmp(&key(b)))
+    });
+    let mut out = Vec::new();
+    for route in routes {
+        for (i, rule) in route.spec.rules.iter().flatten().enumerate() {
+            let compiled = compile_rule(model, route, rule, port);
+            let matches = rule.matches.clone().unwrap_or_default();
+            let matches = if matches.is_empty() {
+                vec![HttpRouteRulesMatches::default()]
+            } else {
+                matches
+            };
+            for m in &matches {
+                out.push(v1::RouteRule {
+                    rule_index: i as u32,
+                    matches: vec![compile_match(m)],
+                    ..compiled.clone()
+                });
+            }
+        }
+    }
+    // A stable sort keeps the route order for equal precedence.
+    out.sort_by(|a, b| match (a.matches.first(), b.matches.first()) {
+        (Some(x), Some(y)) => precedence(x, y),
+        _ => Ordering::Equal,
+    });
+    out
+}

@@ -1,0 +1,314 @@
+//! A Service port's HTTP routes, compiled once per snapshot: regexes built,
+//! rules in precedence order, so matching a request is a scan to the first
+//! rule that fits.
+
+use std::net::SocketAddr;
+
+use http::{HeaderMap, Method, Uri};
+use regex::Regex;
+use weft_api::v1;
+
+#[derive(Debug)]
+enum Value {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl Value {
+    fn new(v: &v1::ValueMatch) -> Result<Self, String> {
+        if v.regex {
+            // Anchored: a Gateway API regex must match the whole value.
+            Regex::new(&format!("^(?:{})$", v.value))
+                .map(Value::Regex)
+                .map_err(|e| format!("regex `{}`: {e}", v.value))
+        } else {
+            Ok(Value::Exact(v.value.clone()))
+        }
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            Value::Exact(v) => v == s,
+            Value::Regex(r) => r.is_match(s),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            // Element-wise: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
+            PathMatch::Prefix(p) => {
+                let p = p.trim_end_matches('/');
+                p.is_empty()
+                    || path == p
+                    || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Match {
+    path: PathMatch,
+    headers: Vec<(String, Value)>,
+    query: Vec<(String, Value)>,
+    method: Option<Method>,
+}
+
+impl Match {
+    fn new(m: &v1::RouteMatch) -> Result<Self, String> {
+        use v1::route_match::PathKind;
+        let path = match PathKind::try_from(m.path_kind).unwrap_or(PathKind::Prefix) {
+            PathKind::Exact => PathMatch::Exact(m.path.clone()),
+            PathKind::Prefix => PathMatch::Prefix(m.path.clone()),
+            PathKind::Regex => PathMatch::Regex(
+                Regex::new(&format!("^(?:{})$", m.path))
+                    .map_err(|e| format!("path regex `{}`: {e}", m.path))?,
+            ),
+        };
+        let values = |vs: &[v1::ValueMatch]| -> Result<Vec<(String, Value)>, String> {
+            vs.iter()
+                .map(|v| Ok((v.name.clone(), Value::new(v)?)))
+                .collect()
+        };
+        Ok(Match {
+            path,
+            headers: values(&m.headers)?,
+            query: values(&m.query_params)?,
+            method: if m.method.is_empty() {
+                None
+            } else {
+                Some(Method::from_bytes(m.method.as_bytes()).map_err(|e| e.to_string())?)
+            },
+        })
+    }
+
+    fn matches(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != method) || !self.path.matches(uri.path()) {
+            return false;
+        }
+        let header_ok = self.headers.iter().all(|(name, v)| {
+            headers
+                .get_all(name.as_str())
+                .iter()
+                .any(|h| h.to_str().is_ok_and(|s| v.matches(s)))
+        });
+        let query = uri.query().unwrap_or_default();
+        let query_ok = self.query.iter().all(|(name, v)| {
+            query
+                .split('&')
+                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                .find(|(k, _)| k == name)
+                .is_some_and(|(_, val)| v.matches(val))
+        });
+        header_ok && query_ok
+    }
+}
+
+/// Where a matched request goes (one of a weighted split).
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub address: SocketAddr,
+    pub name: String,
+    pub weight: u32,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    /// `namespace/name` of the HTTPRoute.
+    pub route: String,
+    matches: Vec<Match>,
+    pub backends: Vec<Backend>,
+    total_weight: u64,
+    pub header_modifiers: Vec<v1::HeaderModifier>,
+    pub redirect: Option<v1::Redirect>,
+    pub rewrite: Option<v1::Rewrite>,
+    /// The path prefix this rule matched on, for prefix rewrites.
+    pub prefix: Option<String>,
+}
+
+impl Rule {
+    pub fn new(r: &v1::RouteRule) -> Result<Self, String> {
+        let backends: Vec<Backend> = r
+            .backends
+            .iter()
+            .map(|b| {
+                Ok(Backend {
+                    address: b
+                        .address
+                        .parse()
+                        .map_err(|_| format!("backend address `{}`", b.address))?,
+                    name: b.name.clone(),
+                    weight: b.weight,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let prefix = r.matches.first().and_then(|m| {
+            (m.path_kind == v1::route_match::PathKind::Prefix as i32).then(|| m.path.clone())
+        });
+        Ok(Rule {
+            route: r.route.clone(),
+            matches: r.matches.iter().map(Match::new).collect::<Result<_, _>>()?,
+            total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
+            backends,
+            header_modifiers: r.request_header_modifiers.clone(),
+            redirect: r.redirect.clone().filter(|r| r.enabled),
+            rewrite: r.rewrite.clone().filter(|r| r.enabled),
+            prefix,
+        })
+    }
+
+    fn matches(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(method, uri, headers))
+    }
+
+    /// A backend by weight; None when every weight is zero (or there are none).
+    pub fn pick_backend(&self) -> Option<&Backend> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut n = rand::random_range(0..self.total_weight);
+        for b in &self.backends {
+            let w = u64::from(b.weight);
+            if n < w {
+                return Some(b);
+            }
+            n -= w;
+        }
+        None
+    }
+}
+
+/// A Service port's rules, in precedence order.
+#[derive(Debug, Default)]
+pub struct Routes {
+    rules: Vec<Rule>,
+}
+
+impl Routes {
+    pub fn new(rules: &[v1::RouteRule]) -> Result<Self, String> {
+        Ok(Routes {
+            rules: rules.iter().map(Rule::new).collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The first rule that matches.
+    pub fn find(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.matches(method, uri, headers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(
+        path_kind: v1::route_match::PathKind,
+        path: &str,
+        headers: Vec<v1::ValueMatch>,
+        backends: &[(&str, u32)],
+    ) -> v1::RouteRule {
+        v1::RouteRule {
+            route: "default/r".into(),
+            matches: vec![v1::RouteMatch {
+                path_kind: path_kind as i32,
+                path: path.into(),
+                headers,
+                ..Default::default()
+            }],
+            backends: backends
+                .iter()
+                .map(|(a, w)| v1::Backend {
+                    address: (*a).into(),
+                    name: (*a).into(),
+                    weight: *w,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> (Method, Uri, HeaderMap) {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        (Method::GET, path.parse().unwrap(), h)
+    }
+
+    #[test]
+    fn header_match_then_prefix() {
+        use v1::route_match::PathKind;
+        let routes = Routes::new(&[
+            rule(
+                PathKind::Prefix,
+                "/",
+                vec![v1::ValueMatch {
+                    name: "x-version".into(),
+                    value: "v2".into(),
+                    regex: false,
+                }],
+                &[("198.19.0.2:80", 1)],
+            ),
+            rule(
+                PathKind::Prefix,
+                "/",
+                vec![],
+                &[("198.19.0.1:80", 9), ("198.19.0.2:80", 1)],
+            ),
+        ])
+        .unwrap();
+        let (m, u, h) = req("/x", &[("x-version", "v2")]);
+        assert_eq!(routes.find(&m, &u, &h).unwrap().backends.len(), 1);
+        let (m, u, h) = req("/x", &[]);
+        let r = routes.find(&m, &u, &h).unwrap();
+        let mut counts = [0u32; 2];
+        for _ in 0..10_000 {
+            let b = r.pick_backend().unwrap();
+            counts[usize::from(b.address.ip().to_string().ends_with(".2"))] += 1;
+        }
+        assert!((8800..=9200).contains(&counts[0]), "{counts:?}");
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let p = PathMatch::Prefix("/foo".into());
+        assert!(p.matches("/foo") && p.matches("/foo/bar"));
+        assert!(!p.matches("/foobar"));
+        assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+    }
+
+    #[test]
+    fn regexes_are_anchored_and_bad_ones_are_refused() {
+        use v1::route_match::PathKind;
+        let routes = Routes::new(&[rule(
+            PathKind::Regex,
+            "/v[0-9]+/.*",
+            vec![],
+            &[("198.19.0.1:80", 1)],
+        )])
+        .unwrap();
+        let (m, u, h) = req("/v2/items", &[]);
+        assert!(routes.find(&m, &u, &h).is_some());
+        let (m, u, h) = req("/api/v2/items", &[]);
+        assert!(routes.find(&m, &u, &h).is_none());
+        assert!(Routes::new(&[rule(PathKind::Regex, "/(unclosed", vec![], &[])]).is_err());
+    }
+}
