@@ -11,9 +11,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::discovery::Destination;
+use crate::http::detect::{self, Detected};
+use crate::http::inbound::HttpInbound;
+use crate::http::outbound::{HttpOutbound, Target as HttpTarget};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Direction, TcpMetrics, TlsMetrics};
-use crate::tls::{Accepted, InboundTls, OutboundTls, TlsFailure};
+use crate::tls::{Accepted, Alpn, InboundTls, OutboundTls, TlsFailure};
 use crate::transport::{self, Counted, orig_dst::OrigDstError};
 
 /// Endpoints tried for one connection to a Service before giving up.
@@ -45,9 +49,21 @@ pub struct Forwarder {
     pub target: Target,
     pub connect_timeout: Duration,
     pub tls: TlsSide,
+    /// HTTP proxying, when the proxy has an identity (L4 otherwise).
+    pub http: HttpSide,
+    /// How long to wait for a client's first bytes to tell HTTP from opaque.
+    pub detect_timeout: Duration,
     pub metrics: TcpMetrics,
     pub tls_metrics: TlsMetrics,
     pub shutdown: Shutdown,
+}
+
+/// The L7 role of a listener.
+#[derive(Clone, Debug)]
+pub enum HttpSide {
+    None,
+    Inbound(Arc<HttpInbound>),
+    Outbound(Arc<HttpOutbound>),
 }
 
 /// Why a connection could not be forwarded.
@@ -72,6 +88,12 @@ pub enum ForwardError {
         dst: SocketAddr,
         reason: TlsFailure,
         detail: String,
+    },
+    #[error("HTTP on the connection to {dst}: {source}")]
+    Http {
+        dst: SocketAddr,
+        #[source]
+        source: hyper::Error,
     },
     #[error("after connecting to {dst}: {source}")]
     Io {
@@ -115,7 +137,9 @@ impl Forwarder {
             Err(e) => {
                 self.metrics.error(self.direction);
                 match &e {
-                    ForwardError::Io { .. } => debug!(error = %e, "ended"),
+                    ForwardError::Io { .. } | ForwardError::Http { .. } => {
+                        debug!(error = %e, "ended")
+                    }
                     ForwardError::Tls { reason, .. } => {
                         self.tls_metrics.failure(self.direction, reason.as_str());
                         warn!(error = %e, reason = reason.as_str(), "TLS refused");
@@ -142,6 +166,23 @@ impl Forwarder {
                             reason,
                             detail: weft_api::tls::describe(&e),
                         })?;
+                if let (Accepted::Tls(client, peer), HttpSide::Inbound(http)) =
+                    (&accepted, &self.http)
+                    && client.get_ref().1.alpn_protocol() == Some(weft_api::tls::ALPN_H2)
+                {
+                    self.tls_metrics.session(self.direction, peer);
+                    debug!(client_identity = %peer, "mTLS HTTP/2 from a peer");
+                    let (http, peer) = (http.clone(), peer.clone());
+                    let Accepted::Tls(client, _) = accepted else {
+                        return Ok((0, 0));
+                    };
+                    let (read, written) = self.metrics.bytes(self.direction);
+                    let io = Counted::new(*client, read, written);
+                    http.serve(io, dst, peer)
+                        .await
+                        .map_err(|source| ForwardError::Http { dst, source })?;
+                    return Ok((0, 0));
+                }
                 let upstream = self.connect(dst).await?;
                 match accepted {
                     Accepted::Tls(client, peer) => {
@@ -154,6 +195,24 @@ impl Forwarder {
             }
             TlsSide::Outbound(tls) => {
                 let fixed = matches!(self.target, Target::Fixed(_));
+                if let HttpSide::Outbound(http) = &self.http
+                    && let Some((target, declared)) = http_target(tls, dst, fixed)
+                {
+                    let proto = match declared {
+                        Some(p) => p,
+                        None => detect::detect(&stream, self.detect_timeout).await,
+                    };
+                    self.tls_metrics.detected(self.direction, proto.as_str());
+                    if proto != Detected::Opaque {
+                        let (read, written) = self.metrics.bytes(self.direction);
+                        let io = Counted::new(stream, read, written);
+                        http.clone()
+                            .serve(io, target, proto)
+                            .await
+                            .map_err(|source| ForwardError::Http { dst, source })?;
+                        return Ok((0, 0));
+                    }
+                }
                 let mut attempt = 1;
                 let (plan, upstream) = loop {
                     let plan = tls
@@ -174,13 +233,14 @@ impl Forwarder {
                 }
                 match &plan.identity {
                     Some(id) => {
-                        let server = tls.connect(upstream, plan.addr, id).await.map_err(|e| {
-                            ForwardError::Tls {
+                        let server = tls
+                            .connect(upstream, plan.addr, id, Alpn::Tcp)
+                            .await
+                            .map_err(|e| ForwardError::Tls {
                                 dst: plan.addr,
                                 reason: TlsFailure::of(&e),
                                 detail: weft_api::tls::describe(&e),
-                            }
-                        })?;
+                            })?;
                         self.tls_metrics.session(self.direction, id);
                         debug!(server_identity = %id, "mTLS established");
                         self.carry(stream, server, plan.addr).await
@@ -242,6 +302,36 @@ impl Forwarder {
     }
 }
 
+/// Whether an outbound connection is a candidate for HTTP proxying, where
+/// its requests go, and the protocol its Service declares (None: detect).
+fn http_target(
+    tls: &OutboundTls,
+    dst: SocketAddr,
+    fixed: bool,
+) -> Option<(HttpTarget, Option<Detected>)> {
+    use weft_api::v1::Protocol;
+    if fixed {
+        let id = tls.direct_identity(dst, true)?;
+        return Some((HttpTarget::Direct(dst, Some(id)), None));
+    }
+    match tls.mesh_destination(dst) {
+        Destination::Service(sp) => {
+            let declared = match sp.protocol {
+                Protocol::Opaque => return None,
+                Protocol::Http1 => Some(Detected::Http1),
+                Protocol::Http2 | Protocol::Grpc => Some(Detected::Http2),
+                Protocol::Unspecified => None,
+            };
+            Some((HttpTarget::Service(sp), declared))
+        }
+        Destination::Pod(id) => Some((HttpTarget::Direct(dst, Some(id)), None)),
+        Destination::Passthrough => {
+            let id = tls.direct_identity(dst, false)?;
+            Some((HttpTarget::Direct(dst, Some(id)), None))
+        }
+    }
+}
+
 /// IPv4-mapped IPv6 addresses compare equal to their IPv4 form.
 fn canonical(a: SocketAddr) -> SocketAddr {
     match a {
@@ -277,6 +367,8 @@ mod tests {
             target,
             connect_timeout: Duration::from_secs(1),
             tls: TlsSide::None,
+            http: HttpSide::None,
+            detect_timeout: Duration::from_secs(1),
             metrics: TcpMetrics::default(),
             tls_metrics: TlsMetrics::default(),
             shutdown: Shutdown::new(),

@@ -12,7 +12,10 @@ use crate::admin::{Admin, Readiness};
 use crate::cli::{IdentityArgs, RunArgs};
 use crate::discovery::{DiscoveryMetrics, Mesh, MeshConfig, Watcher};
 use crate::dns;
-use crate::forward::{Forwarder, Target, TlsSide};
+use crate::forward::{Forwarder, HttpSide, Target, TlsSide};
+use crate::http::inbound::HttpInbound;
+use crate::http::outbound::HttpOutbound;
+use crate::http::pool::PeerPool;
 use crate::identity::{
     Certifier, ControlPlane, FileIdentity, Identity, TokenSource, read_pem_certs,
 };
@@ -63,26 +66,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         if disabled {
             continue;
         }
-        let tls = match (&identity, direction) {
-            (None, _) => TlsSide::None,
-            (Some(id), Direction::Inbound) => TlsSide::Inbound(Arc::new(InboundTls::new(
-                id,
-                mesh.clone(),
-                args.identity.inbound_mtls_mode,
-                args.identity.detect_timeout,
-            )?)),
-            (Some(id), Direction::Outbound) => TlsSide::Outbound(Arc::new(OutboundTls::new(
-                id.clone(),
-                mesh.clone(),
-                args.identity.peer_identities.clone(),
-                args.identity.outbound_target_identity.clone(),
-            ))),
+        let (tls, http) = match (&identity, direction) {
+            (None, _) => (TlsSide::None, HttpSide::None),
+            (Some(id), Direction::Inbound) => (
+                TlsSide::Inbound(Arc::new(InboundTls::new(
+                    id,
+                    mesh.clone(),
+                    args.identity.inbound_mtls_mode,
+                    args.identity.detect_timeout,
+                )?)),
+                HttpSide::Inbound(Arc::new(HttpInbound::default())),
+            ),
+            (Some(id), Direction::Outbound) => {
+                let tls = Arc::new(OutboundTls::new(
+                    id.clone(),
+                    mesh.clone(),
+                    args.identity.peer_identities.clone(),
+                    args.identity.outbound_target_identity.clone(),
+                ));
+                let pool = PeerPool::new(tls.clone(), metrics.tls.clone(), args.connect_timeout);
+                (
+                    TlsSide::Outbound(tls),
+                    HttpSide::Outbound(Arc::new(HttpOutbound::new(mesh.clone(), pool))),
+                )
+            }
         };
         let fwd = Arc::new(Forwarder {
             direction,
             target: target.map_or(Target::OriginalDst, Target::Fixed),
             connect_timeout: args.connect_timeout,
             tls,
+            http,
+            detect_timeout: args.identity.detect_timeout,
             metrics: metrics.tcp.clone(),
             tls_metrics: metrics.tls.clone(),
             shutdown: shutdown.clone(),

@@ -126,6 +126,24 @@ impl fmt::Display for TlsFailure {
     }
 }
 
+/// What travels inside a sidecar-to-sidecar TLS connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    /// Opaque bytes.
+    Tcp,
+    /// Multiplexed HTTP/2 requests.
+    H2,
+}
+
+impl Alpn {
+    fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::Tcp => wtls::ALPN_TCP,
+            Alpn::H2 => wtls::ALPN_H2,
+        }
+    }
+}
+
 /// Where one outbound connection goes, and who must answer there.
 #[derive(Debug)]
 pub struct Plan {
@@ -148,7 +166,7 @@ pub struct OutboundTls {
     target: Option<SpiffeId>,
     /// One client config per expected identity, built once: the certificate
     /// and the anchors inside are swapped in place, so configs never go stale.
-    configs: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+    configs: Mutex<HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>>,
 }
 
 impl OutboundTls {
@@ -199,6 +217,13 @@ impl OutboundTls {
         }
     }
 
+    /// What the mesh says `dst` is.
+    pub fn mesh_destination(&self, dst: SocketAddr) -> Destination {
+        self.mesh
+            .as_ref()
+            .map_or(Destination::Passthrough, |m| m.load().destination(dst))
+    }
+
     /// The identity `--peer-identity` gives `dst`, if any.
     fn static_peer(&self, dst: SocketAddr) -> Option<SpiffeId> {
         let exact = self
@@ -214,12 +239,13 @@ impl OutboundTls {
             .map(|p| p.id.clone())
     }
 
-    fn config(&self, expected: &SpiffeId) -> Result<Arc<ClientConfig>, io::Error> {
+    fn config(&self, expected: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, io::Error> {
         let mut configs = self
             .configs
             .lock()
             .map_err(|_| io::Error::other("TLS config cache poisoned"))?;
-        if let Some(c) = configs.get(expected) {
+        let key = (expected.clone(), alpn);
+        if let Some(c) = configs.get(&key) {
             return Ok(c.clone());
         }
         let cfg = Arc::new(
@@ -227,12 +253,21 @@ impl OutboundTls {
                 self.identity.cert.clone(),
                 self.identity.anchors.clone(),
                 expected.clone(),
-                &[wtls::ALPN_TCP],
+                &[alpn.id()],
             )
             .map_err(io::Error::other)?,
         );
-        configs.insert(expected.clone(), cfg.clone());
+        configs.insert(key, cfg.clone());
         Ok(cfg)
+    }
+
+    /// The identity `--peer-identity` or the explicit target gives `dst`.
+    pub fn direct_identity(&self, dst: SocketAddr, fixed_target: bool) -> Option<SpiffeId> {
+        if fixed_target {
+            self.target.clone()
+        } else {
+            self.static_peer(dst)
+        }
     }
 
     pub async fn connect(
@@ -240,8 +275,9 @@ impl OutboundTls {
         tcp: TcpStream,
         dst: SocketAddr,
         expected: &SpiffeId,
+        alpn: Alpn,
     ) -> io::Result<client::TlsStream<TcpStream>> {
-        let config = self.config(expected)?;
+        let config = self.config(expected, alpn)?;
         // An IP server name sends no SNI; the verifier checks the SPIFFE ID.
         TlsConnector::from(config)
             .connect(ServerName::IpAddress(dst.ip().into()), tcp)

@@ -35,3 +35,15 @@ pub fn require_root() {
         );
     }
 }
+
+/// Polls `cond` until it holds, failing the test after `timeout`.
+pub fn eventually(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}

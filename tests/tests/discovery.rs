@@ -11,7 +11,7 @@ use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use weft_e2e::client::{a_records, dns_query};
-use weft_e2e::{ControlPlane, Node, Pod, bins, pod_yaml, service_yaml, spiffe};
+use weft_e2e::{ControlPlane, Node, Pod, bins, eventually, pod_yaml, service_yaml, spiffe};
 
 const DB_VIP: &str = "198.19.0.10";
 const DB_PORT: u16 = 7000;
@@ -25,14 +25,6 @@ struct Mesh {
     cp: ControlPlane,
     client: Arc<Pod>,
     dbs: Vec<Arc<Pod>>,
-}
-
-fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A banner+echo server pod (server speaks first: its name, then echo).
@@ -368,7 +360,7 @@ fn server_speaks_first_protocols_never_wait_for_detection() {
     let cp = ControlPlane::start(&node, "1h");
     cp.write_manifest(
         "service-db.yaml",
-        &service_yaml("db", DB_VIP, "db", &[(DB_PORT, DB_PORT, "")]),
+        &service_yaml("db", DB_VIP, "db", &[(DB_PORT, DB_PORT, "tcp")]),
     );
     cp.write_manifest(
         "service-redis.yaml",
@@ -389,6 +381,21 @@ fn server_speaks_first_protocols_never_wait_for_detection() {
         ],
     );
     db.wait_listening(DB_PORT);
+    // A second banner on 7001, a port nobody declares opaque.
+    db.spawn(
+        "banner-7001",
+        bins::test_app(),
+        &[
+            "tcp",
+            "--listen",
+            "0.0.0.0:7001",
+            "--mode",
+            "banner",
+            "--pod",
+            "db-0",
+        ],
+    );
+    db.wait_listening(7001);
     cp.write_manifest("pod-db.yaml", &pod_yaml(&db, "db", &[("app", "db")], true));
     db.mesh_with(&cp, "db", &["--detect-timeout", "5s"]);
     let redis = node.pod("redis");
@@ -452,15 +459,23 @@ fn server_speaks_first_protocols_never_wait_for_detection() {
         .expect("banner through the mesh");
     assert_eq!(line, "db-0\n");
     assert!(took < Duration::from_secs(1), "the banner took {took:?}");
-    // From outside the mesh to a port the mesh treats as opaque (7000 is not
-    // on the default list, so the manifest's Service says nothing; 6379 is).
+    // The control: from outside the mesh, a port nobody declared opaque is
+    // held for detection (5s here), which is what opaque ports avoid.
     let (_, took) = outsider
         .ns
-        .block_on(banner(db.addr(DB_PORT)))
+        .block_on(banner(db.addr(7001)))
         .expect("banner from outside");
     assert!(
         took >= Duration::from_secs(4),
         "a non-opaque port should wait for detection ({took:?})"
+    );
+    let (_, took) = outsider
+        .ns
+        .block_on(banner(db.addr(DB_PORT)))
+        .expect("banner from outside, opaque port");
+    assert!(
+        took < Duration::from_secs(1),
+        "an opaque port waited {took:?}"
     );
 
     // Redis, on its default (opaque) port: through the mesh and from outside.

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_e2e::client::{self, pattern};
-use weft_e2e::{Node, Pod, bins};
+use weft_e2e::{Node, Pod, bins, eventually};
 
 const ECHO: u16 = 7000;
 const DIGEST: u16 = 7001;
@@ -66,15 +66,6 @@ fn mesh(test: &str) -> Mesh {
         server,
         client_proxy,
         _node: node,
-    }
-}
-
-/// Polls `cond` until it holds or `timeout` passes.
-fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(25));
     }
 }
 

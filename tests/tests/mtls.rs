@@ -16,7 +16,7 @@ use tokio_rustls::TlsConnector;
 use weft_api::tls::{self as wtls, CertSlot, TrustAnchors};
 use weft_e2e::capture::{self, Capture};
 use weft_e2e::client::pattern;
-use weft_e2e::{ControlPlane, Node, Pod, bins, spiffe};
+use weft_e2e::{ControlPlane, Node, Pod, bins, eventually, spiffe};
 
 const ECHO: u16 = 7000;
 const HTTP: u16 = 8080;
@@ -63,14 +63,6 @@ fn mesh(test: &str, lifetime: &str, server_args: &[&str], client_peer: &str) -> 
 
 fn metric(pod: &Pod, series: &str) -> f64 {
     pod.metric(series)
-}
-
-fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Sends `data` over a fresh connection, half-closes, returns what came back.

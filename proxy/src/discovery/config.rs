@@ -29,8 +29,9 @@ pub struct Endpoint {
 
 /// How fast old latency observations are forgotten.
 const EWMA_DECAY: Duration = Duration::from_secs(10);
-/// The latency assumed of an endpoint not yet measured.
-const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// The latency assumed of an endpoint not yet measured: low enough that a
+/// new endpoint gets tried soon, and it decays like any other estimate.
+const DEFAULT_RTT: Duration = Duration::from_millis(5);
 
 /// A latency estimate that jumps up to a slower observation at once and
 /// decays down slowly, so a slow endpoint is avoided quickly and tried

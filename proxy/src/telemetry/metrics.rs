@@ -139,6 +139,13 @@ struct FailureLabels {
 pub struct TlsMetrics {
     sessions: Family<PeerLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
+    detected: Family<DetectLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DetectLabels {
+    direction: Direction,
+    protocol: &'static str,
 }
 
 impl TlsMetrics {
@@ -153,6 +160,21 @@ impl TlsMetrics {
             "Connections refused or failed in TLS, by reason",
             self.failures.clone(),
         );
+        reg.register(
+            "protocol_detect",
+            "Connections by the protocol found (or declared) on them",
+            self.detected.clone(),
+        );
+    }
+
+    /// Counts a protocol detection outcome.
+    pub fn detected(&self, direction: Direction, protocol: &'static str) {
+        self.detected
+            .get_or_create(&DetectLabels {
+                direction,
+                protocol,
+            })
+            .inc();
     }
 
     pub fn session(&self, direction: Direction, peer: &weft_api::SpiffeId) {

@@ -37,6 +37,9 @@ pub struct Args {
     /// Share of requests (0..=1) whose connection is reset (RST) unanswered.
     #[arg(long, default_value_t = 0.0)]
     reset_rate: f64,
+    /// Added to every response (e.g. `50ms`), to make a slow instance.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    latency: Option<Duration>,
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -101,6 +104,9 @@ async fn handle_request(
         return Ok(json_response(st, StatusCode::OK, json!({ "requests": n })));
     }
     st.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(l) = st.args.latency {
+        tokio::time::sleep(l).await;
+    }
 
     if st.args.reset_rate > 0.0 && rand::random_bool(st.args.reset_rate) {
         let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));

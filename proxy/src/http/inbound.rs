@@ -1,0 +1,130 @@
+//! The inbound HTTP service: requests from peer sidecars (HTTP/2 over mTLS)
+//! are handed to the app in the protocol its client spoke, with the caller's
+//! workload identity in `weft-client-id`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+use weft_api::SpiffeId;
+
+use super::headers::{self, CLIENT_ID, ORIG_PROTO};
+use super::{Body, ProxyError, boxed};
+
+#[derive(Debug)]
+pub struct HttpInbound {
+    h1: Client<HttpConnector, Body>,
+    h2: Client<HttpConnector, Body>,
+}
+
+impl Default for HttpInbound {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        HttpInbound {
+            h1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            h2: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(connector),
+        }
+    }
+}
+
+impl HttpInbound {
+    /// Serves one peer's HTTP/2 connection; every request goes to the app at
+    /// `dst` (the connection's original destination).
+    pub async fn serve<I>(
+        self: Arc<Self>,
+        io: I,
+        dst: SocketAddr,
+        peer: SpiffeId,
+    ) -> Result<(), hyper::Error>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = HeaderValue::from_str(&peer.to_string()).ok();
+        let svc = service_fn(move |req| {
+            let (this, peer) = (self.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(this.handle(req, dst, peer).await) }
+        });
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), svc)
+            .await
+    }
+
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        dst: SocketAddr,
+        peer: Option<HeaderValue>,
+    ) -> Response<Body> {
+        match self.proxy(req, dst, peer).await {
+            Ok(mut res) => {
+                headers::strip_hop_by_hop(res.headers_mut());
+                *res.version_mut() = Version::HTTP_2;
+                res
+            }
+            Err(e) => {
+                debug!(error = %e, "app request failed");
+                e.response()
+            }
+        }
+    }
+
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        dst: SocketAddr,
+        peer: Option<HeaderValue>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let h2_app = parts
+            .headers
+            .get(ORIG_PROTO)
+            .is_some_and(|v| v.as_bytes() == b"HTTP/2");
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_reserved(&mut parts.headers);
+        if let Some(p) = peer {
+            parts.headers.insert(CLIENT_ID, p);
+        }
+        // HTTP/1.1 apps need a Host: the request's authority.
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(a) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(a.as_str())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(dst.to_string())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let (client, version) = if h2_app {
+            (&self.h2, Version::HTTP_2)
+        } else {
+            (&self.h1, Version::HTTP_11)
+        };
+        parts.version = version;
+        let res = client
+            .request(Request::from_parts(parts, boxed(body)))
+            .await
+            .map_err(ProxyError::Client)?;
+        Ok(res.map(boxed))
+    }
+}

@@ -1,0 +1,334 @@
+//! The outbound HTTP service: requests from the app are routed (HTTPRoute
+//! rules, weighted splits), balanced over the chosen Service's endpoints by
+//! latency, and sent to the endpoint's sidecar over the shared mTLS HTTP/2
+//! connection, or in plaintext to an endpoint outside the mesh.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+use weft_api::SpiffeId;
+use weft_api::v1;
+
+use super::detect::Detected;
+use super::headers::{self, ORIG_PROTO};
+use super::pool::PeerPool;
+use super::routes::Rule;
+use super::{Body, ProxyError, boxed, full};
+use crate::discovery::{Endpoint, Mesh, ServicePort};
+
+/// Where requests on one connection are headed.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A Service port: routes, splits, balancing.
+    Service(Arc<ServicePort>),
+    /// One address (a meshed pod, or an explicit-mode target); mTLS when an
+    /// identity is expected there.
+    Direct(SocketAddr, Option<SpiffeId>),
+}
+
+#[derive(Debug)]
+pub struct HttpOutbound {
+    mesh: Option<Mesh>,
+    pool: PeerPool,
+    plain: Client<HttpConnector, Body>,
+}
+
+impl HttpOutbound {
+    pub fn new(mesh: Option<Mesh>, pool: PeerPool) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        HttpOutbound {
+            mesh,
+            pool,
+            plain: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Serves the app's HTTP connection until it closes.
+    pub async fn serve<I>(
+        self: Arc<Self>,
+        io: I,
+        target: Target,
+        proto: Detected,
+    ) -> Result<(), hyper::Error>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc = service_fn(move |req| {
+            let (this, target) = (self.clone(), target.clone());
+            async move { Ok::<_, Infallible>(this.handle(req, target).await) }
+        });
+        match proto {
+            Detected::Http2 => {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await
+            }
+            _ => {
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await
+            }
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, target: Target) -> Response<Body> {
+        let version = req.version();
+        let mut res = match self.proxy(req, target).await {
+            Ok(res) => res,
+            Err(e) => {
+                debug!(error = %e, "answering for the upstream");
+                e.response()
+            }
+        };
+        headers::strip_hop_by_hop(res.headers_mut());
+        *res.version_mut() = version;
+        res
+    }
+
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        target: Target,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let orig_version = parts.version;
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::strip_reserved(&mut parts.headers);
+
+        let (addr, identity, endpoint) = match target {
+            Target::Direct(addr, id) => (addr, id, None),
+            Target::Service(sp) => {
+                let cfg = self.mesh.as_ref().map(|m| m.load_full());
+                let sp = if sp.routes.is_empty() {
+                    sp
+                } else {
+                    let rule = sp
+                        .routes
+                        .find(&parts.method, &parts.uri, &parts.headers)
+                        .ok_or(ProxyError::NoRoute)?;
+                    if let Some(r) = &rule.redirect {
+                        return Ok(redirect(r, rule, &parts));
+                    }
+                    apply_filters(rule, &mut parts)?;
+                    let backend = rule.pick_backend().ok_or(ProxyError::NoBackend)?;
+                    cfg.and_then(|c| c.service(backend.address))
+                        .ok_or(ProxyError::NoBackend)?
+                };
+                let ep = sp
+                    .pick_by_latency()
+                    .ok_or_else(|| ProxyError::NoEndpoints(sp.name.clone()))?;
+                (ep.addr, ep.identity.clone(), Some(ep))
+            }
+        };
+
+        let authority = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<Authority>().ok())
+            .or_else(|| parts.uri.authority().cloned())
+            .map_or_else(|| addr.to_string(), |a| a.to_string());
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let body = boxed(body);
+        let _in_flight = endpoint.as_ref().map(|e| e.track());
+        let started = Instant::now();
+        let res = match &identity {
+            Some(id) => {
+                // To the peer sidecar: HTTP/2, whatever the app spoke.
+                parts.uri = uri(&authority, pq)?;
+                parts.version = Version::HTTP_2;
+                parts.headers.remove(header::HOST);
+                parts.headers.insert(ORIG_PROTO, proto_value(orig_version));
+                self.pool
+                    .send(addr, id, Request::from_parts(parts, body))
+                    .await?
+            }
+            None => {
+                // Outside the mesh: plain HTTP/1.1 to the address itself.
+                parts.uri = uri(&addr.to_string(), pq)?;
+                parts.version = Version::HTTP_11;
+                if !parts.headers.contains_key(header::HOST)
+                    && let Ok(v) = HeaderValue::from_str(&authority)
+                {
+                    parts.headers.insert(header::HOST, v);
+                }
+                self.plain
+                    .request(Request::from_parts(parts, body))
+                    .await
+                    .map_err(ProxyError::Client)?
+            }
+        };
+        observe(endpoint.as_deref(), started);
+        Ok(res.map(boxed))
+    }
+}
+
+fn observe(endpoint: Option<&Endpoint>, started: Instant) {
+    if let Some(e) = endpoint {
+        e.observe(started.elapsed());
+    }
+}
+
+fn uri(authority: &str, pq: PathAndQuery) -> Result<Uri, ProxyError> {
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))
+}
+
+fn proto_value(v: Version) -> HeaderValue {
+    HeaderValue::from_static(if v == Version::HTTP_2 {
+        "HTTP/2"
+    } else {
+        "HTTP/1.1"
+    })
+}
+
+/// The path after a rule's filters: a full replacement, or the matched
+/// prefix swapped for another.
+fn rewritten_path(path: &str, full: &str, prefix: &str, matched: Option<&str>) -> Option<String> {
+    if !full.is_empty() {
+        return Some(full.to_string());
+    }
+    let matched = matched?.trim_end_matches('/');
+    if prefix.is_empty() && matched.is_empty() {
+        return None;
+    }
+    let rest = path.strip_prefix(matched).unwrap_or(path);
+    let prefix = prefix.trim_end_matches('/');
+    let joined = format!("{prefix}{rest}");
+    Some(if joined.is_empty() {
+        "/".into()
+    } else {
+        joined
+    })
+}
+
+fn apply_filters(rule: &Rule, parts: &mut http::request::Parts) -> Result<(), ProxyError> {
+    for m in &rule.header_modifiers {
+        let name = |n: &str| {
+            HeaderName::from_bytes(n.as_bytes()).map_err(|e| ProxyError::BadRequest(e.to_string()))
+        };
+        let value =
+            |v: &str| HeaderValue::from_str(v).map_err(|e| ProxyError::BadRequest(e.to_string()));
+        for h in &m.set {
+            parts.headers.insert(name(&h.name)?, value(&h.value)?);
+        }
+        for h in &m.add {
+            parts.headers.append(name(&h.name)?, value(&h.value)?);
+        }
+        for n in &m.remove {
+            parts.headers.remove(n.as_str());
+        }
+    }
+    if let Some(rw) = &rule.rewrite {
+        if !rw.hostname.is_empty() {
+            parts.headers.insert(
+                header::HOST,
+                HeaderValue::from_str(&rw.hostname)
+                    .map_err(|e| ProxyError::BadRequest(e.to_string()))?,
+            );
+        }
+        if let Some(path) = rewritten_path(
+            parts.uri.path(),
+            &rw.path_full,
+            &rw.path_prefix,
+            rule.prefix.as_deref(),
+        ) {
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let mut p = parts.uri.clone().into_parts();
+            p.path_and_query = Some(
+                pq.parse()
+                    .map_err(|_| ProxyError::BadRequest("rewritten path".into()))?,
+            );
+            parts.uri = Uri::from_parts(p).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// A RequestRedirect filter's answer.
+fn redirect(r: &v1::Redirect, rule: &Rule, parts: &http::request::Parts) -> Response<Body> {
+    let host_header = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let (host, port) = match host_header.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse::<u32>().ok()),
+        None => (host_header.to_string(), None),
+    };
+    let scheme = if r.scheme.is_empty() {
+        "http"
+    } else {
+        r.scheme.as_str()
+    };
+    let host = if r.hostname.is_empty() {
+        host
+    } else {
+        r.hostname.clone()
+    };
+    let port = if r.port != 0 { Some(r.port) } else { port };
+    let path = rewritten_path(
+        parts.uri.path(),
+        &r.path_full,
+        &r.path_prefix,
+        rule.prefix.as_deref(),
+    )
+    .unwrap_or_else(|| parts.uri.path().to_string());
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let location = match port {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}{path}"),
+        _ => format!("{scheme}://{host}{path}"),
+    };
+    let mut res = Response::new(full(Vec::new()));
+    *res.status_mut() = StatusCode::from_u16(r.status_code as u16).unwrap_or(StatusCode::FOUND);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_rewrites_keep_the_rest_of_the_path() {
+        assert_eq!(
+            rewritten_path("/api/v1/items", "", "/v2", Some("/api/v1")).as_deref(),
+            Some("/v2/items")
+        );
+        assert_eq!(
+            rewritten_path("/api", "", "/", Some("/api")).as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            rewritten_path("/x", "/fixed", "", Some("/")).as_deref(),
+            Some("/fixed")
+        );
+        assert_eq!(rewritten_path("/x", "", "", Some("/")), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! One multiplexed mTLS HTTP/2 connection per peer endpoint, shared by every
+//! request to it, whatever protocol the apps speak: handshakes stay rare and
+//! requests interleave on one connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tracing::debug;
+use weft_api::SpiffeId;
+
+use super::{Body, ProxyError};
+use crate::telemetry::{Direction, TlsMetrics};
+use crate::tls::{Alpn, OutboundTls, TlsFailure};
+
+type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
+
+#[derive(Debug)]
+pub struct PeerPool {
+    tls: Arc<OutboundTls>,
+    metrics: TlsMetrics,
+    connect_timeout: Duration,
+    conns: Mutex<HashMap<SocketAddr, Slot>>,
+}
+
+impl PeerPool {
+    pub fn new(tls: Arc<OutboundTls>, metrics: TlsMetrics, connect_timeout: Duration) -> Self {
+        PeerPool {
+            tls,
+            metrics,
+            connect_timeout,
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends `req` to the sidecar at `addr`, which must be `identity`.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let slot = {
+            let mut conns = self
+                .conns
+                .lock()
+                .map_err(|_| ProxyError::Internal("pool poisoned"))?;
+            conns.entry(addr).or_default().clone()
+        };
+        let mut sender = {
+            // One connection attempt at a time per peer: a burst of requests
+            // waits for the first handshake instead of making its own.
+            let mut guard = slot.lock().await;
+            match guard.as_ref() {
+                Some(s) if !s.is_closed() => s.clone(),
+                _ => {
+                    let s = self.connect(addr, identity).await?;
+                    *guard = Some(s.clone());
+                    s
+                }
+            }
+        };
+        sender.ready().await.map_err(ProxyError::Upstream)?;
+        sender.send_request(req).await.map_err(ProxyError::Upstream)
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+    ) -> Result<SendRequest<Body>, ProxyError> {
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout(addr))?
+            .map_err(|e| ProxyError::Connect(addr, e))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = self
+            .tls
+            .connect(tcp, addr, identity, Alpn::H2)
+            .await
+            .map_err(|e| {
+                let reason = TlsFailure::of(&e);
+                self.metrics.failure(Direction::Outbound, reason.as_str());
+                ProxyError::Tls(addr, reason, weft_api::tls::describe(&e))
+            })?;
+        self.metrics.session(Direction::Outbound, identity);
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(ProxyError::Upstream)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "peer connection ended");
+            }
+        });
+        debug!(%addr, %identity, "new mTLS HTTP/2 connection to a peer");
+        Ok(sender)
+    }
+}

@@ -1,0 +1,343 @@
+//! The L7 data path: HTTP/1.1 and h2c through a pair of sidecars, routing by
+//! HTTPRoute (canary splits, header matches, live changes), latency-aware
+//! balancing, one multiplexed mTLS connection per peer, and the mesh's own
+//! headers kept out of reach of applications.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use weft_e2e::client::{self, pattern};
+use weft_e2e::{ControlPlane, Node, Pod, bins, pod_yaml, service_yaml, spiffe};
+
+const APP_VIP: &str = "198.19.0.20";
+const V1_VIP: &str = "198.19.0.21";
+const V2_VIP: &str = "198.19.0.22";
+
+/// An HTTP server pod of `version`, meshed as service account `app`.
+fn app_pod(node: &Node, cp: &ControlPlane, name: &str, version: &str, extra: &[&str]) -> Arc<Pod> {
+    let pod = node.pod(name);
+    let mut args = vec![
+        "http",
+        "--listen",
+        "0.0.0.0:8080",
+        "--service",
+        "app",
+        "--version",
+        version,
+        "--pod",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    pod.spawn("http", bins::test_app(), &args);
+    pod.wait_listening(8080);
+    cp.write_manifest(
+        &format!("pod-{name}.yaml"),
+        &pod_yaml(&pod, "app", &[("app", "app"), ("version", version)], true),
+    );
+    pod.mesh_with(cp, "app", &[]);
+    pod
+}
+
+fn versioned_service(name: &str, vip: &str, version: &str) -> String {
+    service_yaml(name, vip, "app", &[(80, 8080, "")]).replace(
+        "    app: app\n",
+        &format!("    app: app\n    version: {version}\n"),
+    )
+}
+
+fn route(v1_weight: u32, v2_weight: u32) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: app-canary
+  namespace: default
+spec:
+  parentRefs:
+  - {{group: "", kind: Service, name: app, port: 80}}
+  rules:
+  - matches:
+    - headers:
+      - {{name: x-version, value: v2}}
+    backendRefs:
+    - {{name: app-v2, port: 80}}
+  - backendRefs:
+    - {{name: app-v1, port: 80, weight: {v1_weight}}}
+    - {{name: app-v2, port: 80, weight: {v2_weight}}}
+"#
+    )
+}
+
+struct Mesh {
+    node: Node,
+    cp: ControlPlane,
+    client: Arc<Pod>,
+}
+
+/// Services `app` (both versions), `app-v1`, `app-v2`; pods app-v1-0,
+/// app-v1-1, app-v2-0; a meshed client.
+fn mesh(test: &str, with_route: Option<(u32, u32)>) -> Mesh {
+    let node = Node::new(test);
+    let cp = ControlPlane::start(&node, "1h");
+    cp.write_manifest(
+        "svc-app.yaml",
+        &service_yaml("app", APP_VIP, "app", &[(80, 8080, "")]),
+    );
+    cp.write_manifest(
+        "svc-app-v1.yaml",
+        &versioned_service("app-v1", V1_VIP, "v1"),
+    );
+    cp.write_manifest(
+        "svc-app-v2.yaml",
+        &versioned_service("app-v2", V2_VIP, "v2"),
+    );
+    if let Some((a, b)) = with_route {
+        cp.write_manifest("route.yaml", &route(a, b));
+    }
+    app_pod(&node, &cp, "app-v1-0", "v1", &[]);
+    app_pod(&node, &cp, "app-v1-1", "v1", &[]);
+    app_pod(&node, &cp, "app-v2-0", "v2", &[]);
+    let client = node.pod("client");
+    cp.write_manifest(
+        "pod-client.yaml",
+        &pod_yaml(&client, "client", &[("app", "client")], true),
+    );
+    client.mesh_with(&cp, "client", &[]);
+    client.wait_endpoints("app.default:80", 3);
+    client.wait_endpoints("app-v1.default:80", 2);
+    client.wait_endpoints("app-v2.default:80", 1);
+    Mesh { node, cp, client }
+}
+
+fn app() -> SocketAddr {
+    SocketAddr::new(APP_VIP.parse().expect("ip"), 80)
+}
+
+/// `n` GETs on one keep-alive connection; counts the `version` answered.
+async fn versions(
+    n: usize,
+    header: Option<(&'static str, &'static str)>,
+) -> BTreeMap<String, usize> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let mut req = Request::get(format!("http://{}/", app()));
+        if let Some((k, v)) = header {
+            req = req.header(k, v);
+        }
+        let version = match client
+            .request(req.body(Full::default()).expect("request"))
+            .await
+        {
+            Ok(res) if res.status() == 200 => {
+                let body = res
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["version"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "unparsable".into())
+            }
+            Ok(res) => format!("status {}", res.status()),
+            Err(e) => format!("error {e}"),
+        };
+        *out.entry(version).or_insert(0) += 1;
+    }
+    out
+}
+
+#[test]
+fn a_canary_route_splits_matches_headers_and_changes_live() {
+    let m = mesh("http_canary", Some((90, 10)));
+    let counts = m.client.ns.block_on(versions(2000, None));
+    let v2 = counts.get("v2").copied().unwrap_or(0);
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        counts.get("v1").copied().unwrap_or(0) + v2,
+        "{counts:?}"
+    );
+    let share = v2 as f64 / 2000.0;
+    assert!(
+        (0.07..=0.13).contains(&share),
+        "v2 got {v2} of 2000: {counts:?}"
+    );
+
+    let header = m
+        .client
+        .ns
+        .block_on(versions(100, Some(("x-version", "v2"))));
+    assert_eq!(header.get("v2"), Some(&100), "{header:?}");
+
+    // Move everything to v2 and time how long until the first request lands.
+    let written = Instant::now();
+    m.cp.write_manifest("route.yaml", &route(0, 100));
+    let took = m.client.ns.block_on(async move {
+        loop {
+            let c = versions(20, None).await;
+            if c.get("v2") == Some(&20) {
+                return written.elapsed();
+            }
+            assert!(
+                written.elapsed() < Duration::from_secs(10),
+                "the route change never took effect: {c:?}"
+            );
+        }
+    });
+    println!("route change: file written -> requests routed by the new rule in {took:?}");
+    let after = m.client.ns.block_on(versions(200, None));
+    assert_eq!(after.get("v2"), Some(&200), "{after:?}");
+}
+
+#[test]
+fn without_a_route_a_service_routes_to_itself() {
+    let m = mesh("http_default", None);
+    let counts = m.client.ns.block_on(versions(90, None));
+    // Every request reached one of the Service's own endpoints (which ones
+    // is the latency balancer's business).
+    let served = counts.get("v1").copied().unwrap_or(0) + counts.get("v2").copied().unwrap_or(0);
+    assert_eq!(served, 90, "{counts:?}");
+}
+
+#[test]
+fn http1_h2c_and_large_streamed_bodies_pass_intact() {
+    let m = mesh("http_protocols", None);
+    let dst = app();
+    let (h1, h2, headers) = m.client.ns.block_on(async move {
+        (
+            client::get(dst, "/status/418").await,
+            client::http(Method::GET, dst, "/", Bytes::new(), true).await,
+            client::get(dst, "/headers").await,
+        )
+    });
+    assert_eq!(h1.expect("h1").status, 418);
+    let h2 = h2.expect("h2c");
+    assert_eq!(
+        (h2.status.as_u16(), h2.json()["service"].as_str()),
+        (200, Some("app"))
+    );
+    let headers = headers.expect("headers").json();
+    // The Host the client sent (hyper leaves out the default port).
+    assert_eq!(headers["headers"]["host"], APP_VIP, "{headers}");
+
+    // 50 MiB up and back down, streamed through both sidecars.
+    let body = Bytes::from(pattern(50 << 20, 11));
+    let expected = body.clone();
+    for h2 in [false, true] {
+        let body = body.clone();
+        let echoed = m
+            .client
+            .ns
+            .block_on(async move { client::http(Method::POST, dst, "/echo", body, h2).await })
+            .expect("50 MiB echo");
+        assert_eq!(echoed.status, 200);
+        assert!(
+            echoed.body == expected,
+            "50 MiB came back different (h2: {h2})"
+        );
+    }
+}
+
+#[test]
+fn a_hundred_http1_connections_share_one_mtls_connection() {
+    let m = mesh("http_multiplex", None);
+    let v2 = SocketAddr::new(V2_VIP.parse().expect("ip"), 80);
+    let statuses = m.client.ns.block_on(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            // Each its own HTTP/1.1 connection, all at once.
+            tasks.push(tokio::spawn(async move {
+                client::get(v2, "/delay/300")
+                    .await
+                    .map(|r| r.status.as_u16())
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.map_err(|e| e.to_string()).and_then(|r| r));
+        }
+        out
+    });
+    assert!(statuses.iter().all(|s| s == &Ok(200)), "{statuses:?}");
+    assert_eq!(
+        m.client.metric(r#"tcp_open_total{direction="outbound"}"#),
+        100.0
+    );
+    let sessions = format!(
+        r#"tls_sessions_total{{direction="outbound",peer_identity="{}"}}"#,
+        spiffe("app")
+    );
+    assert_eq!(
+        m.client.metric(&sessions),
+        1.0,
+        "requests did not share one mTLS connection"
+    );
+    let _ = &m.node;
+}
+
+#[test]
+fn a_slow_endpoint_gets_less_traffic() {
+    let node = Node::new("http_ewma");
+    let cp = ControlPlane::start(&node, "1h");
+    cp.write_manifest(
+        "svc-app.yaml",
+        &service_yaml("app", APP_VIP, "app", &[(80, 8080, "")]),
+    );
+    app_pod(&node, &cp, "fast-0", "v1", &[]);
+    app_pod(&node, &cp, "fast-1", "v1", &[]);
+    app_pod(&node, &cp, "slow-0", "v2", &["--latency", "50ms"]);
+    let client = node.pod("client");
+    cp.write_manifest(
+        "pod-client.yaml",
+        &pod_yaml(&client, "client", &[("app", "client")], true),
+    );
+    client.mesh_with(&cp, "client", &[]);
+    client.wait_endpoints("app.default:80", 3);
+    let counts = client.ns.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            tasks.push(tokio::spawn(versions(250, None)));
+        }
+        let mut all = BTreeMap::new();
+        for t in tasks {
+            for (k, v) in t.await.unwrap_or_default() {
+                *all.entry(k).or_insert(0) += v;
+            }
+        }
+        all
+    });
+    assert_eq!(counts.values().sum::<usize>(), 1000, "{counts:?}");
+    let slow = counts.get("v2").copied().unwrap_or(0);
+    assert!(
+        slow < 150,
+        "the slow endpoint got {slow} of 1000: {counts:?}"
+    );
+}
+
+#[test]
+fn the_mesh_identity_header_cannot_be_forged() {
+    let m = mesh("http_forgery", None);
+    let dst = app();
+    let res = m.client.ns.block_on(async move {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let req = Request::get(format!("http://{dst}/headers"))
+            .header("weft-client-id", "spiffe://evil.example/ns/x/sa/attacker")
+            .header("weft-orig-proto", "HTTP/2")
+            .body(Full::default())
+            .expect("request");
+        let res = client.request(req).await.expect("request through the mesh");
+        res.into_body().collect().await.expect("body").to_bytes()
+    });
+    let v: serde_json::Value = serde_json::from_slice(&res).expect("json");
+    assert_eq!(v["headers"]["weft-client-id"], spiffe("client"), "{v}");
+    assert!(v["headers"].get("weft-orig-proto").is_none(), "{v}");
+}
