@@ -25,6 +25,9 @@ use crate::SpiffeId;
 pub const ALPN_TCP: &[u8] = b"weft-tcp/1";
 /// ALPN for HTTP/2 (sidecar to sidecar, and gRPC to the control plane).
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN for an HTTP/1.1 request that upgrades the connection (WebSocket,
+/// CONNECT): it gets an mTLS connection of its own.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// The one crypto provider Weft uses.
 pub fn provider() -> Arc<CryptoProvider> {

@@ -166,22 +166,29 @@ impl Forwarder {
                             reason,
                             detail: weft_api::tls::describe(&e),
                         })?;
+                // A peer's HTTP (ALPN h2, or http/1.1 for an upgrade).
                 if let (Accepted::Tls(client, peer), HttpSide::Inbound(http)) =
                     (&accepted, &self.http)
-                    && client.get_ref().1.alpn_protocol() == Some(weft_api::tls::ALPN_H2)
                 {
-                    self.tls_metrics.session(self.direction, peer);
-                    debug!(client_identity = %peer, "mTLS HTTP/2 from a peer");
-                    let (http, peer) = (http.clone(), peer.clone());
-                    let Accepted::Tls(client, _) = accepted else {
+                    let alpn = client.get_ref().1.alpn_protocol();
+                    let h2 = alpn == Some(weft_api::tls::ALPN_H2);
+                    if h2 || alpn == Some(weft_api::tls::ALPN_HTTP1) {
+                        self.tls_metrics.session(self.direction, peer);
+                        debug!(client_identity = %peer, h2, "mTLS HTTP from a peer");
+                        let (http, peer) = (http.clone(), peer.clone());
+                        let Accepted::Tls(client, _) = accepted else {
+                            return Ok((0, 0));
+                        };
+                        let (read, written) = self.metrics.bytes(self.direction);
+                        let io = Counted::new(*client, read, written);
+                        let served = if h2 {
+                            http.serve(io, dst, peer).await
+                        } else {
+                            http.serve_h1(io, dst, peer).await
+                        };
+                        served.map_err(|source| ForwardError::Http { dst, source })?;
                         return Ok((0, 0));
-                    };
-                    let (read, written) = self.metrics.bytes(self.direction);
-                    let io = Counted::new(*client, read, written);
-                    http.serve(io, dst, peer)
-                        .await
-                        .map_err(|source| ForwardError::Http { dst, source })?;
-                    return Ok((0, 0));
+                    }
                 }
                 let upstream = self.connect(dst).await?;
                 match accepted {

@@ -133,6 +133,8 @@ pub enum Alpn {
     Tcp,
     /// Multiplexed HTTP/2 requests.
     H2,
+    /// One HTTP/1.1 request that upgrades the connection.
+    Http1,
 }
 
 impl Alpn {
@@ -140,6 +142,7 @@ impl Alpn {
         match self {
             Alpn::Tcp => wtls::ALPN_TCP,
             Alpn::H2 => wtls::ALPN_H2,
+            Alpn::Http1 => wtls::ALPN_HTTP1,
         }
     }
 }
@@ -325,7 +328,7 @@ impl InboundTls {
             identity.anchors.clone(),
             identity.trust_domain(),
             true,
-            &[wtls::ALPN_TCP, wtls::ALPN_H2],
+            &[wtls::ALPN_TCP, wtls::ALPN_H2, wtls::ALPN_HTTP1],
         )?;
         Ok(InboundTls {
             acceptor: TlsAcceptor::from(Arc::new(cfg)),

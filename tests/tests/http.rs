@@ -341,3 +341,41 @@ fn the_mesh_identity_header_cannot_be_forged() {
     assert_eq!(v["headers"]["weft-client-id"], spiffe("client"), "{v}");
     assert!(v["headers"].get("weft-orig-proto").is_none(), "{v}");
 }
+
+#[test]
+fn websockets_are_tunnelled_through_both_sidecars() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let m = mesh("http_websocket", None);
+    let dst = SocketAddr::new(V1_VIP.parse().expect("ip"), 80);
+    let echoed = m.client.ns.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(dst).await.expect("connect");
+        let (mut ws, res) = tokio_tungstenite::client_async(format!("ws://{dst}/ws"), tcp)
+            .await
+            .expect("WebSocket handshake through the mesh");
+        assert_eq!(res.status(), 101);
+        let mut got = Vec::new();
+        for i in 0..20 {
+            let msg = if i % 2 == 0 {
+                Message::text(format!("hello {i}"))
+            } else {
+                Message::binary(pattern(64 << 10, i as u8))
+            };
+            ws.send(msg.clone()).await.expect("send");
+            let back = ws.next().await.expect("an answer").expect("a frame");
+            got.push(back == msg);
+        }
+        let _ = ws.close(None).await;
+        got
+    });
+    assert_eq!(echoed, vec![true; 20]);
+    let sessions = format!(
+        r#"tls_sessions_total{{direction="outbound",peer_identity="{}"}}"#,
+        spiffe("app")
+    );
+    assert!(
+        m.client.metric(&sessions) >= 1.0,
+        "the WebSocket did not travel in mTLS"
+    );
+}

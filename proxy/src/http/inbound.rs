@@ -19,7 +19,10 @@ use tracing::debug;
 use weft_api::SpiffeId;
 
 use super::headers::{self, CLIENT_ID, ORIG_PROTO};
+use super::pool::dial_tcp;
+use super::upgrade;
 use super::{Body, ProxyError, boxed};
+use std::time::Duration;
 
 #[derive(Debug)]
 pub struct HttpInbound {
@@ -62,6 +65,28 @@ impl HttpInbound {
             .await
     }
 
+    /// Serves a peer's HTTP/1.1 connection (ALPN `http/1.1`): a request
+    /// that upgrades the connection, such as a WebSocket handshake.
+    pub async fn serve_h1<I>(
+        self: Arc<Self>,
+        io: I,
+        dst: SocketAddr,
+        peer: SpiffeId,
+    ) -> Result<(), hyper::Error>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = HeaderValue::from_str(&peer.to_string()).ok();
+        let svc = service_fn(move |req| {
+            let (this, peer) = (self.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(this.handle(req, dst, peer).await) }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades()
+            .await
+    }
+
     async fn handle(
         &self,
         req: Request<Incoming>,
@@ -70,8 +95,9 @@ impl HttpInbound {
     ) -> Response<Body> {
         match self.proxy(req, dst, peer).await {
             Ok(mut res) => {
-                headers::strip_hop_by_hop(res.headers_mut());
-                *res.version_mut() = Version::HTTP_2;
+                if res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                    headers::strip_hop_by_hop(res.headers_mut());
+                }
                 res
             }
             Err(e) => {
@@ -83,10 +109,13 @@ impl HttpInbound {
 
     async fn proxy(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         dst: SocketAddr,
         peer: Option<HeaderValue>,
     ) -> Result<Response<Body>, ProxyError> {
+        let client_upgrade =
+            upgrade::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let upgrade_headers = upgrade::keep_headers(req.headers());
         let (mut parts, body) = req.into_parts();
         let h2_app = parts
             .headers
@@ -109,6 +138,19 @@ impl HttpInbound {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if let Some(on_upgrade) = client_upgrade {
+            for (n, v) in upgrade_headers {
+                parts.headers.insert(n, v);
+            }
+            if parts.method != http::Method::CONNECT {
+                parts.uri = Uri::from(pq);
+            }
+            parts.version = Version::HTTP_11;
+            let tcp = dial_tcp(dst, Duration::from_secs(3)).await?;
+            let res =
+                upgrade::send(tcp, Request::from_parts(parts, boxed(body)), on_upgrade).await?;
+            return Ok(res.map(boxed));
+        }
         parts.uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(dst.to_string())

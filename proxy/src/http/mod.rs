@@ -8,6 +8,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod pool;
 pub mod routes;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 

@@ -23,10 +23,12 @@ use weft_api::v1;
 
 use super::detect::Detected;
 use super::headers::{self, ORIG_PROTO};
-use super::pool::PeerPool;
+use super::pool::{PeerPool, dial_tcp};
 use super::routes::Rule;
+use super::upgrade;
 use super::{Body, ProxyError, boxed, full};
 use crate::discovery::{Endpoint, Mesh, ServicePort};
+use crate::tls::Alpn;
 
 /// Where requests on one connection are headed.
 #[derive(Clone, Debug)]
@@ -79,6 +81,7 @@ impl HttpOutbound {
             _ => {
                 hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(io), svc)
+                    .with_upgrades()
                     .await
             }
         }
@@ -93,18 +96,24 @@ impl HttpOutbound {
                 e.response()
             }
         };
-        headers::strip_hop_by_hop(res.headers_mut());
+        // A 101's Connection/Upgrade headers are the handshake itself.
+        if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+            headers::strip_hop_by_hop(res.headers_mut());
+        }
         *res.version_mut() = version;
         res
     }
 
     async fn proxy(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         target: Target,
     ) -> Result<Response<Body>, ProxyError> {
+        let client_upgrade =
+            upgrade::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let orig_version = parts.version;
+        let upgrade_headers = upgrade::keep_headers(&parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::strip_reserved(&mut parts.headers);
 
@@ -148,6 +157,41 @@ impl HttpOutbound {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let body = boxed(body);
         let _in_flight = endpoint.as_ref().map(|e| e.track());
+        if let Some(on_upgrade) = client_upgrade {
+            // A connection of its own, HTTP/1.1 end to end.
+            for (n, v) in upgrade_headers {
+                parts.headers.insert(n, v);
+            }
+            if parts.method != http::Method::CONNECT {
+                parts.uri = Uri::from(pq);
+            }
+            parts.version = Version::HTTP_11;
+            if !parts.headers.contains_key(header::HOST)
+                && let Ok(v) = HeaderValue::from_str(&authority)
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+            let req = Request::from_parts(parts, body);
+            let res = match &identity {
+                Some(id) => {
+                    upgrade::send(
+                        self.pool.dial(addr, id, Alpn::Http1).await?,
+                        req,
+                        on_upgrade,
+                    )
+                    .await?
+                }
+                None => {
+                    upgrade::send(
+                        dial_tcp(addr, self.pool.connect_timeout()).await?,
+                        req,
+                        on_upgrade,
+                    )
+                    .await?
+                }
+            };
+            return Ok(res.map(boxed));
+        }
         let started = Instant::now();
         let res = match &identity {
             Some(id) => {

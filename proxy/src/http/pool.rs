@@ -30,6 +30,10 @@ pub struct PeerPool {
 }
 
 impl PeerPool {
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     pub fn new(tls: Arc<OutboundTls>, metrics: TlsMetrics, connect_timeout: Duration) -> Self {
         PeerPool {
             tls,
@@ -70,19 +74,17 @@ impl PeerPool {
         sender.send_request(req).await.map_err(ProxyError::Upstream)
     }
 
-    async fn connect(
+    /// A new mTLS connection to the sidecar at `addr` speaking `alpn`.
+    pub async fn dial(
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
-    ) -> Result<SendRequest<Body>, ProxyError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ProxyError::ConnectTimeout(addr))?
-            .map_err(|e| ProxyError::Connect(addr, e))?;
-        let _ = tcp.set_nodelay(true);
+        alpn: Alpn,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+        let tcp = dial_tcp(addr, self.connect_timeout).await?;
         let tls = self
             .tls
-            .connect(tcp, addr, identity, Alpn::H2)
+            .connect(tcp, addr, identity, alpn)
             .await
             .map_err(|e| {
                 let reason = TlsFailure::of(&e);
@@ -90,6 +92,15 @@ impl PeerPool {
                 ProxyError::Tls(addr, reason, weft_api::tls::describe(&e))
             })?;
         self.metrics.session(Direction::Outbound, identity);
+        Ok(tls)
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        identity: &SpiffeId,
+    ) -> Result<SendRequest<Body>, ProxyError> {
+        let tls = self.dial(addr, identity, Alpn::H2).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(10))
@@ -105,4 +116,14 @@ impl PeerPool {
         debug!(%addr, %identity, "new mTLS HTTP/2 connection to a peer");
         Ok(sender)
     }
+}
+
+/// A TCP connection with the proxy's connect timeout.
+pub async fn dial_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ProxyError::ConnectTimeout(addr))?
+        .map_err(|e| ProxyError::Connect(addr, e))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }

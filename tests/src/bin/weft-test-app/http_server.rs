@@ -122,6 +122,9 @@ async fn handle_request(
         ));
     }
 
+    if path == "/ws" {
+        return Ok(websocket(req, st));
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let res = match segments.as_slice() {
         [""] => json_response(
@@ -196,6 +199,61 @@ fn json_response(st: &State, status: StatusCode, body: serde_json::Value) -> Res
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
+    served_by(st, &mut res);
+    res
+}
+
+/// `/ws`: a WebSocket echo (text and binary frames come back as sent).
+fn websocket(mut req: Request<Incoming>, st: &State) -> Response<Body> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return json_response(
+            st,
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "not a WebSocket handshake" }),
+        );
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut res = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    );
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert("sec-websocket-accept", v);
+    }
     served_by(st, &mut res);
     res
 }
