@@ -12,6 +12,12 @@
 //! entry point says so plainly when run without it.
 
 pub mod bins;
+
+/// The test gRPC service, generated from `proto/echo.proto`.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod echo {
+    tonic::include_proto!("weft.test");
+}
 pub mod capture;
 pub mod client;
 pub mod mesh;

@@ -379,3 +379,98 @@ fn websockets_are_tunnelled_through_both_sidecars() {
         "the WebSocket did not travel in mTLS"
     );
 }
+
+#[test]
+fn grpc_unary_and_streaming_keep_their_status_and_trailers() {
+    use weft_e2e::echo::EchoRequest;
+    use weft_e2e::echo::echo_client::EchoClient;
+
+    let node = Node::new("http_grpc");
+    let cp = ControlPlane::start(&node, "1h");
+    // appProtocol: grpc, so the sidecar skips detection.
+    cp.write_manifest(
+        "svc-grpc.yaml",
+        &service_yaml("grpc", APP_VIP, "grpc", &[(9090, 9090, "grpc")]),
+    );
+    let server = node.pod("grpc-0");
+    server.spawn(
+        "grpc",
+        bins::test_app(),
+        &["grpc", "--listen", "0.0.0.0:9090", "--pod", "grpc-0"],
+    );
+    server.wait_listening(9090);
+    cp.write_manifest(
+        "pod-grpc.yaml",
+        &pod_yaml(&server, "grpc", &[("app", "grpc")], true),
+    );
+    server.mesh_with(&cp, "grpc", &[]);
+    let client = node.pod("client");
+    cp.write_manifest(
+        "pod-client.yaml",
+        &pod_yaml(&client, "client", &[("app", "client")], true),
+    );
+    client.mesh_with(&cp, "client", &[]);
+    client.wait_endpoints("grpc.default:9090", 1);
+
+    let (unary, served_by, stream, chat, failure) = client.ns.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{APP_VIP}:9090"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect through the mesh");
+        let mut c = EchoClient::new(channel);
+        let req = |m: &str, count| EchoRequest {
+            message: m.into(),
+            count,
+        };
+        let unary = c.unary(req("hello", 0)).await.expect("unary");
+        let served_by = unary
+            .metadata()
+            .get("x-served-by")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut s = c
+            .server_stream(req("tick", 50))
+            .await
+            .expect("server stream")
+            .into_inner();
+        let mut stream = Vec::new();
+        while let Some(m) = s.message().await.expect("stream message") {
+            stream.push(m.message);
+        }
+        let outbound = tokio_stream::iter((0..30).map(move |i| req(&format!("chat {i}"), 0)));
+        let mut chat_in = c.chat(outbound).await.expect("chat").into_inner();
+        let mut chat = Vec::new();
+        while let Some(m) = chat_in.message().await.expect("chat message") {
+            chat.push(m.message);
+        }
+        let failure = c
+            .fail(req("no such widget", 0))
+            .await
+            .expect_err("Fail fails");
+        (unary.into_inner(), served_by, stream, chat, failure)
+    });
+    assert_eq!(
+        (unary.message.as_str(), unary.pod.as_str()),
+        ("hello", "grpc-0")
+    );
+    assert_eq!(
+        served_by.as_deref(),
+        Some("grpc-0"),
+        "response metadata lost"
+    );
+    assert_eq!(stream.len(), 50);
+    assert_eq!(stream[49], "tick 49");
+    assert_eq!(
+        chat,
+        (0..30).map(|i| format!("chat {i}")).collect::<Vec<_>>()
+    );
+    // The status travels in the trailers: code and message intact.
+    assert_eq!(failure.code(), tonic::Code::NotFound);
+    assert_eq!(failure.message(), "no such widget");
+    let sessions = format!(
+        r#"tls_sessions_total{{direction="outbound",peer_identity="{}"}}"#,
+        spiffe("grpc")
+    );
+    assert_eq!(client.metric(&sessions), 1.0);
+}

@@ -6,6 +6,7 @@
 //!   (to prove half-close: the answer comes after the client stopped writing).
 
 mod dns_server;
+mod grpc_server;
 mod http_server;
 mod tcp_server;
 
@@ -45,6 +46,13 @@ enum Command {
         #[arg(long = "record", value_delimiter = ',')]
         records: Vec<String>,
     },
+    /// gRPC (h2c) server of the `weft.test.Echo` service.
+    Grpc {
+        #[arg(long, default_value = "0.0.0.0:9090")]
+        listen: SocketAddr,
+        #[arg(long, env = "WEFT_TEST_POD", default_value = "test-0")]
+        pod: String,
+    },
     /// GET a URL (HTTP/1.1) and print the body; exits 1 unless the status is 2xx.
     Get { url: http::Uri },
 }
@@ -63,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Tcp { listen, mode, pod } => tcp_server::serve(listen, mode, pod).await,
         Command::Dns { listen, records } => dns_server::serve(listen, &records).await,
         Command::Get { url } => get(url).await,
+        Command::Grpc { listen, pod } => grpc_server::serve(listen, pod).await,
     }
 }
 
