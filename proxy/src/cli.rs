@@ -182,6 +182,12 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_CONNECT_TIMEOUT", default_value = "3s", value_parser = duration)]
     pub connect_timeout: Duration,
 
+    /// How long a pooled connection (to a peer sidecar, or to the app) may sit
+    /// unused before it is closed; below typical server keep-alives so a
+    /// request is rarely sent on a connection the server is closing.
+    #[arg(long, env = "WEFT_IDLE_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub idle_timeout: Duration,
+
     /// On SIGTERM or POST /shutdown: how long open connections may go on
     /// before the proxy exits anyway.
     #[arg(long, env = "WEFT_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]

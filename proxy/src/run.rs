@@ -75,7 +75,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     args.identity.inbound_mtls_mode,
                     args.identity.detect_timeout,
                 )?)),
-                HttpSide::Inbound(Arc::new(HttpInbound::default())),
+                HttpSide::Inbound(Arc::new(HttpInbound::new(args.idle_timeout))),
             ),
             (Some(id), Direction::Outbound) => {
                 let tls = Arc::new(OutboundTls::new(
@@ -84,10 +84,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     args.identity.peer_identities.clone(),
                     args.identity.outbound_target_identity.clone(),
                 ));
-                let pool = PeerPool::new(tls.clone(), metrics.tls.clone(), args.connect_timeout);
+                let pool = Arc::new(PeerPool::new(
+                    tls.clone(),
+                    metrics.tls.clone(),
+                    args.connect_timeout,
+                    args.idle_timeout,
+                ));
+                tokio::spawn(pool.clone().reap_idle());
                 (
                     TlsSide::Outbound(tls),
-                    HttpSide::Outbound(Arc::new(HttpOutbound::new(mesh.clone(), pool))),
+                    HttpSide::Outbound(Arc::new(HttpOutbound::new(
+                        mesh.clone(),
+                        pool,
+                        args.idle_timeout,
+                    ))),
                 )
             }
         };

@@ -474,3 +474,103 @@ fn grpc_unary_and_streaming_keep_their_status_and_trailers() {
     );
     assert_eq!(client.metric(&sessions), 1.0);
 }
+
+#[test]
+fn route_filters_modify_headers_rewrite_paths_and_redirect() {
+    let m = mesh("http_filters", None);
+    m.cp.write_manifest(
+        "route.yaml",
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: filters, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: app, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: new.example, statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: x-route, value: api}]
+        remove: [x-secret]
+    backendRefs: [{name: app-v1, port: 80}]
+  - matches: [{path: {type: Exact, value: /headers}}]
+    backendRefs: [{name: app-v2, port: 80}]
+"#,
+    );
+    let dst = app();
+    let (redirect, rewritten, unmatched) = m.client.ns.block_on(async move {
+        // Wait for the route to arrive: a redirect is the first sign.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let redirect = loop {
+            let r = client::get(dst, "/old/page?q=1").await.expect("GET /old");
+            if r.status == 301 || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let req = Request::get(format!("http://{dst}/api/headers"))
+            .header("x-secret", "drop me")
+            .body(Full::default())
+            .expect("request");
+        let res = client.request(req).await.expect("GET /api/headers");
+        let status = res.status();
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        let unmatched = client::get(dst, "/nowhere").await.expect("GET /nowhere");
+        (redirect, (status, body), unmatched.status)
+    });
+    assert_eq!(redirect.status, 301);
+    assert_eq!(redirect.headers["location"], "http://new.example/new/page");
+    let (status, body) = rewritten;
+    assert_eq!(status, 200, "/api/headers was not rewritten to /headers");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["headers"]["x-route"], "api", "{v}");
+    assert!(v["headers"].get("x-secret").is_none(), "{v}");
+    // No rule matches: Gateway API says 404.
+    assert_eq!(unmatched, 404);
+}
+
+#[test]
+fn idle_peer_connections_are_closed_and_replaced() {
+    let node = Node::new("http_idle");
+    let cp = ControlPlane::start(&node, "1h");
+    cp.write_manifest(
+        "svc-app.yaml",
+        &service_yaml("app", APP_VIP, "app", &[(80, 8080, "")]),
+    );
+    app_pod(&node, &cp, "app-0", "v1", &[]);
+    let client = node.pod("client");
+    cp.write_manifest(
+        "pod-client.yaml",
+        &pod_yaml(&client, "client", &[("app", "client")], true),
+    );
+    client.mesh_with(&cp, "client", &["--idle-timeout", "1s"]);
+    client.wait_endpoints("app.default:80", 1);
+    let sessions = format!(
+        r#"tls_sessions_total{{direction="outbound",peer_identity="{}"}}"#,
+        spiffe("app")
+    );
+    let get = || {
+        client
+            .ns
+            .block_on(client::get(app(), "/"))
+            .expect("GET")
+            .status
+            .as_u16()
+    };
+    assert_eq!((get(), get()), (200, 200));
+    assert_eq!(client.metric(&sessions), 1.0);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(get(), 200, "a request after the idle close failed");
+    assert_eq!(
+        client.metric(&sessions),
+        2.0,
+        "the idle connection was not replaced"
+    );
+}

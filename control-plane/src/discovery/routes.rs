@@ -148,9 +148,7 @@ fn compile_rule(
                     .unwrap_or_default(),
                 status_code: r
                     .status_code
-                    .as_ref()
-                    .map(enum_name)
-                    .and_then(|c| c.parse().ok())
+                    .and_then(|c| u32::try_from(c).ok())
                     .unwrap_or(302),
             });
         }
@@ -186,7 +184,7 @@ fn precedence(a: &v1::RouteMatch, b: &v1::RouteMatch) -> Ordering {
         };
     rank(a)
         .cmp(&rank(b))
-        .then_with(|| b.method.is_empty().cmp(&a.method.is_empty()).reverse())
+        .then_with(|| a.method.is_empty().cmp(&b.method.is_empty()))
         .then_with(|| b.headers.len().cmp(&a.headers.len()))
         .then_with(|| b.query_params.len().cmp(&a.query_params.len()))
 }
@@ -234,4 +232,81 @@ pub fn for_port(model: &Model, svc: &ServiceModel, port: u16) -> Vec<v1::RouteRu
         _ => Ordering::Equal,
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::Store;
+
+    #[test]
+    fn rules_are_ordered_by_gateway_api_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 198.19.0.1\n  selector: {app: web}\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web-v2}\nspec:\n  clusterIP: 198.19.0.2\n  selector: {app: web}\n  ports: [{port: 80}]\n";
+        let routes = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: a}
+spec:
+  parentRefs: [{kind: Service, name: web}]
+  rules:
+  - backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: web-v2, port: 80, weight: 3}, {name: missing, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: b}
+spec:
+  parentRefs: [{kind: Service, name: web, port: 80}]
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /api}
+      headers: [{name: X-Canary, value: "yes"}]
+    - path: {type: Exact, value: /health}
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}, method: POST}]
+    backendRefs: [{name: web, port: 80}]
+"#;
+        std::fs::write(dir.path().join("s.yaml"), svc).unwrap();
+        std::fs::write(dir.path().join("r.yaml"), routes).unwrap();
+        let mut store = Store::new(dir.path());
+        store.refresh();
+        let (objects, errors) = store.objects();
+        assert!(errors.is_empty(), "{errors:?}");
+        let model = Model::build(&objects, &[]);
+        let web = model.services.iter().find(|s| s.name == "web").unwrap();
+        let rules = for_port(&model, web, 80);
+        let order: Vec<(String, &str, usize, &str)> = rules
+            .iter()
+            .map(|r| {
+                let m = &r.matches[0];
+                (
+                    r.route.clone(),
+                    m.path.as_str(),
+                    m.headers.len(),
+                    m.method.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                ("default/b".into(), "/health", 0, ""),
+                ("default/b".into(), "/api", 0, "POST"),
+                ("default/b".into(), "/api", 1, ""),
+                ("default/a".into(), "/api", 0, ""),
+                ("default/a".into(), "/", 0, ""),
+            ]
+        );
+        // Header names are matched case-insensitively; unresolvable backends drop out.
+        assert_eq!(rules[2].matches[0].headers[0].name, "x-canary");
+        assert_eq!(rules[3].backends.len(), 1);
+        assert_eq!(
+            (
+                rules[3].backends[0].address.as_str(),
+                rules[3].backends[0].weight
+            ),
+            ("198.19.0.2:80", 3)
+        );
+    }
 }

@@ -30,20 +30,22 @@ pub struct HttpInbound {
     h2: Client<HttpConnector, Body>,
 }
 
-impl Default for HttpInbound {
-    fn default() -> Self {
+impl HttpInbound {
+    /// Pooled connections to the app close after `idle_timeout` unused.
+    pub fn new(idle_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        let builder = || {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(idle_timeout);
+            b
+        };
         HttpInbound {
-            h1: Client::builder(TokioExecutor::new()).build(connector.clone()),
-            h2: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(connector),
+            h1: builder().build(connector.clone()),
+            h2: builder().http2_only(true).build(connector),
         }
     }
-}
 
-impl HttpInbound {
     /// Serves one peer's HTTP/2 connection; every request goes to the app at
     /// `dst` (the connection's original destination).
     pub async fn serve<I>(

@@ -43,18 +43,20 @@ pub enum Target {
 #[derive(Debug)]
 pub struct HttpOutbound {
     mesh: Option<Mesh>,
-    pool: PeerPool,
+    pool: Arc<PeerPool>,
     plain: Client<HttpConnector, Body>,
 }
 
 impl HttpOutbound {
-    pub fn new(mesh: Option<Mesh>, pool: PeerPool) -> Self {
+    pub fn new(mesh: Option<Mesh>, pool: Arc<PeerPool>, idle_timeout: std::time::Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         HttpOutbound {
             mesh,
             pool,
-            plain: Client::builder(TokioExecutor::new()).build(connector),
+            plain: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(idle_timeout)
+                .build(connector),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -19,13 +19,21 @@ use super::{Body, ProxyError};
 use crate::telemetry::{Direction, TlsMetrics};
 use crate::tls::{Alpn, OutboundTls, TlsFailure};
 
-type Slot = Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>;
+/// A peer connection and when it last carried a request.
+#[derive(Debug)]
+struct Conn {
+    sender: SendRequest<Body>,
+    last_used: Instant,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
 
 #[derive(Debug)]
 pub struct PeerPool {
     tls: Arc<OutboundTls>,
     metrics: TlsMetrics,
     connect_timeout: Duration,
+    idle_timeout: Duration,
     conns: Mutex<HashMap<SocketAddr, Slot>>,
 }
 
@@ -34,12 +42,40 @@ impl PeerPool {
         self.connect_timeout
     }
 
-    pub fn new(tls: Arc<OutboundTls>, metrics: TlsMetrics, connect_timeout: Duration) -> Self {
+    pub fn new(
+        tls: Arc<OutboundTls>,
+        metrics: TlsMetrics,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
         PeerPool {
             tls,
             metrics,
             connect_timeout,
+            idle_timeout,
             conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Closes connections idle for longer than the idle timeout; run it in
+    /// the background. A connection still carrying a stream finishes it.
+    pub async fn reap_idle(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.idle_timeout / 2).await;
+            let slots: Vec<(SocketAddr, Slot)> = match self.conns.lock() {
+                Ok(c) => c.iter().map(|(a, s)| (*a, s.clone())).collect(),
+                Err(_) => return,
+            };
+            for (addr, slot) in slots {
+                if let Ok(mut guard) = slot.try_lock()
+                    && guard.as_ref().is_some_and(|c| {
+                        c.last_used.elapsed() >= self.idle_timeout || c.sender.is_closed()
+                    })
+                {
+                    *guard = None;
+                    debug!(%addr, "closed an idle peer connection");
+                }
+            }
         }
     }
 
@@ -61,12 +97,18 @@ impl PeerPool {
             // One connection attempt at a time per peer: a burst of requests
             // waits for the first handshake instead of making its own.
             let mut guard = slot.lock().await;
-            match guard.as_ref() {
-                Some(s) if !s.is_closed() => s.clone(),
+            match guard.as_mut() {
+                Some(c) if !c.sender.is_closed() => {
+                    c.last_used = Instant::now();
+                    c.sender.clone()
+                }
                 _ => {
-                    let s = self.connect(addr, identity).await?;
-                    *guard = Some(s.clone());
-                    s
+                    let sender = self.connect(addr, identity).await?;
+                    *guard = Some(Conn {
+                        sender: sender.clone(),
+                        last_used: Instant::now(),
+                    });
+                    sender
                 }
             }
         };
