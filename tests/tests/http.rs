@@ -574,3 +574,65 @@ fn idle_peer_connections_are_closed_and_replaced() {
         "the idle connection was not replaced"
     );
 }
+
+/// Reads from `s` until `needle` has arrived (or the peer closes).
+async fn read_until(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, needle: &[u8]) {
+    use tokio::io::AsyncReadExt;
+    while !buf.windows(needle.len()).any(|w| w == needle) {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return,
+        }
+    }
+}
+
+#[test]
+fn expect_continue_pipelining_and_connect_work_on_raw_http1() {
+    use tokio::io::AsyncWriteExt;
+
+    let m = mesh("http_raw", None);
+    let dst = app();
+    let (continued, pipelined, tunnel) = m.client.ns.block_on(async move {
+        // 100-continue: the body goes only after the interim response.
+        let mut s = tokio::net::TcpStream::connect(dst).await.expect("connect");
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            .await
+            .expect("headers");
+        let mut buf = Vec::new();
+        read_until(&mut s, &mut buf, b"100 Continue\r\n\r\n").await;
+        let got_100 = String::from_utf8_lossy(&buf).contains("100 Continue");
+        s.write_all(b"hello").await.expect("body");
+        read_until(&mut s, &mut buf, b"hello").await;
+        let continued = got_100 && String::from_utf8_lossy(&buf).contains("200 OK") && buf.ends_with(b"hello");
+
+        // Two pipelined requests in one write: two answers, in order.
+        let mut s = tokio::net::TcpStream::connect(dst).await.expect("connect");
+        s.write_all(b"GET /status/201 HTTP/1.1\r\nHost: app\r\n\r\nGET /status/202 HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .expect("pipelined requests");
+        let mut buf = Vec::new();
+        read_until(&mut s, &mut buf, b"\"status\":202").await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let pipelined = match (text.find("201 Created"), text.find("202 Accepted")) {
+            (Some(a), Some(b)) => a < b,
+            _ => false,
+        };
+
+        // CONNECT: a tunnel through both sidecars to the app.
+        let mut s = tokio::net::TcpStream::connect(dst).await.expect("connect");
+        s.write_all(b"CONNECT tunnel.example:443 HTTP/1.1\r\nHost: tunnel.example:443\r\n\r\n")
+            .await
+            .expect("CONNECT");
+        let mut buf = Vec::new();
+        read_until(&mut s, &mut buf, b"\r\n\r\n").await;
+        let accepted = String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200");
+        s.write_all(b"through the tunnel").await.expect("tunnel write");
+        let mut echo = Vec::new();
+        read_until(&mut s, &mut echo, b"through the tunnel").await;
+        (continued, pipelined, accepted && echo == b"through the tunnel")
+    });
+    assert!(continued, "100-continue did not work through the mesh");
+    assert!(pipelined, "pipelined requests were not answered in order");
+    assert!(tunnel, "CONNECT did not tunnel through the mesh");
+}

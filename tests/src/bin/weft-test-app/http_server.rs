@@ -125,6 +125,9 @@ async fn handle_request(
     if path == "/ws" {
         return Ok(websocket(req, st));
     }
+    if req.method() == http::Method::CONNECT {
+        return Ok(connect_echo(req, st));
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let res = match segments.as_slice() {
         [""] => json_response(
@@ -254,6 +257,25 @@ fn websocket(mut req: Request<Incoming>, st: &State) -> Response<Body> {
     if let Ok(v) = header::HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         h.insert("sec-websocket-accept", v);
     }
+    served_by(st, &mut res);
+    res
+}
+
+/// CONNECT: accepts the tunnel and echoes whatever comes through it.
+fn connect_echo(mut req: Request<Incoming>, st: &State) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    let mut res = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    );
     served_by(st, &mut res);
     res
 }
