@@ -166,6 +166,16 @@ impl Forwarder {
                             reason,
                             detail: weft_api::tls::describe(&e),
                         })?;
+                let found = match &accepted {
+                    Accepted::Tls(client, _) => match client.get_ref().1.alpn_protocol() {
+                        Some(weft_api::tls::ALPN_H2) => "http/2",
+                        Some(weft_api::tls::ALPN_HTTP1) => "http/1",
+                        _ => "opaque",
+                    },
+                    // Clients outside the mesh are carried at L4.
+                    Accepted::Plain(_) => "plaintext",
+                };
+                self.tls_metrics.detected(self.direction, found);
                 // A peer's HTTP (ALPN h2, or http/1.1 for an upgrade).
                 if let (Accepted::Tls(client, peer), HttpSide::Inbound(http)) =
                     (&accepted, &self.http)
