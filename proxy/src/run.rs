@@ -97,6 +97,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         mesh.clone(),
                         pool,
                         args.idle_timeout,
+                        metrics.http.clone(),
                     ))),
                 )
             }

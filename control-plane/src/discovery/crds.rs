@@ -6,9 +6,11 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Traffic policy for one Service (or one of its ports): retry budget,
-/// circuit breaking, limits and the like. Its policy fields arrive with the
-/// resilience work; today it names its target, and the control plane checks it.
+/// Traffic policy for one Service (or one of its ports): what Gateway API
+/// does not say — the retry budget, which failures are retried, outlier
+/// detection (circuit breaking), limits (bulkheads), and default retries and
+/// timeouts for routes that set none. Durations are Gateway API style
+/// (`100ms`, `10s`).
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
     group = "weft.dev",
@@ -19,6 +21,175 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicySpec {
     pub target_ref: PolicyTargetRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<RetryOn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Retries for requests whose route sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// Timeouts for requests whose route sets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+}
+
+/// Retries may add at most `ratio` of recent requests plus `minPerSecond`,
+/// counted over `window`. Defaults: 0.2, 10, 10s.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    pub ratio: Option<f32>,
+    pub min_per_second: Option<u32>,
+    pub window: Option<String>,
+}
+
+/// Failures retried beyond status codes. Defaults: connect failures, refused
+/// streams and resets yes, resets of non-idempotent methods no.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryOn {
+    pub connect_failure: Option<bool>,
+    pub refused_stream: Option<bool>,
+    pub reset: Option<bool>,
+    /// Retry resets of POST/PATCH too (they may have been applied).
+    pub non_idempotent: Option<bool>,
+    /// gRPC status codes by name, e.g. `UNAVAILABLE`.
+    #[serde(default)]
+    pub grpc_codes: Vec<String>,
+}
+
+/// Consecutive-failure ejection. Defaults: 5 failures, 10s base ejection
+/// (doubling each time, with jitter), at most 50% of endpoints ejected.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// Bulkheads: beyond these, requests fail fast with 503 (`overloaded`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    pub max_concurrent_requests: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    /// How long a request may wait for an endpoint to become available.
+    pub queue_timeout: Option<String>,
+}
+
+/// Gateway API's HTTPRoute retry, as a Service default.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    pub attempts: Option<u32>,
+    pub backoff: Option<String>,
+    #[serde(default)]
+    pub codes: Vec<u16>,
+}
+
+/// Gateway API's HTTPRoute timeouts, as a Service default.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    pub request: Option<String>,
+    pub backend_request: Option<String>,
+}
+
+/// A gRPC status code's number from its name.
+pub fn grpc_code(name: &str) -> Option<u32> {
+    const CODES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    CODES
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(name))
+        .map(|i| i as u32)
+}
+
+/// A Gateway API duration (`500ms`, `10s`, `1h`) in milliseconds.
+pub fn duration_ms(s: &str) -> Result<u32, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 500ms or 10s: {e}"))
+        .and_then(|d| u32::try_from(d.as_millis()).map_err(|_| format!("`{s}` is too long")))
+}
+
+impl TrafficPolicySpec {
+    /// Checks what serde cannot: durations, ranges, code names. Errors name
+    /// the field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let dur = |field: &str, v: &Option<String>| match v {
+            Some(s) => duration_ms(s)
+                .map(|_| ())
+                .map_err(|e| (field.to_string(), e)),
+            None => Ok(()),
+        };
+        if let Some(b) = &self.retry_budget {
+            if let Some(r) = b.ratio
+                && !(0.0..=10.0).contains(&r)
+            {
+                return Err((
+                    "spec.retryBudget.ratio".into(),
+                    format!("{r} is not a ratio between 0 and 10"),
+                ));
+            }
+            dur("spec.retryBudget.window", &b.window)?;
+        }
+        if let Some(o) = &self.outlier_detection {
+            dur(
+                "spec.outlierDetection.baseEjectionTime",
+                &o.base_ejection_time,
+            )?;
+            if o.max_ejection_percent.is_some_and(|p| p > 100) {
+                return Err((
+                    "spec.outlierDetection.maxEjectionPercent".into(),
+                    "a percentage is at most 100".into(),
+                ));
+            }
+        }
+        if let Some(l) = &self.limits {
+            dur("spec.limits.queueTimeout", &l.queue_timeout)?;
+        }
+        if let Some(r) = &self.retry_on {
+            for (i, c) in r.grpc_codes.iter().enumerate() {
+                if grpc_code(c).is_none() {
+                    return Err((
+                        format!("spec.retryOn.grpcCodes[{i}]"),
+                        format!("`{c}` is not a gRPC status code name"),
+                    ));
+                }
+            }
+        }
+        if let Some(r) = &self.retry {
+            dur("spec.retry.backoff", &r.backoff)?;
+        }
+        if let Some(t) = &self.timeouts {
+            dur("spec.timeouts.request", &t.request)?;
+            dur("spec.timeouts.backendRequest", &t.backend_request)?;
+        }
+        Ok(())
+    }
 }
 
 /// The Service a policy applies to (Gateway API's policy attachment shape).

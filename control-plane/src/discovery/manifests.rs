@@ -301,6 +301,7 @@ fn parse_object(doc: &Value) -> Result<Option<(ObjectKey, Object)>, ParseError> 
                     ),
                 ));
             }
+            p.spec.validate().map_err(|(f, m)| fail(f, m))?;
             Object::TrafficPolicy(Box::new(p))
         }
     };
@@ -393,6 +394,28 @@ fn validate_pod(p: &Pod) -> Result<(), (String, String)> {
 }
 
 fn validate_route(r: &HttpRoute) -> Result<(), (String, String)> {
+    use super::crds::duration_ms;
+    for (i, rule) in r.spec.rules.iter().flatten().enumerate() {
+        let check = |field: &str, v: &Option<String>| match v {
+            Some(s) => duration_ms(s)
+                .map(|_| ())
+                .map_err(|e| (format!("spec.rules[{i}].{field}"), e)),
+            None => Ok(()),
+        };
+        if let Some(t) = &rule.timeouts {
+            check("timeouts.request", &t.request)?;
+            check("timeouts.backendRequest", &t.backend_request)?;
+        }
+        if let Some(rt) = &rule.retry {
+            check("retry.backoff", &rt.backoff)?;
+            if rt.attempts.is_some_and(|a| !(0..=10).contains(&a)) {
+                return Err((
+                    format!("spec.rules[{i}].retry.attempts"),
+                    "attempts are between 0 and 10".into(),
+                ));
+            }
+        }
+    }
     let parents = r.spec.parent_refs.as_deref().unwrap_or_default();
     if parents.is_empty() {
         return Err((

@@ -234,6 +234,87 @@ pub fn for_port(model: &Model, svc: &ServiceModel, port: u16) -> Vec<v1::RouteRu
     out
 }
 
+/// The TrafficPolicy for a Service port (a port-specific one wins over one
+/// for the whole Service), resolved with defaults.
+pub fn policy(model: &Model, svc: &ServiceModel, port: u16) -> v1::TrafficPolicy {
+    use super::crds::{duration_ms, grpc_code};
+    let targets = |p: &&super::crds::TrafficPolicy| {
+        let t = &p.spec.target_ref;
+        p.metadata.namespace.as_deref().unwrap_or("default") == svc.namespace && t.name == svc.name
+    };
+    let chosen = model
+        .policies
+        .iter()
+        .filter(targets)
+        .find(|p| p.spec.target_ref.port == Some(port))
+        .or_else(|| {
+            model
+                .policies
+                .iter()
+                .filter(targets)
+                .find(|p| p.spec.target_ref.port.is_none())
+        });
+    let spec = chosen.map(|p| p.spec.clone());
+    let ms =
+        |v: Option<&String>, default: u32| v.and_then(|s| duration_ms(s).ok()).unwrap_or(default);
+    let budget = spec
+        .as_ref()
+        .and_then(|s| s.retry_budget.clone())
+        .unwrap_or_default();
+    let on = spec
+        .as_ref()
+        .and_then(|s| s.retry_on.clone())
+        .unwrap_or_default();
+    let outlier = spec
+        .as_ref()
+        .and_then(|s| s.outlier_detection.clone())
+        .unwrap_or_default();
+    let limits = spec
+        .as_ref()
+        .and_then(|s| s.limits.clone())
+        .unwrap_or_default();
+    v1::TrafficPolicy {
+        retry_budget: Some(v1::RetryBudget {
+            ratio: budget.ratio.unwrap_or(0.2),
+            min_per_second: budget.min_per_second.unwrap_or(10),
+            window_ms: ms(budget.window.as_ref(), 10_000),
+        }),
+        retry_on: Some(v1::RetryOn {
+            connect_failure: on.connect_failure.unwrap_or(true),
+            refused_stream: on.refused_stream.unwrap_or(true),
+            reset: on.reset.unwrap_or(true),
+            non_idempotent: on.non_idempotent.unwrap_or(false),
+            grpc_codes: on.grpc_codes.iter().filter_map(|c| grpc_code(c)).collect(),
+        }),
+        outlier_detection: Some(v1::OutlierDetection {
+            consecutive_failures: outlier.consecutive_failures.unwrap_or(5),
+            base_ejection_ms: ms(outlier.base_ejection_time.as_ref(), 10_000),
+            max_ejection_percent: outlier.max_ejection_percent.unwrap_or(50),
+        }),
+        limits: Some(v1::Limits {
+            max_concurrent_requests: limits.max_concurrent_requests.unwrap_or(0),
+            max_connections: limits.max_connections.unwrap_or(0),
+            max_pending_requests: limits.max_pending_requests.unwrap_or(0),
+            queue_timeout_ms: ms(limits.queue_timeout.as_ref(), 0),
+        }),
+        retry: spec
+            .as_ref()
+            .and_then(|s| s.retry.as_ref())
+            .map(|r| v1::RetryPolicy {
+                attempts: r.attempts.unwrap_or(0),
+                backoff_ms: ms(r.backoff.as_ref(), 0),
+                codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
+            }),
+        timeouts: spec
+            .as_ref()
+            .and_then(|s| s.timeouts.as_ref())
+            .map(|t| v1::Timeouts {
+                request_ms: ms(t.request.as_ref(), 0),
+                backend_request_ms: ms(t.backend_request.as_ref(), 0),
+            }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,6 +84,7 @@ pub fn shared(
                             protocol: p.protocol as i32,
                             endpoints,
                             routes: super::routes::for_port(model, s, p.port),
+                            policy: Some(super::routes::policy(model, s, p.port)),
                         }
                     })
                     .collect(),

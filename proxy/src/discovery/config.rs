@@ -25,6 +25,22 @@ pub struct Endpoint {
     picked: Arc<AtomicUsize>,
     /// Peak-EWMA of response latency, for balancing requests.
     latency: Arc<Mutex<PeakEwma>>,
+    /// Consecutive failures and ejection, for circuit breaking.
+    outlier: Arc<Mutex<Outlier>>,
+}
+
+/// Consecutive-failure ejection state of one endpoint.
+#[derive(Debug, Default)]
+pub struct Outlier {
+    consecutive: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+}
+
+impl Outlier {
+    fn ejected(&self, now: Instant) -> bool {
+        self.ejected_until.is_some_and(|u| now < u)
+    }
 }
 
 /// How fast old latency observations are forgotten.
@@ -88,6 +104,41 @@ impl Endpoint {
         cost * (self.active() as f64 + 1.0)
     }
 
+    pub fn is_ejected(&self) -> bool {
+        self.outlier
+            .lock()
+            .map(|o| o.ejected(Instant::now()))
+            .unwrap_or(false)
+    }
+
+    /// Records a request's outcome. After `cfg.consecutive_failures` failures
+    /// in a row the endpoint is ejected for the base time, doubled for each
+    /// ejection since its last success (capped at 32×), with up to 25%
+    /// jitter — unless `may_eject` says too many are out already. True when
+    /// this outcome ejected it.
+    pub fn record(&self, success: bool, cfg: &v1::OutlierDetection, may_eject: bool) -> bool {
+        let Ok(mut o) = self.outlier.lock() else {
+            return false;
+        };
+        if success {
+            o.consecutive = 0;
+            o.ejections = 0;
+            return false;
+        }
+        o.consecutive += 1;
+        if cfg.consecutive_failures == 0 || o.consecutive < cfg.consecutive_failures || !may_eject {
+            return false;
+        }
+        let base = Duration::from_millis(u64::from(cfg.base_ejection_ms));
+        let time = base
+            .saturating_mul(1 << o.ejections.min(5))
+            .mul_f64(1.0 + rand::random::<f64>() * 0.25);
+        o.ejected_until = Some(Instant::now() + time);
+        o.ejections += 1;
+        o.consecutive = 0;
+        true
+    }
+
     /// Records how long a request took to answer.
     pub fn observe(&self, rtt: Duration) {
         if let Ok(mut e) = self.latency.lock() {
@@ -120,6 +171,43 @@ pub struct ServicePort {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// HTTP routes for requests to this port (empty: to its own endpoints).
     pub routes: crate::http::routes::Routes,
+    /// Retry budget, limits, outlier detection and defaults.
+    pub policy: Arc<Policy>,
+}
+
+/// A Service port's TrafficPolicy, with the state that must outlive one
+/// snapshot (the budget's window, the bulkhead's permits): kept as long as
+/// the policy itself does not change.
+#[derive(Debug)]
+pub struct Policy {
+    pub spec: v1::TrafficPolicy,
+    pub budget: Arc<tower::retry::budget::TpsBudget>,
+    pub permits: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl Policy {
+    pub fn new(spec: v1::TrafficPolicy) -> Policy {
+        let b = spec.retry_budget.unwrap_or_default();
+        let window = Duration::from_millis(u64::from(b.window_ms.max(1000)));
+        let budget = tower::retry::budget::TpsBudget::new(
+            window,
+            b.min_per_second,
+            b.ratio.clamp(0.0, 1000.0),
+        );
+        let max = spec
+            .limits
+            .as_ref()
+            .map_or(0, |l| l.max_concurrent_requests);
+        Policy {
+            budget: Arc::new(budget),
+            permits: (max > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max as usize))),
+            spec,
+        }
+    }
+
+    pub fn outlier(&self) -> v1::OutlierDetection {
+        self.spec.outlier_detection.unwrap_or_default()
+    }
 }
 
 impl ServicePort {
@@ -139,6 +227,48 @@ impl ServicePort {
                 Some(pick.clone())
             }
         }
+    }
+
+    /// The endpoint for one request attempt: P2C over peak-EWMA among those
+    /// not ejected, avoiding `avoid` (the previous attempt's) when there is
+    /// another.
+    pub fn pick_request(
+        &self,
+        avoid: Option<SocketAddr>,
+    ) -> Result<Arc<Endpoint>, crate::http::ProxyError> {
+        use crate::http::ProxyError;
+        if self.endpoints.is_empty() {
+            return Err(ProxyError::NoEndpoints(self.name.clone()));
+        }
+        let live: Vec<&Arc<Endpoint>> = self.endpoints.iter().filter(|e| !e.is_ejected()).collect();
+        if live.is_empty() {
+            return Err(ProxyError::CircuitOpen);
+        }
+        let fresh: Vec<&Arc<Endpoint>> = live
+            .iter()
+            .copied()
+            .filter(|e| Some(e.addr) != avoid)
+            .collect();
+        let pool = if fresh.is_empty() { live } else { fresh };
+        let n = pool.len();
+        let a = rand::random_range(0..n);
+        let pick = if n == 1 {
+            pool[a]
+        } else {
+            let b = (a + rand::random_range(1..n)) % n;
+            if pool[a].load() <= pool[b].load() {
+                pool[a]
+            } else {
+                pool[b]
+            }
+        };
+        Ok(pick.clone())
+    }
+
+    /// Whether one more endpoint may be ejected without passing the cap.
+    pub fn may_eject(&self, max_percent: u32) -> bool {
+        let out = self.endpoints.iter().filter(|e| e.is_ejected()).count();
+        (out + 1) * 100 <= max_percent as usize * self.endpoints.len()
     }
 
     /// Power of two choices over peak-EWMA load, for requests.
@@ -194,13 +324,23 @@ impl MeshConfig {
         trust_domain: &str,
         prev: &MeshConfig,
     ) -> Result<MeshConfig, String> {
-        type Loads = (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<Mutex<PeakEwma>>);
+        type Loads = (
+            Arc<AtomicUsize>,
+            Arc<AtomicUsize>,
+            Arc<Mutex<PeakEwma>>,
+            Arc<Mutex<Outlier>>,
+        );
         let mut loads: HashMap<SocketAddr, Loads> = HashMap::new();
         for sp in prev.services.values() {
             for e in &sp.endpoints {
-                loads
-                    .entry(e.addr)
-                    .or_insert_with(|| (e.active.clone(), e.picked.clone(), e.latency.clone()));
+                loads.entry(e.addr).or_insert_with(|| {
+                    (
+                        e.active.clone(),
+                        e.picked.clone(),
+                        e.latency.clone(),
+                        e.outlier.clone(),
+                    )
+                });
             }
         }
         let ip = |s: &str, what: &str| {
@@ -240,7 +380,8 @@ impl MeshConfig {
                         ip(&e.ip, "endpoint")?,
                         u16::try_from(e.port).map_err(|_| format!("endpoint port {}", e.port))?,
                     );
-                    let (active, picked, latency) = loads.get(&addr).cloned().unwrap_or_default();
+                    let (active, picked, latency, outlier) =
+                        loads.get(&addr).cloned().unwrap_or_default();
                     endpoints.push(Arc::new(Endpoint {
                         addr,
                         identity: id(&e.identity)?,
@@ -248,6 +389,7 @@ impl MeshConfig {
                         active,
                         picked,
                         latency,
+                        outlier,
                     }));
                 }
                 cfg.services.insert(
@@ -259,6 +401,14 @@ impl MeshConfig {
                         endpoints,
                         routes: crate::http::routes::Routes::new(&port.routes)
                             .map_err(|e| format!("{}.{}:{p}: {e}", svc.name, svc.namespace))?,
+                        policy: {
+                            let spec = port.policy.clone().unwrap_or_default();
+                            let key = SocketAddr::new(vip, p);
+                            match prev.services.get(&key) {
+                                Some(old) if old.policy.spec == spec => old.policy.clone(),
+                                _ => Arc::new(Policy::new(spec)),
+                            }
+                        },
                     }),
                 );
             }
@@ -376,6 +526,7 @@ mod tests {
                         })
                         .collect(),
                     routes: vec![],
+                    policy: None,
                 }],
             }],
             workloads: vec![v1::Workload {

@@ -7,6 +7,8 @@ use http::header::{self, HeaderMap, HeaderName};
 
 /// The client's workload identity, set by the inbound sidecar for the app.
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("weft-client-id");
+/// Why the proxy answered a request itself (on responses it generates).
+pub const ERROR: HeaderName = HeaderName::from_static("weft-error");
 /// The protocol the calling app spoke (`HTTP/1.1`, `HTTP/2`), carried between
 /// sidecars so the server's sidecar speaks the same to its app.
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");

@@ -104,7 +104,7 @@ impl HttpInbound {
             }
             Err(e) => {
                 debug!(error = %e, "app request failed");
-                e.response()
+                e.response("", &dst.to_string())
             }
         }
     }

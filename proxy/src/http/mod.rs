@@ -2,12 +2,16 @@
 //! request, routed by HTTPRoute rules, balanced by latency, and carried
 //! between sidecars over one multiplexed mTLS HTTP/2 connection per peer.
 
+pub mod bulkhead;
 pub mod detect;
+pub mod endpoint;
 pub mod headers;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;
+pub mod retry;
 pub mod routes;
+pub mod timeout;
 pub mod upgrade;
 
 use std::net::SocketAddr;
@@ -18,7 +22,7 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 
 use crate::tls::TlsFailure;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Bodies stream through unbuffered, whatever their source.
 pub type Body = BoxBody<Bytes, BoxError>;
 
@@ -37,6 +41,14 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// Why the proxy answered a request itself.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("too many requests in flight to this service")]
+    Overloaded,
+    #[error("every endpoint is ejected after failures")]
+    CircuitOpen,
+    #[error("retry budget exhausted after: {0}")]
+    BudgetExhausted(Box<ProxyError>),
     #[error("no route matches the request")]
     NoRoute,
     #[error("the route has no usable backend")]
@@ -60,8 +72,44 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The `weft-error` reason: one of a documented, closed list.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::Timeout(_) => "timeout",
+            ProxyError::Overloaded => "overloaded",
+            ProxyError::CircuitOpen => "circuit-open",
+            ProxyError::BudgetExhausted(_) => "retry-budget-exhausted",
+            ProxyError::NoRoute => "no-route",
+            ProxyError::NoBackend => "no-backend",
+            ProxyError::NoEndpoints(_) => "no-endpoints",
+            ProxyError::ConnectTimeout(_) => "connect-timeout",
+            ProxyError::Connect(_, e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                "connect-refused"
+            }
+            ProxyError::Connect(..) => "connect-failed",
+            ProxyError::Tls(_, TlsFailure::IdentityMismatch, _) => "tls-identity-mismatch",
+            ProxyError::Tls(..) => "tls-failed",
+            ProxyError::Upstream(_) | ProxyError::Client(_) => "upstream-reset",
+            ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::Internal(_) => "internal",
+        }
+    }
+
+    /// Whether the request certainly never reached an app (safe to retry
+    /// whatever its method).
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect(..) | ProxyError::ConnectTimeout(_) | ProxyError::Tls(..)
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Overloaded | ProxyError::CircuitOpen | ProxyError::BudgetExhausted(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend | ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -74,14 +122,26 @@ impl ProxyError {
         }
     }
 
-    /// The response the proxy sends in place of the upstream's.
-    pub fn response(&self) -> Response<Body> {
+    /// The response the proxy sends in place of the upstream's, saying why
+    /// in `weft-error: <reason>; route=<route>; service=<service>`.
+    pub fn response(&self, route: &str, service: &str) -> Response<Body> {
         let mut r = Response::new(full(format!("{self}\n")));
         *r.status_mut() = self.status();
-        r.headers_mut().insert(
+        let h = r.headers_mut();
+        h.insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        let mut why = self.reason().to_string();
+        if !route.is_empty() {
+            why.push_str(&format!("; route={route}"));
+        }
+        if !service.is_empty() {
+            why.push_str(&format!("; service={service}"));
+        }
+        if let Ok(v) = header::HeaderValue::from_str(&why) {
+            h.insert(headers::ERROR, v);
+        }
         r
     }
 }

@@ -4,9 +4,10 @@
 //! connection, or in plaintext to an endpoint outside the mesh.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -21,14 +22,21 @@ use tracing::debug;
 use weft_api::SpiffeId;
 use weft_api::v1;
 
+use super::bulkhead::BulkheadLayer;
 use super::detect::Detected;
+use super::endpoint::Endpoints;
 use super::headers::{self, ORIG_PROTO};
 use super::pool::{PeerPool, dial_tcp};
+use super::retry::{self, OnRetry, RetryLayer, RetryPolicy};
 use super::routes::Rule;
+use super::timeout::TimeoutLayer;
 use super::upgrade;
 use super::{Body, ProxyError, boxed, full};
-use crate::discovery::{Endpoint, Mesh, ServicePort};
+use crate::discovery::{Mesh, ServicePort};
+use crate::telemetry::RetryMetrics;
 use crate::tls::Alpn;
+use std::time::Duration;
+use tower::{ServiceBuilder, ServiceExt};
 
 /// Where requests on one connection are headed.
 #[derive(Clone, Debug)]
@@ -43,20 +51,28 @@ pub enum Target {
 #[derive(Debug)]
 pub struct HttpOutbound {
     mesh: Option<Mesh>,
-    pool: Arc<PeerPool>,
-    plain: Client<HttpConnector, Body>,
+    sender: Arc<Sender>,
+    metrics: RetryMetrics,
+}
+
+/// What the error response says about where a request was going.
+#[derive(Debug, Default)]
+struct ReqContext {
+    route: String,
+    service: String,
 }
 
 impl HttpOutbound {
-    pub fn new(mesh: Option<Mesh>, pool: Arc<PeerPool>, idle_timeout: std::time::Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+    pub fn new(
+        mesh: Option<Mesh>,
+        pool: Arc<PeerPool>,
+        idle_timeout: Duration,
+        metrics: RetryMetrics,
+    ) -> Self {
         HttpOutbound {
             mesh,
-            pool,
-            plain: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(idle_timeout)
-                .build(connector),
+            sender: Arc::new(Sender::new(pool, idle_timeout)),
+            metrics,
         }
     }
 
@@ -91,11 +107,13 @@ impl HttpOutbound {
 
     async fn handle(&self, req: Request<Incoming>, target: Target) -> Response<Body> {
         let version = req.version();
-        let mut res = match self.proxy(req, target).await {
+        let mut ctx = ReqContext::default();
+        let mut res = match self.proxy(req, target, &mut ctx).await {
             Ok(res) => res,
             Err(e) => {
-                debug!(error = %e, "answering for the upstream");
-                e.response()
+                self.metrics.error(e.reason());
+                debug!(error = %e, reason = e.reason(), route = %ctx.route, service = %ctx.service, "answering for the upstream");
+                e.response(&ctx.route, &ctx.service)
             }
         };
         // A 101's Connection/Upgrade headers are the handshake itself.
@@ -110,101 +128,228 @@ impl HttpOutbound {
         &self,
         mut req: Request<Incoming>,
         target: Target,
+        ctx: &mut ReqContext,
     ) -> Result<Response<Body>, ProxyError> {
         let client_upgrade =
             upgrade::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let orig_version = parts.version;
         let upgrade_headers = upgrade::keep_headers(&parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::strip_reserved(&mut parts.headers);
+        let body = boxed(body);
 
-        let (addr, identity, endpoint) = match target {
-            Target::Direct(addr, id) => (addr, id, None),
+        let (called, rule_cfg, backend) = match target {
+            Target::Direct(addr, id) => {
+                if let Some(on_upgrade) = client_upgrade {
+                    return self
+                        .upgrade(addr, id, parts, upgrade_headers, body, on_upgrade)
+                        .await;
+                }
+                let res = self
+                    .sender
+                    .send(addr, id.as_ref(), Request::from_parts(parts, body))
+                    .await?;
+                return Ok(res.map(boxed));
+            }
             Target::Service(sp) => {
-                let cfg = self.mesh.as_ref().map(|m| m.load_full());
-                let sp = if sp.routes.is_empty() {
-                    sp
+                ctx.service = sp.name.clone();
+                if sp.routes.is_empty() {
+                    (sp.clone(), None, sp)
                 } else {
+                    let cfg = self.mesh.as_ref().map(|m| m.load_full());
                     let rule = sp
                         .routes
                         .find(&parts.method, &parts.uri, &parts.headers)
                         .ok_or(ProxyError::NoRoute)?;
+                    ctx.route = rule.route.clone();
                     if let Some(r) = &rule.redirect {
                         return Ok(redirect(r, rule, &parts));
                     }
                     apply_filters(rule, &mut parts)?;
                     let backend = rule.pick_backend().ok_or(ProxyError::NoBackend)?;
-                    cfg.and_then(|c| c.service(backend.address))
-                        .ok_or(ProxyError::NoBackend)?
-                };
-                let ep = sp
-                    .pick_by_latency()
-                    .ok_or_else(|| ProxyError::NoEndpoints(sp.name.clone()))?;
-                (ep.addr, ep.identity.clone(), Some(ep))
+                    let backend = cfg
+                        .and_then(|c| c.service(backend.address))
+                        .ok_or(ProxyError::NoBackend)?;
+                    (
+                        sp.clone(),
+                        Some((rule.timeouts, rule.retry.clone())),
+                        backend,
+                    )
+                }
             }
         };
 
-        let authority = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<Authority>().ok())
-            .or_else(|| parts.uri.authority().cloned())
-            .map_or_else(|| addr.to_string(), |a| a.to_string());
+        if let Some(on_upgrade) = client_upgrade {
+            let ep = backend.pick_request(None)?;
+            return self
+                .upgrade(
+                    ep.addr,
+                    ep.identity.clone(),
+                    parts,
+                    upgrade_headers,
+                    body,
+                    on_upgrade,
+                )
+                .await;
+        }
+
+        self.resilient(&called, rule_cfg, backend, Request::from_parts(parts, body))
+            .await
+    }
+
+    /// Sends through the resilience stack: bulkhead → request timeout →
+    /// retries → per-try timeout → balanced endpoints. Route settings win
+    /// over the called Service's TrafficPolicy defaults. (A plain function
+    /// returning a boxed future: rustc cannot prove the stack's future Send
+    /// inside the async caller.)
+    fn resilient(
+        &self,
+        called: &ServicePort,
+        rule_cfg: Option<(Option<v1::Timeouts>, Option<v1::RetryPolicy>)>,
+        backend: Arc<ServicePort>,
+        req: Request<Body>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>> {
+        let policy = &called.policy.spec;
+        let (timeouts, retry) = match rule_cfg {
+            Some((t, r)) => (t.or(policy.timeouts), r.or_else(|| policy.retry.clone())),
+            None => (policy.timeouts, policy.retry.clone()),
+        };
+        let ms = |v: u32| (v > 0).then(|| Duration::from_millis(u64::from(v)));
+        let request_timeout = timeouts.and_then(|t| ms(t.request_ms));
+        let try_timeout = timeouts.and_then(|t| ms(t.backend_request_ms));
+        let retry = retry.filter(|r| r.attempts > 1).map(|r| {
+            let on = policy.retry_on.clone().unwrap_or_default();
+            let metrics = self.metrics.clone();
+            Arc::new(RetryPolicy {
+                attempts: r.attempts,
+                backoff: ms(r.backoff_ms).unwrap_or(Duration::from_millis(25)),
+                codes: if r.codes.is_empty() {
+                    vec![503]
+                } else {
+                    r.codes
+                        .iter()
+                        .filter_map(|c| u16::try_from(*c).ok())
+                        .collect()
+                },
+                grpc_codes: on.grpc_codes,
+                connect_failure: on.connect_failure,
+                reset: on.reset,
+                non_idempotent: on.non_idempotent,
+                budget: called.policy.budget.clone(),
+                max_replay: retry::DEFAULT_MAX_REPLAY,
+                on_retry: Some(OnRetry(Arc::new(move |allowed| metrics.retry(allowed)))),
+            })
+        });
+        let stack = ServiceBuilder::new()
+            .layer(BulkheadLayer::new(called.policy.permits.clone()))
+            .layer(TimeoutLayer::new(request_timeout))
+            .layer(RetryLayer::new(retry))
+            .layer(TimeoutLayer::new(try_timeout))
+            .service(Endpoints::new(backend, self.sender.clone()));
+        Box::pin(stack.oneshot(req))
+    }
+
+    async fn upgrade(
+        &self,
+        addr: SocketAddr,
+        identity: Option<SpiffeId>,
+        mut parts: http::request::Parts,
+        upgrade_headers: Vec<(http::header::HeaderName, HeaderValue)>,
+        body: Body,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+    ) -> Result<Response<Body>, ProxyError> {
+        // A connection of its own, HTTP/1.1 end to end.
+        for (n, v) in upgrade_headers {
+            parts.headers.insert(n, v);
+        }
+        let authority = authority_of(&parts, addr);
+        if parts.method != http::Method::CONNECT {
+            let pq = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            parts.uri = Uri::from(pq);
+        }
+        parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&authority)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let req = Request::from_parts(parts, body);
+        let pool = &self.sender.pool;
+        let res = match &identity {
+            Some(id) => {
+                upgrade::send(pool.dial(addr, id, Alpn::Http1).await?, req, on_upgrade).await?
+            }
+            None => {
+                upgrade::send(
+                    dial_tcp(addr, pool.connect_timeout()).await?,
+                    req,
+                    on_upgrade,
+                )
+                .await?
+            }
+        };
+        Ok(res.map(boxed))
+    }
+}
+
+/// The request's authority: its Host header, else its URI's, else `addr`.
+fn authority_of(parts: &http::request::Parts, addr: SocketAddr) -> String {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<Authority>().ok())
+        .or_else(|| parts.uri.authority().cloned())
+        .map_or_else(|| addr.to_string(), |a| a.to_string())
+}
+
+/// Sends one request to one address: to a peer sidecar over the shared mTLS
+/// HTTP/2 connection when an identity is expected there, else plain HTTP/1.1.
+#[derive(Debug)]
+pub struct Sender {
+    pool: Arc<PeerPool>,
+    plain: Client<HttpConnector, Body>,
+}
+
+impl Sender {
+    fn new(pool: Arc<PeerPool>, idle_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Sender {
+            pool,
+            plain: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(idle_timeout)
+                .build(connector),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&SpiffeId>,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let authority = authority_of(&parts, addr);
         let pq = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let body = boxed(body);
-        let _in_flight = endpoint.as_ref().map(|e| e.track());
-        if let Some(on_upgrade) = client_upgrade {
-            // A connection of its own, HTTP/1.1 end to end.
-            for (n, v) in upgrade_headers {
-                parts.headers.insert(n, v);
-            }
-            if parts.method != http::Method::CONNECT {
-                parts.uri = Uri::from(pq);
-            }
-            parts.version = Version::HTTP_11;
-            if !parts.headers.contains_key(header::HOST)
-                && let Ok(v) = HeaderValue::from_str(&authority)
-            {
-                parts.headers.insert(header::HOST, v);
-            }
-            let req = Request::from_parts(parts, body);
-            let res = match &identity {
-                Some(id) => {
-                    upgrade::send(
-                        self.pool.dial(addr, id, Alpn::Http1).await?,
-                        req,
-                        on_upgrade,
-                    )
-                    .await?
-                }
-                None => {
-                    upgrade::send(
-                        dial_tcp(addr, self.pool.connect_timeout()).await?,
-                        req,
-                        on_upgrade,
-                    )
-                    .await?
-                }
-            };
-            return Ok(res.map(boxed));
-        }
-        let started = Instant::now();
-        let res = match &identity {
+        match identity {
             Some(id) => {
                 // To the peer sidecar: HTTP/2, whatever the app spoke.
+                parts.headers.insert(ORIG_PROTO, proto_value(parts.version));
                 parts.uri = uri(&authority, pq)?;
                 parts.version = Version::HTTP_2;
                 parts.headers.remove(header::HOST);
-                parts.headers.insert(ORIG_PROTO, proto_value(orig_version));
                 self.pool
                     .send(addr, id, Request::from_parts(parts, body))
-                    .await?
+                    .await
             }
             None => {
                 // Outside the mesh: plain HTTP/1.1 to the address itself.
@@ -215,20 +360,16 @@ impl HttpOutbound {
                 {
                     parts.headers.insert(header::HOST, v);
                 }
-                self.plain
+                let mut res = self
+                    .plain
                     .request(Request::from_parts(parts, body))
                     .await
-                    .map_err(ProxyError::Client)?
+                    .map_err(ProxyError::Client)?;
+                // Nothing outside the mesh speaks for the mesh.
+                headers::strip_reserved(res.headers_mut());
+                Ok(res)
             }
-        };
-        observe(endpoint.as_deref(), started);
-        Ok(res.map(boxed))
-    }
-}
-
-fn observe(endpoint: Option<&Endpoint>, started: Instant) {
-    if let Some(e) = endpoint {
-        e.observe(started.elapsed());
+        }
     }
 }
 

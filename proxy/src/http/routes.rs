@@ -135,6 +135,8 @@ pub struct Rule {
     pub rewrite: Option<v1::Rewrite>,
     /// The path prefix this rule matched on, for prefix rewrites.
     pub prefix: Option<String>,
+    pub timeouts: Option<v1::Timeouts>,
+    pub retry: Option<v1::RetryPolicy>,
 }
 
 impl Rule {
@@ -165,6 +167,8 @@ impl Rule {
             redirect: r.redirect.clone().filter(|r| r.enabled),
             rewrite: r.rewrite.clone().filter(|r| r.enabled),
             prefix,
+            timeouts: r.timeouts,
+            retry: r.retry.clone(),
         })
     }
 

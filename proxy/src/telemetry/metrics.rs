@@ -193,11 +193,54 @@ impl TlsMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    allowed: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Resilience: retries (and whether the budget allowed them) and the
+/// reasons of the responses the proxy generated itself.
+#[derive(Clone, Debug, Default)]
+pub struct RetryMetrics {
+    retries: Family<RetryLabels, Counter>,
+    errors: Family<ReasonLabels, Counter>,
+}
+
+impl RetryMetrics {
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "http_retries",
+            "Retries wanted, by whether the retry budget allowed them",
+            self.retries.clone(),
+        );
+        reg.register(
+            "http_proxy_errors",
+            "Responses the proxy generated itself, by weft-error reason",
+            self.errors.clone(),
+        );
+    }
+
+    pub fn retry(&self, allowed: bool) {
+        let allowed = if allowed { "true" } else { "false" };
+        self.retries.get_or_create(&RetryLabels { allowed }).inc();
+    }
+
+    pub fn error(&self, reason: &'static str) {
+        self.errors.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
 /// Every metric the proxy exports, and the registry that renders them.
 #[derive(Debug)]
 pub struct Metrics {
     pub tcp: TcpMetrics,
     pub tls: TlsMetrics,
+    pub http: RetryMetrics,
     registry: Registry,
 }
 
@@ -216,15 +259,22 @@ impl Metrics {
         let tcp = TcpMetrics::default();
         let tls = TlsMetrics::default();
         let mut registry = Registry::default();
+        let http = RetryMetrics::default();
         tcp.register(&mut registry);
         tls.register(&mut registry);
+        http.register(&mut registry);
         if let Some(m) = identity {
             m.register(&mut registry);
         }
         if let Some(m) = discovery {
             m.register(&mut registry);
         }
-        Metrics { tcp, tls, registry }
+        Metrics {
+            tcp,
+            tls,
+            http,
+            registry,
+        }
     }
 }
 

@@ -2,4 +2,4 @@
 
 pub mod metrics;
 
-pub use metrics::{Direction, Metrics, TcpMetrics, TlsMetrics};
+pub use metrics::{Direction, Metrics, RetryMetrics, TcpMetrics, TlsMetrics};

@@ -1,0 +1,98 @@
+//! The innermost layer: one request attempt to one of a Service's endpoints,
+//! chosen by latency among those not ejected (and not the previous
+//! attempt's), with the outcome fed back to the latency estimate and to
+//! outlier detection (circuit breaking).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use tower::Service;
+use tracing::info;
+
+use super::outbound::Sender;
+use super::retry::LastEndpoint;
+use super::{Body, ProxyError, boxed};
+use crate::discovery::{Endpoint, ServicePort};
+
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    service: Arc<ServicePort>,
+    sender: Arc<Sender>,
+}
+
+impl Endpoints {
+    pub fn new(service: Arc<ServicePort>, sender: Arc<Sender>) -> Self {
+        Endpoints { service, sender }
+    }
+}
+
+/// Records an attempt as failed unless it completes: an attempt dropped by
+/// a timeout counts against its endpoint.
+struct Outcome {
+    endpoint: Arc<Endpoint>,
+    service: Arc<ServicePort>,
+    done: bool,
+}
+
+impl Outcome {
+    fn finish(mut self, success: bool) {
+        self.done = true;
+        self.record(success);
+    }
+
+    fn record(&self, success: bool) {
+        let cfg = self.service.policy.outlier();
+        let may_eject = self.service.may_eject(cfg.max_ejection_percent);
+        if self.endpoint.record(success, &cfg, may_eject) {
+            info!(endpoint = %self.endpoint.addr, service = %self.service.name, "endpoint ejected after consecutive failures");
+        }
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record(false);
+        }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl Service<Request<Body>> for Endpoints {
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Response<Body>, ProxyError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let (service, sender) = (self.service.clone(), self.sender.clone());
+        Box::pin(async move {
+            let last = req.extensions().get::<LastEndpoint>().cloned();
+            let endpoint = service.pick_request(last.as_ref().and_then(LastEndpoint::get))?;
+            if let Some(l) = &last {
+                l.set(endpoint.addr);
+            }
+            let _in_flight = endpoint.track();
+            let outcome = Outcome {
+                endpoint: endpoint.clone(),
+                service,
+                done: false,
+            };
+            let started = Instant::now();
+            let res = sender
+                .send(endpoint.addr, endpoint.identity.as_ref(), req)
+                .await;
+            endpoint.observe(started.elapsed());
+            outcome.finish(matches!(&res, Ok(r) if !r.status().is_server_error()));
+            res.map(|r| r.map(boxed))
+        })
+    }
+}

@@ -1,0 +1,407 @@
+//! Retry layer: a failed attempt is tried again — on the configured status
+//! codes (and gRPC codes), on connect failures, and on a reset before any
+//! response byte (idempotent methods only, unless the policy opts in) — with
+//! exponential backoff and full jitter, on another endpoint when there is
+//! one, and only while the Service's retry budget allows: retries may add a
+//! share of recent requests plus a small floor per second, so a failing
+//! Service never sees a retry storm. Bodies up to a limit are buffered for
+//! replay; a request with a larger body is sent once.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::{Layer, Service, ServiceExt};
+
+use super::{Body, ProxyError, full};
+
+/// Bodies up to this size are kept for replay.
+pub const DEFAULT_MAX_REPLAY: usize = 64 * 1024;
+
+/// The endpoint an attempt went to, so the next avoids it.
+#[derive(Clone, Debug, Default)]
+pub struct LastEndpoint(pub Arc<Mutex<Option<SocketAddr>>>);
+
+impl LastEndpoint {
+    pub fn set(&self, addr: SocketAddr) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(addr);
+        }
+    }
+
+    pub fn get(&self) -> Option<SocketAddr> {
+        self.0.lock().ok().and_then(|g| *g)
+    }
+}
+
+/// What is retried, and how often.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub codes: Vec<u16>,
+    pub grpc_codes: Vec<u32>,
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub non_idempotent: bool,
+    pub budget: Arc<TpsBudget>,
+    pub max_replay: usize,
+    /// Counts retries, by whether the budget allowed them.
+    pub on_retry: Option<OnRetry>,
+}
+
+/// Called for each retry wanted, with whether the budget allowed it.
+#[derive(Clone)]
+pub struct OnRetry(pub Arc<dyn Fn(bool) + Send + Sync>);
+
+impl std::fmt::Debug for OnRetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnRetry")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RetryLayer {
+    policy: Option<Arc<RetryPolicy>>,
+}
+
+impl RetryLayer {
+    /// None: requests go through once.
+    pub fn new(policy: Option<Arc<RetryPolicy>>) -> Self {
+        RetryLayer { policy }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    inner: S,
+    policy: Option<Arc<RetryPolicy>>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl RetryPolicy {
+    /// Whether this outcome of an attempt should be tried again.
+    fn wants_retry(&self, method: &Method, res: &Result<Response<Body>, ProxyError>) -> bool {
+        match res {
+            Ok(r) => {
+                self.codes.contains(&r.status().as_u16())
+                    || grpc_status(r.headers()).is_some_and(|c| self.grpc_codes.contains(&c))
+            }
+            Err(e) if e.never_sent() => self.connect_failure,
+            Err(ProxyError::Upstream(_) | ProxyError::Client(_)) => {
+                self.reset && (idempotent(method) || self.non_idempotent)
+            }
+            // A per-try timeout: the request may have run; retry what may run twice.
+            Err(ProxyError::Timeout(_)) => idempotent(method) || self.non_idempotent,
+            Err(_) => false,
+        }
+    }
+
+    /// Full jitter over an exponential backoff.
+    fn backoff(&self, retry: u32) -> Duration {
+        let cap = self.backoff.saturating_mul(1 << retry.min(10));
+        cap.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// A trailers-only gRPC answer carries its status in the headers.
+fn grpc_status(h: &HeaderMap) -> Option<u32> {
+    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+impl<S> Service<Request<Body>> for Retry<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Response<Body>, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let Some(policy) = self.policy.clone().filter(|p| p.attempts > 1) else {
+            return Box::pin(self.inner.call(req));
+        };
+        let inner = self.inner.clone();
+        // Each attempt's future is boxed outside the async block below: works
+        // around rustc's "Send is not general enough" with associated futures.
+        let send = move |req: Request<Body>| -> BoxFuture<Result<Response<Body>, ProxyError>> {
+            Box::pin(inner.clone().oneshot(req))
+        };
+        Box::pin(async move {
+            policy.budget.deposit();
+            let (parts, body) = req.into_parts();
+            let small = body
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= policy.max_replay as u64);
+            if !small {
+                // Too large (or of unknown size) to keep: one attempt.
+                return send(Request::from_parts(parts, body)).await;
+            }
+            let bytes: Bytes = body
+                .collect()
+                .await
+                .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?
+                .to_bytes();
+            let last = LastEndpoint::default();
+            let mut attempt = 1;
+            loop {
+                let mut req = Request::new(full(bytes.clone()));
+                *req.method_mut() = parts.method.clone();
+                *req.uri_mut() = parts.uri.clone();
+                *req.version_mut() = parts.version;
+                *req.headers_mut() = parts.headers.clone();
+                req.extensions_mut().insert(last.clone());
+                let res = send(req).await;
+                if attempt >= policy.attempts || !policy.wants_retry(&parts.method, &res) {
+                    return res;
+                }
+                let allowed = policy.budget.withdraw();
+                if let Some(count) = &policy.on_retry {
+                    (count.0)(allowed);
+                }
+                if !allowed {
+                    // A failed attempt's own answer goes back as it is.
+                    return res.map_err(|e| ProxyError::BudgetExhausted(Box::new(e)));
+                }
+                tokio::time::sleep(policy.backoff(attempt - 1)).await;
+                attempt += 1;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn policy(attempts: u32, budget: TpsBudget) -> Arc<RetryPolicy> {
+        Arc::new(RetryPolicy {
+            attempts,
+            backoff: Duration::from_millis(25),
+            codes: vec![503],
+            grpc_codes: vec![14],
+            connect_failure: true,
+            reset: true,
+            non_idempotent: false,
+            budget: Arc::new(budget),
+            max_replay: DEFAULT_MAX_REPLAY,
+            on_retry: None,
+        })
+    }
+
+    fn generous() -> TpsBudget {
+        TpsBudget::new(Duration::from_secs(10), 1000, 10.0)
+    }
+
+    #[allow(clippy::type_complexity)]
+    /// Fails with `fail` for the first `n` calls, then answers 200 with the
+    /// request body.
+    fn flaky(
+        n: u32,
+        fail: fn() -> Result<Response<Body>, ProxyError>,
+    ) -> (
+        Arc<AtomicU32>,
+        impl Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = ProxyError,
+            Future = BoxFuture<Result<Response<Body>, ProxyError>>,
+        > + Clone
+        + Send
+        + 'static,
+    ) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let svc = tower::service_fn(
+            move |req: Request<Body>| -> BoxFuture<Result<Response<Body>, ProxyError>> {
+                let k = c.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async move {
+                    if k < n {
+                        return fail();
+                    }
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    Ok(Response::new(full(body)))
+                })
+            },
+        );
+        (calls, svc)
+    }
+
+    fn unavailable() -> Result<Response<Body>, ProxyError> {
+        let mut r = Response::new(full(""));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        Ok(r)
+    }
+
+    fn refused() -> Result<Response<Body>, ProxyError> {
+        Err(ProxyError::Connect(
+            "127.0.0.1:1".parse().unwrap(),
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        ))
+    }
+
+    fn req(method: Method, body: &'static str) -> Request<Body> {
+        let mut r = Request::new(full(body));
+        *r.method_mut() = method;
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_configured_codes_and_replays_the_body() {
+        let (calls, svc) = flaky(2, unavailable);
+        let res = RetryLayer::new(Some(policy(3, generous())))
+            .layer(svc)
+            .oneshot(req(Method::POST, "payload"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes(),
+            "payload"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_the_last_attempt_with_its_answer() {
+        let (calls, svc) = flaky(10, unavailable);
+        let res = RetryLayer::new(Some(policy(3, generous())))
+            .layer(svc)
+            .oneshot(req(Method::GET, ""))
+            .await
+            .unwrap();
+        assert_eq!(
+            (res.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (503, 3)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resets_of_posts_are_not_retried_but_refused_connects_are() {
+        fn reset() -> Result<Response<Body>, ProxyError> {
+            Err(ProxyError::Client(hyper_util_error()))
+        }
+        let (calls, svc) = flaky(1, reset);
+        let res = RetryLayer::new(Some(policy(3, generous())))
+            .layer(svc)
+            .oneshot(req(Method::POST, "x"))
+            .await;
+        assert!(res.is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "a POST was retried after a reset"
+        );
+
+        let (calls, svc) = flaky(1, reset);
+        let res = RetryLayer::new(Some(policy(3, generous())))
+            .layer(svc)
+            .oneshot(req(Method::GET, ""))
+            .await;
+        assert!(res.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        let (calls, svc) = flaky(1, refused);
+        let res = RetryLayer::new(Some(policy(3, generous())))
+            .layer(svc)
+            .oneshot(req(Method::POST, "x"))
+            .await;
+        assert!(res.is_ok(), "a POST that never connected should be retried");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A legacy-client error for tests: a request to a closed port.
+    fn hyper_util_error() -> hyper_util::client::legacy::Error {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        std::thread::spawn(move || {
+            rt.block_on(async {
+                let c = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http::<Body>();
+                c.request(Request::get("http://127.0.0.1:1/").body(full("")).unwrap())
+                    .await
+                    .unwrap_err()
+            })
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_caps_retries() {
+        // No floor, 20% of requests: after the first few, retries stop.
+        let p = policy(5, TpsBudget::new(Duration::from_secs(10), 0, 0.2));
+        let (calls, svc) = flaky(u32::MAX, unavailable);
+        let layer = RetryLayer::new(Some(p));
+        for _ in 0..100 {
+            let r = layer.layer(svc.clone()).oneshot(req(Method::GET, "")).await;
+            assert!(r.is_ok());
+        }
+        let total = calls.load(Ordering::SeqCst);
+        assert!(total <= 100 + 20 + 2, "{total} attempts for 100 requests");
+        assert!(total > 100, "no retry at all");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_bodies_are_sent_once() {
+        let (calls, svc) = flaky(1, unavailable);
+        let big: &'static str = Box::leak("x".repeat(DEFAULT_MAX_REPLAY + 1).into_boxed_str());
+        let res = RetryLayer::new(Some(policy(3, generous())))
+            .layer(svc)
+            .oneshot(req(Method::PUT, big))
+            .await
+            .unwrap();
+        assert_eq!(
+            (res.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (503, 1)
+        );
+    }
+}
