@@ -26,7 +26,7 @@ pub mod netns;
 pub mod node;
 pub mod process;
 
-pub use mesh::{ControlPlane, pod_yaml, service_yaml, spiffe};
+pub use mesh::{ControlPlane, http_pod, pod_yaml, service_yaml, spiffe};
 pub use netns::Netns;
 pub use node::{Node, Pod};
 pub use process::Process;

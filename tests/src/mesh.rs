@@ -253,3 +253,53 @@ pub fn service_yaml(name: &str, vip: &str, app: &str, ports: &[(u16, u16, &str)]
     }
     y
 }
+
+/// Starts `weft-test-app http` in a new pod (`name`), lists it in the
+/// manifests with `labels` and service account `sa`, and meshes it. `extra`
+/// goes to the app (e.g. `--fail-rate`). With `run` false the pod is listed
+/// but nothing runs in it: a dead endpoint (connections are refused).
+pub fn http_pod(
+    node: &crate::Node,
+    cp: &ControlPlane,
+    name: &str,
+    sa: &str,
+    labels: &[(&str, &str)],
+    extra: &[&str],
+    run: bool,
+) -> Arc<Pod> {
+    let pod = node.pod(name);
+    if run {
+        let mut args = vec![
+            "http",
+            "--listen",
+            "0.0.0.0:8080",
+            "--service",
+            sa,
+            "--pod",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        pod.spawn("http", crate::bins::test_app(), &args);
+        pod.wait_listening(8080);
+    }
+    cp.write_manifest(
+        &format!("pod-{name}.yaml"),
+        &pod_yaml(&pod, sa, labels, true),
+    );
+    if run {
+        pod.mesh_with(cp, sa, &[]);
+    }
+    pod
+}
+
+impl Pod {
+    /// Requests the test app in this pod has served (its `/_stats`).
+    pub fn served(&self) -> u64 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
+        self.ns
+            .block_on(client::get(addr, "/_stats"))
+            .ok()
+            .and_then(|r| r.json()["requests"].as_u64())
+            .unwrap_or(0)
+    }
+}

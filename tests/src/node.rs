@@ -284,6 +284,17 @@ impl Pod {
         }
     }
 
+    /// The PID of this pod's proxy.
+    pub fn proxy_pid(&self) -> u32 {
+        self.procs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|p| p.name.ends_with("/proxy"))
+            .map(|p| p.pid())
+            .unwrap_or(0)
+    }
+
     /// The mesh config the proxy applied (its admin `/config`).
     pub fn config(&self) -> serde_json::Value {
         self.admin("/config").expect("the proxy's /config").json()

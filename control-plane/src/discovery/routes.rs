@@ -98,12 +98,31 @@ fn compile_rule(
             })
         })
         .collect();
+    let ms = |v: &Option<String>| {
+        v.as_deref()
+            .and_then(|s| super::crds::duration_ms(s).ok())
+            .unwrap_or(0)
+    };
     let mut out = v1::RouteRule {
         route: format!(
             "{route_ns}/{}",
             route.metadata.name.clone().unwrap_or_default()
         ),
         backends,
+        timeouts: rule.timeouts.as_ref().map(|t| v1::Timeouts {
+            request_ms: ms(&t.request),
+            backend_request_ms: ms(&t.backend_request),
+        }),
+        retry: rule.retry.as_ref().map(|r| v1::RetryPolicy {
+            attempts: r.attempts.and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+            backoff_ms: ms(&r.backoff),
+            codes: r
+                .codes
+                .iter()
+                .flatten()
+                .filter_map(|c| u32::try_from(*c).ok())
+                .collect(),
+        }),
         ..Default::default()
     };
     for f in rule.filters.iter().flatten() {

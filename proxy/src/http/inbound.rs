@@ -100,6 +100,8 @@ impl HttpInbound {
                 if res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                     headers::strip_hop_by_hop(res.headers_mut());
                 }
+                // The app cannot speak for the mesh (no forged weft-error).
+                headers::strip_reserved(res.headers_mut());
                 res
             }
             Err(e) => {

@@ -112,8 +112,26 @@ impl RetryPolicy {
     fn wants_retry(&self, method: &Method, res: &Result<Response<Body>, ProxyError>) -> bool {
         match res {
             Ok(r) => {
-                self.codes.contains(&r.status().as_u16())
-                    || grpc_status(r.headers()).is_some_and(|c| self.grpc_codes.contains(&c))
+                // The peer sidecar's own answer when it could not reach its
+                // app: a reset or a refused connection over there.
+                let peer = r
+                    .headers()
+                    .get(super::headers::ERROR)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(';').next());
+                match peer {
+                    Some("connect-refused" | "connect-failed" | "connect-timeout") => {
+                        self.connect_failure
+                    }
+                    Some("upstream-reset") => {
+                        self.reset && (idempotent(method) || self.non_idempotent)
+                    }
+                    _ => {
+                        self.codes.contains(&r.status().as_u16())
+                            || grpc_status(r.headers())
+                                .is_some_and(|c| self.grpc_codes.contains(&c))
+                    }
+                }
             }
             Err(e) if e.never_sent() => self.connect_failure,
             Err(ProxyError::Upstream(_) | ProxyError::Client(_)) => {
