@@ -73,8 +73,8 @@ pub enum ForwardError {
     OrigDst(#[from] OrigDstError),
     #[error("refusing {dst}: it is this proxy's own listener (the connection would loop)")]
     Loop { dst: SocketAddr },
-    #[error("{service} has no endpoints (connection to {dst})")]
-    NoEndpoints { dst: SocketAddr, service: String },
+    #[error("{why} (connection to {dst})")]
+    NoEndpoints { dst: SocketAddr, why: String },
     #[error("connecting to {dst} timed out after {timeout:?}")]
     ConnectTimeout { dst: SocketAddr, timeout: Duration },
     #[error("connecting to {dst}: {source}")]
@@ -234,7 +234,7 @@ impl Forwarder {
                 let (plan, upstream) = loop {
                     let plan = tls
                         .plan(dst, fixed)
-                        .map_err(|service| ForwardError::NoEndpoints { dst, service })?;
+                        .map_err(|why| ForwardError::NoEndpoints { dst, why })?;
                     match self.connect(plan.addr).await {
                         Ok(upstream) => break (plan, upstream),
                         // A Service has other endpoints: try another.

@@ -157,6 +157,8 @@ pub struct Plan {
     pub service: Option<Arc<ServicePort>>,
     /// Counts the connection against the endpoint's load while it lives.
     pub _load: Option<ActiveGuard>,
+    /// Holds one of the Service's connection permits (maxConnections).
+    pub _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The client side of sidecar-to-sidecar mTLS.
@@ -197,6 +199,7 @@ impl OutboundTls {
             identity,
             service: None,
             _load: None,
+            _permit: None,
         };
         if fixed_target {
             return Ok(direct(self.target.clone()));
@@ -207,11 +210,22 @@ impl OutboundTls {
             .map_or(Destination::Passthrough, |m| m.load().destination(dst));
         match destination {
             Destination::Service(sp) => {
-                let ep = sp.pick().ok_or_else(|| sp.name.clone())?;
+                let permit = match &sp.policy.connections {
+                    Some(s) => Some(
+                        s.clone()
+                            .try_acquire_owned()
+                            .map_err(|_| format!("{} is at its connection limit", sp.name))?,
+                    ),
+                    None => None,
+                };
+                let ep = sp
+                    .pick()
+                    .ok_or_else(|| format!("{} has no endpoints", sp.name))?;
                 Ok(Plan {
                     addr: ep.addr,
                     identity: ep.identity.clone(),
                     _load: Some(ep.track()),
+                    _permit: permit,
                     service: Some(sp),
                 })
             }

@@ -408,3 +408,151 @@ fn every_weft_error_reason_is_produced() {
     assert_eq!(reasons.get("no-route"), Some(&1), "{reasons:?}");
     let _ = (&m.node, Duration::ZERO);
 }
+
+#[test]
+fn connection_and_tls_failures_say_which() {
+    use weft_e2e::spiffe;
+    let m = Mesh::new("res_conn_reasons");
+    // Listed as meshed, but what runs there is not a sidecar:
+    // - a plain HTTP server: the client's TLS handshake fails;
+    let plain = m.node.pod("plain-0");
+    plain.spawn(
+        "http",
+        weft_e2e::bins::test_app(),
+        &["http", "--listen", "0.0.0.0:8080"],
+    );
+    plain.wait_listening(8080);
+    // - a pod that drops connection attempts: the connect times out;
+    let black_hole = m.node.pod("hole-0");
+    black_hole.exec(
+        "iptables",
+        &["-I", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP"],
+    );
+    // - a pod that answers with "host unreachable": the connect fails.
+    let unreachable = m.node.pod("unreach-0");
+    unreachable.exec(
+        "iptables",
+        &[
+            "-I",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "8080",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-host-unreachable",
+        ],
+    );
+    // - a sidecar the control plane does not list, whose identity is not
+    //   the one the client is told to expect there.
+    let impostor = m.node.pod("impostor-0");
+    impostor.spawn(
+        "http",
+        weft_e2e::bins::test_app(),
+        &["http", "--listen", "0.0.0.0:8080"],
+    );
+    impostor.wait_listening(8080);
+    impostor.mesh_with(&m.cp, "impostor", &[]);
+    let probe = m.node.pod("probe");
+    m.cp.write_manifest(
+        "pod-probe.yaml",
+        &pod_yaml(&probe, "probe", &[("app", "probe")], true),
+    );
+    let expect_app = format!("{}={}", impostor.ip, spiffe("app"));
+    probe.mesh_with(
+        &m.cp,
+        "probe",
+        &["--connect-timeout", "300ms", "--peer-identity", &expect_app],
+    );
+    for (pod, name) in [
+        (&plain, "plain"),
+        (&black_hole, "hole"),
+        (&unreachable, "unreach"),
+    ] {
+        let svc = format!("svc-{name}.yaml");
+        let vip = match name {
+            "plain" => "198.19.0.41",
+            "hole" => "198.19.0.42",
+            _ => "198.19.0.43",
+        };
+        m.cp.write_manifest(
+            &format!("pod-{name}.yaml"),
+            &pod_yaml(pod, name, &[("app", name)], true),
+        );
+        m.cp.write_manifest(&svc, &service_yaml(name, vip, name, &[(80, 8080, "http")]));
+    }
+    for name in ["plain", "hole", "unreach"] {
+        probe.wait_endpoints(&format!("{name}.default:80"), 1);
+    }
+    let reason = |dst: SocketAddr| {
+        probe
+            .ns
+            .block_on(weft_e2e::client::get(dst, "/"))
+            .ok()
+            .and_then(|r| {
+                r.headers
+                    .get("weft-error")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.split(';').next().unwrap_or_default().to_string())
+            })
+    };
+    let at = |ip: &str| SocketAddr::new(ip.parse().expect("ip"), 80);
+    assert_eq!(reason(at("198.19.0.41")).as_deref(), Some("tls-failed"));
+    assert_eq!(
+        reason(at("198.19.0.42")).as_deref(),
+        Some("connect-timeout")
+    );
+    assert_eq!(reason(at("198.19.0.43")).as_deref(), Some("connect-failed"));
+    assert_eq!(
+        reason(impostor.addr(8080)).as_deref(),
+        Some("tls-identity-mismatch")
+    );
+}
+
+#[test]
+fn connection_limits_refuse_the_connection_beyond_the_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = Mesh::new("res_conn_limit");
+    let db = m.node.pod("db-0");
+    db.spawn(
+        "echo",
+        weft_e2e::bins::test_app(),
+        &["tcp", "--listen", "0.0.0.0:7000"],
+    );
+    db.wait_listening(7000);
+    m.cp.write_manifest("pod-db.yaml", &pod_yaml(&db, "db", &[("app", "db")], true));
+    db.mesh_with(&m.cp, "db", &[]);
+    m.cp.write_manifest(
+        "svc-db.yaml",
+        &service_yaml("db", "198.19.0.50", "db", &[(7000, 7000, "tcp")]),
+    );
+    m.client.wait_endpoints("db.default:7000", 1);
+    m.apply(
+        "policy-db.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: db, namespace: default}\nspec:\n  targetRef: {group: \"\", kind: Service, name: db}\n  limits: {maxConnections: 2}\n",
+    );
+    let dst = SocketAddr::new("198.19.0.50".parse().expect("ip"), 7000);
+    let echoed = m.client.ns.block_on(async move {
+        let mut conns = Vec::new();
+        let mut echoed = Vec::new();
+        for i in 0..3u8 {
+            let mut s = tokio::net::TcpStream::connect(dst).await.expect("connect");
+            let _ = s.write_all(&[i]).await;
+            let mut b = [0u8; 1];
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await,
+                Ok(Ok(1))
+            );
+            echoed.push(ok);
+            conns.push(s); // held open
+        }
+        echoed
+    });
+    assert_eq!(
+        echoed,
+        vec![true, true, false],
+        "the third connection should be refused"
+    );
+}

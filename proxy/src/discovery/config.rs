@@ -182,7 +182,12 @@ pub struct ServicePort {
 pub struct Policy {
     pub spec: v1::TrafficPolicy,
     pub budget: Arc<tower::retry::budget::TpsBudget>,
+    /// Concurrent requests (maxConcurrentRequests).
     pub permits: Option<Arc<tokio::sync::Semaphore>>,
+    /// Open L4 connections (maxConnections).
+    pub connections: Option<Arc<tokio::sync::Semaphore>>,
+    /// Requests waiting for an endpoint (maxPendingRequests).
+    pub pending: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Policy {
@@ -194,15 +199,22 @@ impl Policy {
             b.min_per_second,
             b.ratio.clamp(0.0, 1000.0),
         );
-        let max = spec
-            .limits
-            .as_ref()
-            .map_or(0, |l| l.max_concurrent_requests);
+        let limits = spec.limits.unwrap_or_default();
+        let cap = |n: u32| (n > 0).then(|| Arc::new(tokio::sync::Semaphore::new(n as usize)));
         Policy {
             budget: Arc::new(budget),
-            permits: (max > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max as usize))),
+            permits: cap(limits.max_concurrent_requests),
+            connections: cap(limits.max_connections),
+            pending: cap(limits.max_pending_requests),
             spec,
         }
+    }
+
+    /// How long a request may wait for an endpoint (0: not at all).
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(
+            self.spec.limits.map_or(0, |l| l.queue_timeout_ms),
+        ))
     }
 
     pub fn outlier(&self) -> v1::OutlierDetection {
@@ -589,6 +601,44 @@ mod tests {
             panic!()
         };
         assert_eq!(sp2.endpoints[0].active(), 5);
+    }
+
+    #[test]
+    fn consecutive_failures_eject_with_growing_time_and_a_cap() {
+        let c = MeshConfig::from_snapshot(&snapshot(), "cluster.local", &MeshConfig::default())
+            .unwrap();
+        let Destination::Service(sp) = c.destination("198.19.0.1:6379".parse().unwrap()) else {
+            panic!()
+        };
+        let cfg = v1::OutlierDetection {
+            consecutive_failures: 3,
+            base_ejection_ms: 60_000,
+            max_ejection_percent: 34,
+        };
+        let e = &sp.endpoints[0];
+        assert!(!e.record(false, &cfg, sp.may_eject(34)));
+        assert!(!e.record(false, &cfg, sp.may_eject(34)));
+        assert!(
+            e.record(false, &cfg, sp.may_eject(34)),
+            "the third failure ejects"
+        );
+        assert!(e.is_ejected());
+        for _ in 0..50 {
+            assert_ne!(sp.pick_request(None).unwrap().addr, e.addr);
+        }
+        // One of three is 33%: a second ejection would pass the 34% cap.
+        assert!(!sp.may_eject(34));
+        let f = &sp.endpoints[1];
+        for _ in 0..5 {
+            assert!(!f.record(false, &cfg, sp.may_eject(34)));
+        }
+        assert!(!f.is_ejected());
+        // A success resets the count.
+        let g = &sp.endpoints[2];
+        g.record(false, &cfg, true);
+        g.record(false, &cfg, true);
+        g.record(true, &cfg, true);
+        assert!(!g.record(false, &cfg, true));
     }
 
     #[test]

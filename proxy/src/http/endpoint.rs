@@ -76,7 +76,14 @@ impl Service<Request<Body>> for Endpoints {
         let (service, sender) = (self.service.clone(), self.sender.clone());
         Box::pin(async move {
             let last = req.extensions().get::<LastEndpoint>().cloned();
-            let endpoint = service.pick_request(last.as_ref().and_then(LastEndpoint::get))?;
+            let avoid = last.as_ref().and_then(LastEndpoint::get);
+            let endpoint = match service.pick_request(avoid) {
+                Ok(e) => e,
+                Err(e @ (ProxyError::NoEndpoints(_) | ProxyError::CircuitOpen)) => {
+                    wait_for_endpoint(&service, avoid, e).await?
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(l) = &last {
                 l.set(endpoint.addr);
             }
@@ -94,5 +101,36 @@ impl Service<Request<Body>> for Endpoints {
             outcome.finish(matches!(&res, Ok(r) if !r.status().is_server_error()));
             res.map(|r| r.map(boxed))
         })
+    }
+}
+
+/// With a queue timeout, a request that finds no endpoint ready waits (at
+/// most that long, and only while the pending cap allows) for an ejection to
+/// end; otherwise it fails fast with `err`.
+async fn wait_for_endpoint(
+    service: &ServicePort,
+    avoid: Option<std::net::SocketAddr>,
+    err: ProxyError,
+) -> Result<Arc<Endpoint>, ProxyError> {
+    let wait = service.policy.queue_timeout();
+    if wait.is_zero() {
+        return Err(err);
+    }
+    let _pending = match &service.policy.pending {
+        Some(s) => Some(
+            s.clone()
+                .try_acquire_owned()
+                .map_err(|_| ProxyError::Overloaded)?,
+        ),
+        None => None,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        match service.pick_request(avoid) {
+            Ok(e) => return Ok(e),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => {}
+        }
     }
 }

@@ -122,6 +122,36 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status for this error, for callers speaking gRPC.
+    fn grpc_code(&self) -> u32 {
+        match self {
+            ProxyError::Timeout(_) | ProxyError::ConnectTimeout(_) => 4, // DEADLINE_EXCEEDED
+            ProxyError::NoRoute => 12,                                   // UNIMPLEMENTED
+            ProxyError::Overloaded => 8,                                 // RESOURCE_EXHAUSTED
+            ProxyError::BadRequest(_) => 3,                              // INVALID_ARGUMENT
+            ProxyError::Internal(_) | ProxyError::NoBackend => 13,       // INTERNAL
+            _ => 14,                                                     // UNAVAILABLE
+        }
+    }
+
+    /// The answer for a gRPC caller: HTTP 200 with the status in the headers
+    /// (a trailers-only response), as gRPC clients expect.
+    pub fn grpc_response(&self, route: &str, service: &str) -> Response<Body> {
+        let mut r = self.response(route, service);
+        *r.status_mut() = StatusCode::OK;
+        *r.body_mut() = full(Bytes::new());
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", header::HeaderValue::from(self.grpc_code()));
+        if let Ok(v) = header::HeaderValue::from_str(&self.to_string().replace(['\r', '\n'], " ")) {
+            h.insert("grpc-message", v);
+        }
+        r
+    }
+
     /// The response the proxy sends in place of the upstream's, saying why
     /// in `weft-error: <reason>; route=<route>; service=<service>`.
     pub fn response(&self, route: &str, service: &str) -> Response<Body> {
@@ -143,5 +173,33 @@ impl ProxyError {
             h.insert(headers::ERROR, v);
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_answers_say_why_and_grpc_callers_get_grpc_statuses() {
+        let e = ProxyError::Timeout(std::time::Duration::from_millis(300));
+        let r = e.response("default/r", "app.default:80");
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            r.headers()["weft-error"],
+            "timeout; route=default/r; service=app.default:80"
+        );
+        let g = e.grpc_response("", "app.default:80");
+        assert_eq!(g.status(), StatusCode::OK);
+        assert_eq!(g.headers()["grpc-status"], "4");
+        assert_eq!(g.headers()["content-type"], "application/grpc");
+        assert_eq!(
+            ProxyError::Overloaded.grpc_response("", "").headers()["grpc-status"],
+            "8"
+        );
+        assert_eq!(
+            ProxyError::CircuitOpen.grpc_response("", "").headers()["grpc-status"],
+            "14"
+        );
     }
 }

@@ -107,13 +107,21 @@ impl HttpOutbound {
 
     async fn handle(&self, req: Request<Incoming>, target: Target) -> Response<Body> {
         let version = req.version();
+        let grpc = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let mut ctx = ReqContext::default();
         let mut res = match self.proxy(req, target, &mut ctx).await {
             Ok(res) => res,
             Err(e) => {
                 self.metrics.error(e.reason());
                 debug!(error = %e, reason = e.reason(), route = %ctx.route, service = %ctx.service, "answering for the upstream");
-                e.response(&ctx.route, &ctx.service)
+                if grpc {
+                    e.grpc_response(&ctx.route, &ctx.service)
+                } else {
+                    e.response(&ctx.route, &ctx.service)
+                }
             }
         };
         // A 101's Connection/Upgrade headers are the handshake itself.

@@ -409,6 +409,57 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn grpc_statuses_in_the_headers_are_retried() {
+        fn grpc_unavailable() -> Result<Response<Body>, ProxyError> {
+            let mut r = Response::new(full(""));
+            r.headers_mut()
+                .insert("grpc-status", http::HeaderValue::from_static("14"));
+            Ok(r)
+        }
+        let (calls, svc) = flaky(1, grpc_unavailable);
+        let res = RetryLayer::new(Some(policy(3, generous())))
+            .layer(svc)
+            .oneshot(req(Method::POST, "rpc"))
+            .await
+            .unwrap();
+        assert!(res.headers().get("grpc-status").is_none());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peers_reset_answer_counts_as_a_reset() {
+        fn peer_reset() -> Result<Response<Body>, ProxyError> {
+            let mut r = Response::new(full(""));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            r.headers_mut().insert(
+                "weft-error",
+                http::HeaderValue::from_static("upstream-reset; service=x"),
+            );
+            Ok(r)
+        }
+        let (calls, svc) = flaky(1, peer_reset);
+        let res = RetryLayer::new(Some(policy(3, generous())))
+            .layer(svc.clone())
+            .oneshot(req(Method::GET, ""))
+            .await
+            .unwrap();
+        assert_eq!(
+            (res.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (200, 2)
+        );
+        let (calls, svc) = flaky(1, peer_reset);
+        let res = RetryLayer::new(Some(policy(3, generous())))
+            .layer(svc)
+            .oneshot(req(Method::POST, ""))
+            .await
+            .unwrap();
+        assert_eq!(
+            (res.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (502, 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn large_bodies_are_sent_once() {
         let (calls, svc) = flaky(1, unavailable);
         let big: &'static str = Box::leak("x".repeat(DEFAULT_MAX_REPLAY + 1).into_boxed_str());
