@@ -241,6 +241,7 @@ impl HttpOutbound {
                 },
                 grpc_codes: on.grpc_codes,
                 connect_failure: on.connect_failure,
+                refused_stream: on.refused_stream,
                 reset: on.reset,
                 non_idempotent: on.non_idempotent,
                 budget: called.policy.budget.clone(),

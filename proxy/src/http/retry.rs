@@ -51,6 +51,8 @@ pub struct RetryPolicy {
     pub codes: Vec<u16>,
     pub grpc_codes: Vec<u32>,
     pub connect_failure: bool,
+    /// An HTTP/2 stream the server refused before processing it.
+    pub refused_stream: bool,
     pub reset: bool,
     pub non_idempotent: bool,
     pub budget: Arc<TpsBudget>,
@@ -134,6 +136,9 @@ impl RetryPolicy {
                 }
             }
             Err(e) if e.never_sent() => self.connect_failure,
+            Err(e @ (ProxyError::Upstream(_) | ProxyError::Client(_))) if refused(e) => {
+                self.refused_stream
+            }
             Err(ProxyError::Upstream(_) | ProxyError::Client(_)) => {
                 self.reset && (idempotent(method) || self.non_idempotent)
             }
@@ -148,6 +153,19 @@ impl RetryPolicy {
         let cap = self.backoff.saturating_mul(1 << retry.min(10));
         cap.mul_f64(rand::random::<f64>())
     }
+}
+
+/// Whether the error is an HTTP/2 REFUSED_STREAM: the server did not start
+/// on the request, so any method may be retried.
+fn refused(e: &ProxyError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.to_string().contains("refused stream") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A trailers-only gRPC answer carries its status in the headers.
@@ -238,6 +256,7 @@ mod tests {
             codes: vec![503],
             grpc_codes: vec![14],
             connect_failure: true,
+            refused_stream: true,
             reset: true,
             non_idempotent: false,
             budget: Arc::new(budget),
