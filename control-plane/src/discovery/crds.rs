@@ -35,6 +35,21 @@ pub struct TrafficPolicySpec {
     /// Timeouts for requests whose route sets none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
+    /// How requests pick an endpoint: `PeakEWMA` (default), `RoundRobin`,
+    /// `Random`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    /// Pooled connections to the endpoints close after this long unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum LoadBalancer {
+    #[serde(rename = "PeakEWMA")]
+    PeakEwma,
+    RoundRobin,
+    Random,
 }
 
 /// Retries may add at most `ratio` of recent requests plus `minPerSecond`,
@@ -188,6 +203,7 @@ impl TrafficPolicySpec {
             dur("spec.timeouts.request", &t.request)?;
             dur("spec.timeouts.backendRequest", &t.backend_request)?;
         }
+        dur("spec.idleTimeout", &self.idle_timeout)?;
         Ok(())
     }
 }

@@ -324,6 +324,12 @@ pub fn policy(model: &Model, svc: &ServiceModel, port: u16) -> v1::TrafficPolicy
                 backoff_ms: ms(r.backoff.as_ref(), 0),
                 codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
             }),
+        load_balancer: match spec.as_ref().and_then(|s| s.load_balancer) {
+            Some(super::crds::LoadBalancer::RoundRobin) => v1::LoadBalancer::RoundRobin as i32,
+            Some(super::crds::LoadBalancer::Random) => v1::LoadBalancer::Random as i32,
+            _ => v1::LoadBalancer::PeakEwma as i32,
+        },
+        idle_timeout_ms: ms(spec.as_ref().and_then(|s| s.idle_timeout.as_ref()), 0),
         timeouts: spec
             .as_ref()
             .and_then(|s| s.timeouts.as_ref())

@@ -188,6 +188,8 @@ pub struct Policy {
     pub connections: Option<Arc<tokio::sync::Semaphore>>,
     /// Requests waiting for an endpoint (maxPendingRequests).
     pub pending: Option<Arc<tokio::sync::Semaphore>>,
+    /// The round-robin balancer's position.
+    next: AtomicUsize,
 }
 
 impl Policy {
@@ -206,8 +208,15 @@ impl Policy {
             permits: cap(limits.max_concurrent_requests),
             connections: cap(limits.max_connections),
             pending: cap(limits.max_pending_requests),
+            next: AtomicUsize::new(0),
             spec,
         }
+    }
+
+    /// The idle timeout for pooled connections to this Service, if it sets one.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.spec.idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(u64::from(self.spec.idle_timeout_ms)))
     }
 
     /// How long a request may wait for an endpoint (0: not at all).
@@ -263,15 +272,23 @@ impl ServicePort {
             .collect();
         let pool = if fresh.is_empty() { live } else { fresh };
         let n = pool.len();
-        let a = rand::random_range(0..n);
-        let pick = if n == 1 {
-            pool[a]
-        } else {
-            let b = (a + rand::random_range(1..n)) % n;
-            if pool[a].load() <= pool[b].load() {
-                pool[a]
-            } else {
-                pool[b]
+        let pick = match v1::LoadBalancer::try_from(self.policy.spec.load_balancer) {
+            Ok(v1::LoadBalancer::RoundRobin) => {
+                pool[self.policy.next.fetch_add(1, Ordering::Relaxed) % n]
+            }
+            Ok(v1::LoadBalancer::Random) => pool[rand::random_range(0..n)],
+            _ => {
+                let a = rand::random_range(0..n);
+                if n == 1 {
+                    pool[a]
+                } else {
+                    let b = (a + rand::random_range(1..n)) % n;
+                    if pool[a].load() <= pool[b].load() {
+                        pool[a]
+                    } else {
+                        pool[b]
+                    }
+                }
             }
         };
         Ok(pick.clone())
@@ -639,6 +656,25 @@ mod tests {
         g.record(false, &cfg, true);
         g.record(true, &cfg, true);
         assert!(!g.record(false, &cfg, true));
+    }
+
+    #[test]
+    fn round_robin_takes_turns() {
+        let mut snap = snapshot();
+        snap.services[0].ports[0].policy = Some(v1::TrafficPolicy {
+            load_balancer: v1::LoadBalancer::RoundRobin as i32,
+            ..Default::default()
+        });
+        let c = MeshConfig::from_snapshot(&snap, "cluster.local", &MeshConfig::default()).unwrap();
+        let Destination::Service(sp) = c.destination("198.19.0.1:6379".parse().unwrap()) else {
+            panic!()
+        };
+        let picks: Vec<_> = (0..6)
+            .map(|_| sp.pick_request(None).unwrap().addr)
+            .collect();
+        assert_eq!(picks[0..3], picks[3..6]);
+        assert_ne!(picks[0], picks[1]);
+        assert_ne!(picks[1], picks[2]);
     }
 
     #[test]

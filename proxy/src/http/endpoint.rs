@@ -95,7 +95,12 @@ impl Service<Request<Body>> for Endpoints {
             };
             let started = Instant::now();
             let res = sender
-                .send(endpoint.addr, endpoint.identity.as_ref(), req)
+                .send(
+                    endpoint.addr,
+                    endpoint.identity.as_ref(),
+                    req,
+                    outcome.service.policy.idle_timeout(),
+                )
                 .await;
             endpoint.observe(started.elapsed());
             outcome.finish(matches!(&res, Ok(r) if !r.status().is_server_error()));

@@ -155,7 +155,7 @@ impl HttpOutbound {
                 }
                 let res = self
                     .sender
-                    .send(addr, id.as_ref(), Request::from_parts(parts, body))
+                    .send(addr, id.as_ref(), Request::from_parts(parts, body), None)
                     .await?;
                 return Ok(res.map(boxed));
             }
@@ -336,11 +336,13 @@ impl Sender {
         }
     }
 
+    /// `idle`: the idle timeout for a new peer connection (its Service's).
     pub async fn send(
         &self,
         addr: SocketAddr,
         identity: Option<&SpiffeId>,
         req: Request<Body>,
+        idle: Option<Duration>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let authority = authority_of(&parts, addr);
@@ -357,7 +359,7 @@ impl Sender {
                 parts.version = Version::HTTP_2;
                 parts.headers.remove(header::HOST);
                 self.pool
-                    .send(addr, id, Request::from_parts(parts, body))
+                    .send(addr, id, Request::from_parts(parts, body), idle)
                     .await
             }
             None => {

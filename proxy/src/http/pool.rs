@@ -24,6 +24,8 @@ use crate::tls::{Alpn, OutboundTls, TlsFailure};
 struct Conn {
     sender: SendRequest<Body>,
     last_used: Instant,
+    /// This connection's idle timeout (its Service's, or the proxy's).
+    idle: Duration,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
@@ -61,16 +63,16 @@ impl PeerPool {
     /// the background. A connection still carrying a stream finishes it.
     pub async fn reap_idle(self: Arc<Self>) {
         loop {
-            tokio::time::sleep(self.idle_timeout / 2).await;
+            tokio::time::sleep((self.idle_timeout / 2).min(Duration::from_secs(1))).await;
             let slots: Vec<(SocketAddr, Slot)> = match self.conns.lock() {
                 Ok(c) => c.iter().map(|(a, s)| (*a, s.clone())).collect(),
                 Err(_) => return,
             };
             for (addr, slot) in slots {
                 if let Ok(mut guard) = slot.try_lock()
-                    && guard.as_ref().is_some_and(|c| {
-                        c.last_used.elapsed() >= self.idle_timeout || c.sender.is_closed()
-                    })
+                    && guard
+                        .as_ref()
+                        .is_some_and(|c| c.last_used.elapsed() >= c.idle || c.sender.is_closed())
                 {
                     *guard = None;
                     debug!(%addr, "closed an idle peer connection");
@@ -79,12 +81,14 @@ impl PeerPool {
         }
     }
 
-    /// Sends `req` to the sidecar at `addr`, which must be `identity`.
+    /// Sends `req` to the sidecar at `addr`, which must be `identity`. A new
+    /// connection closes after `idle` unused (default: the proxy's).
     pub async fn send(
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
         req: Request<Body>,
+        idle: Option<Duration>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let slot = {
             let mut conns = self
@@ -107,6 +111,7 @@ impl PeerPool {
                     *guard = Some(Conn {
                         sender: sender.clone(),
                         last_used: Instant::now(),
+                        idle: idle.unwrap_or(self.idle_timeout),
                     });
                     sender
                 }
