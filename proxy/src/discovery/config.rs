@@ -299,6 +299,152 @@ impl ServicePort {
         let out = self.endpoints.iter().filter(|e| e.is_ejected()).count();
         (out + 1) * 100 <= max_percent as usize * self.endpoints.len()
     }
+}
+
+/// Where an outbound connection goes.
+#[derive(Debug)]
+pub enum Destination {
+    /// A Service's virtual IP: balanced over its endpoints.
+    Service(Arc<ServicePort>),
+    /// A meshed pod's own IP: mTLS to it.
+    Pod(SpiffeId),
+    /// Anything else: plain TCP, as addressed.
+    Passthrough,
+}
+
+#[derive(Debug, Default)]
+pub struct MeshConfig {
+    pub version: u64,
+    services: HashMap<SocketAddr, Arc<ServicePort>>,
+    /// DNS names (`name.ns.svc.cluster.local`, `name.ns.svc`) to virtual IPs.
+    names: HashMap<String, IpAddr>,
+    workloads: HashMap<IpAddr, SpiffeId>,
+    pub mtls_mode: Option<MtlsMode>,
+    inbound_ports: HashMap<u16, Protocol>,
+    opaque_ports: HashSet<u16>,
+    pub trust_anchors_der: Vec<Vec<u8>>,
+}
+
+/// The current mesh configuration, swapped whole when a snapshot arrives.
+pub type Mesh = Arc<ArcSwap<MeshConfig>>;
+
+impl MeshConfig {
+    /// Builds from a snapshot, reusing `prev`'s endpoint load counters.
+    pub fn from_snapshot(
+        s: &v1::Snapshot,
+        trust_domain: &str,
+        prev: &MeshConfig,
+    ) -> Result<MeshConfig, String> {
+        type Loads = (
+            Arc<AtomicUsize>,
+            Arc<AtomicUsize>,
+            Arc<Mutex<PeakEwma>>,
+            Arc<Mutex<Outlier>>,
+        );
+        let mut loads: HashMap<SocketAddr, Loads> = HashMap::new();
+        for sp in prev.services.values() {
+            for e in &sp.endpoints {
+                loads.entry(e.addr).or_insert_with(|| {
+                    (
+                        e.active.clone(),
+                        e.picked.clone(),
+                        e.latency.clone(),
+                        e.outlier.clone(),
+                    )
+                });
+            }
+        }
+        let ip = |s: &str, what: &str| {
+            s.parse::<IpAddr>()
+                .map_err(|_| format!("{what}: `{s}` is not an IP"))
+        };
+        let id = |s: &str| -> Result<Option<SpiffeId>, String> {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                s.parse().map(Some).map_err(|e| format!("{e}"))
+            }
+        };
+        let mut cfg = MeshConfig {
+            version: s.version,
+            trust_anchors_der: s.trust_anchors_der.clone(),
+            opaque_ports: s
+                .opaque_ports
+                .iter()
+                .filter_map(|p| u16::try_from(*p).ok())
+                .collect(),
+            ..MeshConfig::default()
+        };
+        for svc in &s.services {
+            let vip = ip(&svc.virtual_ip, "virtual_ip")?;
+            for fqdn in [
+                format!("{}.{}.svc.{trust_domain}", svc.name, svc.namespace),
+                format!("{}.{}.svc", svc.name, svc.namespace),
+            ] {
+                cfg.names.insert(fqdn, vip);
+            }
+            for port in &svc.ports {
+                let p = u16::try_from(port.port).map_err(|_| format!("port {}", port.port))?;
+                let mut endpoints = Vec::new();
+                for e in &port.endpoints {
+                    let addr = SocketAddr::new(
+                        ip(&e.ip, "endpoint")?,
+                        u16::try_from(e.port).map_err(|_| format!("endpoint port {}", e.port))?,
+                    );
+                    let (active, picked, latency, outlier) =
+                        loads.get(&addr).cloned().unwrap_or_default();
+                    endpoints.push(Arc::new(Endpoint {
+                        addr,
+                        identity: id(&e.identity)?,
+                        pod: e.pod.clone(),
+                        active,
+                        picked,
+                        latency,
+                        outlier,
+                    }));
+                }
+                cfg.services.insert(
+                    SocketAddr::new(vip, p),
+                    Arc::new(ServicePort {
+                        name: format!("{}.{}:{p}", svc.name, svc.namespace),
+                        protocol: Protocol::try_from(port.protocol)
+                            .unwrap_or(Protocol::Unspecified),
+                        endpoints,
+                        routes: crate::http::routes::Routes::new(&port.routes)
+                            .map_err(|e| format!("{}.{}:{p}: {e}", svc.name, svc.namespace))?,
+                        policy: {
+                            let spec = port.policy.clone().unwrap_or_default();
+                            let key = SocketAddr::new(vip, p);
+                            match prev.services.get(&key) {
+                                Some(old) if old.policy.spec == spec => old.policy.clone(),
+                                _ => Arc::new(Policy::new(spec)),
+                            }
+                        },
+                    }),
+                );
+            }
+        }
+        for w in &s.workloads {
+            if let Some(identity) = id(&w.identity)? {
+                cfg.workloads.insert(ip(&w.ip, "workload")?, identity);
+            }
+        }
+        if let Some(inb) = &s.inbound {
+            cfg.mtls_mode = match MtlsMode::try_from(inb.mtls_mode) {
+                Ok(MtlsMode::Unspecified) | Err(_) => None,
+                Ok(m) => Some(m),
+            };
+            for p in &inb.ports {
+                if let Ok(port) = u16::try_from(p.port) {
+                    cfg.inbound_ports.insert(
+                        port,
+                        Protocol::try_from(p.protocol).unwrap_or(Protocol::Unspecified),
+                    );
+                }
+            }
+        }
+        Ok(cfg)
+    }
 
     /// The Service port at a virtual address (a route's backend).
     pub fn service(&self, addr: SocketAddr) -> Option<Arc<ServicePort>> {
