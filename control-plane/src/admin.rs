@@ -1,6 +1,7 @@
 //! The control plane's admin server: `/live`, `/ready`, `/metrics`, and the
-//! JSON views `/proxies` (what each proxy was sent and acknowledged) and
-//! `/errors` (manifest problems outstanding).
+//! JSON views `/proxies` (what each proxy was sent and acknowledged),
+//! `/errors` (manifest problems outstanding) and `/status` (both, with
+//! whether each proxy runs the current version: what `weftctl status` shows).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -67,10 +68,31 @@ impl Admin {
                 let state = self.state.borrow().clone();
                 json(serde_json::json!({ "errors": state.errors }))
             }
+            (&Method::GET, "/status") => {
+                let state = self.state.borrow().clone();
+                let version = state.shared.version;
+                let proxies: Vec<serde_json::Value> = self
+                    .registry
+                    .list()
+                    .into_iter()
+                    .map(|p| {
+                        let current =
+                            p.connected && p.acked_version == version && p.ack_error.is_empty();
+                        let mut v = serde_json::to_value(&p).unwrap_or_default();
+                        v["current"] = serde_json::Value::Bool(current);
+                        v
+                    })
+                    .collect();
+                json(serde_json::json!({
+                    "version": version,
+                    "proxies": proxies,
+                    "errors": state.errors,
+                }))
+            }
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /live, /ready, /metrics, /proxies, /errors\n".to_string(),
+                "not found; try /live, /ready, /metrics, /proxies, /errors, /status\n".to_string(),
             ),
         };
         let mut res = Response::new(Full::new(Bytes::from(body)));

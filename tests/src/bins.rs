@@ -34,3 +34,7 @@ pub fn test_app() -> PathBuf {
 pub fn control() -> PathBuf {
     find("weft-control", "WEFT_CONTROL_BIN")
 }
+
+pub fn weftctl() -> PathBuf {
+    find("weftctl", "WEFTCTL_BIN")
+}

@@ -571,3 +571,92 @@ fn a_pod_annotation_overrides_the_mesh_wide_mtls_mode() {
     );
     assert_eq!(echo(&pods[1]).expect("permissive echo"), b"plain");
 }
+
+#[test]
+fn weftctl_status_shows_who_runs_the_current_config() {
+    let node = Node::new("disc_weftctl");
+    let cp = ControlPlane::start(&node, "1h");
+    cp.write_manifest(
+        "service-db.yaml",
+        &service_yaml("db", DB_VIP, "db", &[(DB_PORT, DB_PORT, "tcp")]),
+    );
+    let mut proxies = Vec::new();
+    for name in ["web-0", "web-1"] {
+        let pod = node.pod(name);
+        cp.write_manifest(
+            &format!("pod-{name}.yaml"),
+            &pod_yaml(&pod, "web", &[("app", "web")], true),
+        );
+        proxies.push((pod.clone(), pod.mesh_with(&cp, "web", &[])));
+    }
+    let status = |json: bool| {
+        let admin = format!(
+            "http://127.0.0.1:{}",
+            weft_api::defaults::CONTROL_ADMIN_PORT
+        );
+        let mut args = vec!["--control-plane", admin.as_str(), "status"];
+        if json {
+            args.push("--json");
+        }
+        let out = cp.pod.exec(bins::weftctl(), &args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // A change reaches both proxies; weftctl says so.
+    cp.write_manifest(
+        "service-extra.yaml",
+        &service_yaml("extra", "198.19.0.11", "web", &[(80, 8080, "")]),
+    );
+    for (pod, _) in &proxies {
+        pod.wait_endpoints("extra.default:80", 2);
+    }
+    eventually(
+        "weftctl reports every proxy current",
+        Duration::from_secs(10),
+        || status(true).0 == Some(0),
+    );
+    let (_, json) = status(true);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("weftctl --json");
+    let list = v["proxies"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 2, "{v}");
+    assert!(
+        list.iter()
+            .all(|p| p["current"] == true && p["acked_version"] == v["version"]),
+        "{v}"
+    );
+    let (code, table) = status(false);
+    assert_eq!(code, Some(0));
+    assert!(
+        table.contains("default/web-0")
+            && table.contains("current")
+            && table.contains("no manifest errors"),
+        "{table}"
+    );
+
+    // One proxy stops: it shows as stale, and weftctl exits 1.
+    proxies[1].1.signal(nix::sys::signal::Signal::SIGKILL);
+    cp.write_manifest(
+        "service-extra.yaml",
+        &service_yaml("extra", "198.19.0.11", "web", &[(81, 8080, "")]),
+    );
+    eventually(
+        "weftctl reports the stopped proxy",
+        Duration::from_secs(10),
+        || {
+            let (code, table) = status(false);
+            code == Some(1)
+                && table
+                    .lines()
+                    .any(|l| l.contains("default/web-1") && l.contains("stale (disconnected)"))
+        },
+    );
+    let (_, table) = status(false);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("default/web-0") && l.contains("current")),
+        "{table}"
+    );
+}

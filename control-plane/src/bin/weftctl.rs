@@ -1,12 +1,158 @@
 //! `weftctl`: the operator's command line.
 
-use clap::Parser;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 #[derive(Debug, Parser)]
 #[command(name = "weftctl", version, about = "Operate a Weft mesh")]
-struct Cli {}
+struct Cli {
+    /// The control plane's admin server.
+    #[arg(
+        long,
+        env = "WEFT_CONTROL_ADMIN",
+        default_value = "http://127.0.0.1:9990",
+        global = true
+    )]
+    control_plane: String,
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    anyhow::bail!("weftctl has no commands yet; see the README's status section")
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every connected proxy: workload, identity, the config version sent and
+    /// acknowledged and when, and whether it runs the current version; then
+    /// the manifest errors outstanding. Exits 1 when a proxy is stale or a
+    /// manifest has errors.
+    Status {
+        /// Print the status as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weftctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("weftctl: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    match cli.command {
+        Command::Status { json } => {
+            let url = format!("{}/status", cli.control_plane.trim_end_matches('/'));
+            let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+            let res = client
+                .get(
+                    url.parse()
+                        .with_context(|| format!("`{url}` is not a URL"))?,
+                )
+                .await
+                .with_context(|| format!("cannot reach the control plane at {url}"))?;
+            anyhow::ensure!(res.status().is_success(), "{url}: {}", res.status());
+            let body = res.into_body().collect().await?.to_bytes();
+            let status: serde_json::Value =
+                serde_json::from_slice(&body).context("the status is not JSON")?;
+            let healthy = healthy(&status);
+            if json {
+                println!("{status}");
+            } else {
+                print!("{}", table(&status));
+            }
+            Ok(healthy)
+        }
+    }
+}
+
+fn healthy(s: &serde_json::Value) -> bool {
+    let proxies_ok = s["proxies"]
+        .as_array()
+        .is_some_and(|p| p.iter().all(|p| p["current"] == true));
+    let no_errors = s["errors"].as_array().is_none_or(|e| e.is_empty());
+    proxies_ok && no_errors
+}
+
+fn ago(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    if ms == 0 {
+        return "never".into();
+    }
+    let secs = now.saturating_sub(ms) / 1000;
+    format!("{secs}s ago")
+}
+
+/// The human view.
+fn table(s: &serde_json::Value) -> String {
+    let mut out = format!("config version {}\n\n", s["version"]);
+    out.push_str(&format!(
+        "{:<32} {:<56} {:>15} {:>15} {:>10} {}\n",
+        "PROXY", "IDENTITY", "SENT", "ACKED", "ACKED AT", "STATE"
+    ));
+    for p in s["proxies"].as_array().into_iter().flatten() {
+        let state = if p["current"] == true {
+            "current".to_string()
+        } else if p["connected"] != true {
+            "stale (disconnected)".to_string()
+        } else if p["ack_error"].as_str().is_some_and(|e| !e.is_empty()) {
+            format!(
+                "stale (rejected: {})",
+                p["ack_error"].as_str().unwrap_or_default()
+            )
+        } else {
+            "stale (behind)".to_string()
+        };
+        out.push_str(&format!(
+            "{:<32} {:<56} {:>15} {:>15} {:>10} {state}\n",
+            format!(
+                "{}/{}",
+                p["namespace"].as_str().unwrap_or_default(),
+                p["pod"].as_str().unwrap_or_default()
+            ),
+            p["identity"].as_str().unwrap_or_default(),
+            p["sent_version"],
+            p["acked_version"],
+            ago(p["acked_at_unix_ms"].as_u64().unwrap_or(0)),
+        ));
+    }
+    let errors = s["errors"].as_array().cloned().unwrap_or_default();
+    if errors.is_empty() {
+        out.push_str("\nno manifest errors\n");
+    } else {
+        out.push_str(&format!("\n{} manifest error(s):\n", errors.len()));
+        for e in errors {
+            out.push_str(&format!(
+                "  {}: {}: {}: {}\n",
+                e["file"].as_str().unwrap_or_default(),
+                e["object"].as_str().unwrap_or_default(),
+                e["field"].as_str().unwrap_or_default(),
+                e["message"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    out
 }
