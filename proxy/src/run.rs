@@ -75,7 +75,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     args.identity.inbound_mtls_mode,
                     args.identity.detect_timeout,
                 )?)),
-                HttpSide::Inbound(Arc::new(HttpInbound::new(args.idle_timeout))),
+                HttpSide::Inbound(Arc::new(HttpInbound::new(
+                    args.idle_timeout,
+                    metrics.requests.clone(),
+                ))),
             ),
             (Some(id), Direction::Outbound) => {
                 let tls = Arc::new(OutboundTls::new(
@@ -98,6 +101,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         pool,
                         args.idle_timeout,
                         metrics.http.clone(),
+                        metrics.requests.clone(),
                     ))),
                 )
             }

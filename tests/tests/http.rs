@@ -636,3 +636,66 @@ fn expect_continue_pipelining_and_connect_work_on_raw_http1() {
     assert!(pipelined, "pipelined requests were not answered in order");
     assert!(tunnel, "CONNECT did not tunnel through the mesh");
 }
+
+#[test]
+fn request_metrics_on_both_sides_match_what_happened() {
+    let node = Node::new("http_metrics");
+    let cp = ControlPlane::start(&node, "1h");
+    cp.write_manifest(
+        "svc-app.yaml",
+        &service_yaml("app", APP_VIP, "app", &[(80, 8080, "")]),
+    );
+    let server = app_pod(&node, &cp, "app-0", "v1", &[]);
+    let client = node.pod("client");
+    cp.write_manifest(
+        "pod-client.yaml",
+        &pod_yaml(&client, "client", &[("app", "client")], true),
+    );
+    client.mesh_with(&cp, "client", &[]);
+    client.wait_endpoints("app.default:80", 1);
+    client.ns.block_on(async {
+        for path in
+            std::iter::repeat_n("/status/200", 20).chain(std::iter::repeat_n("/status/503", 5))
+        {
+            let r = client::get(app(), path).await.expect("request");
+            assert!(r.status == 200 || r.status == 503);
+        }
+    });
+    let out = |code: u16, class: &str| {
+        format!(
+            r#"response_total{{direction="outbound",service="app.default:80",route="",peer_identity="{}",tls="true",status_code="{code}",classification="{class}",grpc_status=""}}"#,
+            spiffe("app")
+        )
+    };
+    let inb = |code: u16, class: &str| {
+        format!(
+            r#"response_total{{direction="inbound",service="8080",route="",peer_identity="{}",tls="true",status_code="{code}",classification="{class}",grpc_status=""}}"#,
+            spiffe("client")
+        )
+    };
+    let client_text = client.metrics();
+    let server_text = server.metrics();
+    let value = |text: &str, series: &str| weft_e2e::metrics::value(text, series).unwrap_or(0.0);
+    assert_eq!(
+        value(&client_text, &out(200, "success")),
+        20.0,
+        "{client_text}"
+    );
+    assert_eq!(value(&client_text, &out(503, "failure")), 5.0);
+    assert_eq!(
+        value(&server_text, &inb(200, "success")),
+        20.0,
+        "{server_text}"
+    );
+    assert_eq!(value(&server_text, &inb(503, "failure")), 5.0);
+    let hist = format!(
+        r#"response_latency_ms_count{{direction="outbound",service="app.default:80",route="",peer_identity="{}",tls="true"}}"#,
+        spiffe("app")
+    );
+    assert_eq!(value(&client_text, &hist), 25.0);
+    let req = format!(
+        r#"request_total{{direction="inbound",service="8080",route="",peer_identity="{}",tls="true"}}"#,
+        spiffe("client")
+    );
+    assert_eq!(value(&server_text, &req), 25.0);
+}

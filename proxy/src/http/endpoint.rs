@@ -87,6 +87,9 @@ impl Service<Request<Body>> for Endpoints {
             if let Some(l) = &last {
                 l.set(endpoint.addr);
             }
+            if let Some(p) = req.extensions().get::<super::PeerSlot>() {
+                p.set(endpoint.identity.as_ref());
+            }
             let _in_flight = endpoint.track();
             let outcome = Outcome {
                 endpoint: endpoint.clone(),

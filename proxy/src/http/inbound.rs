@@ -22,17 +22,19 @@ use super::headers::{self, CLIENT_ID, ORIG_PROTO};
 use super::pool::dial_tcp;
 use super::upgrade;
 use super::{Body, ProxyError, boxed};
+use crate::telemetry::{Direction, HttpMetrics, RequestLabels};
 use std::time::Duration;
 
 #[derive(Debug)]
 pub struct HttpInbound {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
+    metrics: HttpMetrics,
 }
 
 impl HttpInbound {
     /// Pooled connections to the app close after `idle_timeout` unused.
-    pub fn new(idle_timeout: Duration) -> Self {
+    pub fn new(idle_timeout: Duration, metrics: HttpMetrics) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let builder = || {
@@ -43,6 +45,7 @@ impl HttpInbound {
         HttpInbound {
             h1: builder().build(connector.clone()),
             h2: builder().http2_only(true).build(connector),
+            metrics,
         }
     }
 
@@ -95,7 +98,21 @@ impl HttpInbound {
         dst: SocketAddr,
         peer: Option<HeaderValue>,
     ) -> Response<Body> {
-        match self.proxy(req, dst, peer).await {
+        let started = std::time::Instant::now();
+        let peer_identity = peer
+            .as_ref()
+            .and_then(|p| p.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let labels = RequestLabels {
+            direction: Direction::Inbound,
+            service: dst.port().to_string(),
+            route: String::new(),
+            tls: "true",
+            peer_identity,
+        };
+        self.metrics.request(&labels);
+        let res = match self.proxy(req, dst, peer).await {
             Ok(mut res) => {
                 if res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                     headers::strip_hop_by_hop(res.headers_mut());
@@ -108,7 +125,15 @@ impl HttpInbound {
                 debug!(error = %e, "app request failed");
                 e.response("", &dst.to_string())
             }
-        }
+        };
+        let grpc = res
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok());
+        let bytes = self
+            .metrics
+            .response(&labels, res.status(), grpc, started.elapsed());
+        res.map(|b| super::counted(b, bytes))
     }
 
     async fn proxy(

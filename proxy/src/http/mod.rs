@@ -34,6 +34,38 @@ where
     b.map_err(Into::into).boxed()
 }
 
+/// Counts a body's data bytes into `counter` as they stream.
+pub fn counted(body: Body, counter: prometheus_client::metrics::counter::Counter) -> Body {
+    body.map_frame(move |f| {
+        if let Some(d) = f.data_ref() {
+            counter.inc_by(d.len() as u64);
+        }
+        f
+    })
+    .boxed()
+}
+
+/// The workload identity at the other end of a request, filled in by the
+/// endpoint layer for the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct PeerSlot(pub std::sync::Arc<std::sync::Mutex<Option<weft_api::SpiffeId>>>);
+
+impl PeerSlot {
+    pub fn set(&self, id: Option<&weft_api::SpiffeId>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = id.cloned();
+        }
+    }
+
+    pub fn get(&self) -> String {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(ToString::to_string))
+            .unwrap_or_default()
+    }
+}
+
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     boxed(Full::new(bytes.into()))
 }

@@ -22,6 +22,7 @@ use tracing::debug;
 use weft_api::SpiffeId;
 use weft_api::v1;
 
+use super::PeerSlot;
 use super::bulkhead::BulkheadLayer;
 use super::detect::Detected;
 use super::endpoint::Endpoints;
@@ -33,7 +34,7 @@ use super::timeout::TimeoutLayer;
 use super::upgrade;
 use super::{Body, ProxyError, boxed, full};
 use crate::discovery::{Mesh, ServicePort};
-use crate::telemetry::RetryMetrics;
+use crate::telemetry::{Direction, HttpMetrics, RequestLabels, RetryMetrics};
 use crate::tls::Alpn;
 use std::time::Duration;
 use tower::{ServiceBuilder, ServiceExt};
@@ -53,6 +54,7 @@ pub struct HttpOutbound {
     mesh: Option<Mesh>,
     sender: Arc<Sender>,
     metrics: RetryMetrics,
+    requests: HttpMetrics,
 }
 
 /// What the error response says about where a request was going.
@@ -68,11 +70,13 @@ impl HttpOutbound {
         pool: Arc<PeerPool>,
         idle_timeout: Duration,
         metrics: RetryMetrics,
+        requests: HttpMetrics,
     ) -> Self {
         HttpOutbound {
             mesh,
             sender: Arc::new(Sender::new(pool, idle_timeout)),
             metrics,
+            requests,
         }
     }
 
@@ -105,7 +109,13 @@ impl HttpOutbound {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, target: Target) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>, target: Target) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let peer = PeerSlot::default();
+        if let Target::Direct(_, id) = &target {
+            peer.set(id.as_ref());
+        }
+        req.extensions_mut().insert(peer.clone());
         let version = req.version();
         let grpc = req
             .headers()
@@ -129,7 +139,27 @@ impl HttpOutbound {
             headers::strip_hop_by_hop(res.headers_mut());
         }
         *res.version_mut() = version;
-        res
+        let peer_identity = peer.get();
+        let labels = RequestLabels {
+            direction: Direction::Outbound,
+            service: ctx.service,
+            route: ctx.route,
+            tls: if peer_identity.is_empty() {
+                "false"
+            } else {
+                "true"
+            },
+            peer_identity,
+        };
+        self.requests.request(&labels);
+        let grpc = res
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok());
+        let bytes = self
+            .requests
+            .response(&labels, res.status(), grpc, started.elapsed());
+        res.map(|b| super::counted(b, bytes))
     }
 
     async fn proxy(

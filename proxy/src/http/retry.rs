@@ -223,6 +223,7 @@ where
                 *req.uri_mut() = parts.uri.clone();
                 *req.version_mut() = parts.version;
                 *req.headers_mut() = parts.headers.clone();
+                *req.extensions_mut() = parts.extensions.clone();
                 req.extensions_mut().insert(last.clone());
                 let res = send(req).await;
                 if attempt >= policy.attempts || !policy.wants_retry(&parts.method, &res) {

@@ -5,6 +5,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Which listener a connection came through.
@@ -235,12 +236,123 @@ impl RetryMetrics {
     }
 }
 
+/// Latency buckets in milliseconds, fine enough to resolve sub-millisecond
+/// proxy overhead.
+const LATENCY_MS: [f64; 18] = [
+    0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 3.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+    2500.0, 5000.0, 10000.0,
+];
+
+/// Where a request went, as metric labels: bounded by the Services, routes
+/// and workload identities of the mesh (never paths or pod IPs).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    /// `name.namespace:port` (outbound), or the app port (inbound).
+    pub service: String,
+    /// `namespace/name` of the HTTPRoute, empty without one.
+    pub route: String,
+    pub peer_identity: String,
+    pub tls: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    #[prometheus(flatten)]
+    request: RequestLabels,
+    status_code: u16,
+    /// `success` (not 5xx), `failure` (5xx, or a gRPC error status).
+    classification: &'static str,
+    /// From a trailers-only gRPC answer; empty otherwise.
+    grpc_status: String,
+}
+
+type LatencyFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+/// HTTP golden metrics, both directions.
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: LatencyFamily,
+    request_bytes: Family<RequestLabels, Counter>,
+    response_bytes: Family<RequestLabels, Counter>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        HttpMetrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(LATENCY_MS)),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
+        }
+    }
+}
+
+impl HttpMetrics {
+    fn register(&self, reg: &mut Registry) {
+        reg.register("request", "HTTP requests", self.requests.clone());
+        reg.register(
+            "response",
+            "HTTP responses, by status code and classification",
+            self.responses.clone(),
+        );
+        reg.register(
+            "response_latency_ms",
+            "Time to the response headers, in milliseconds",
+            self.latency.clone(),
+        );
+        reg.register(
+            "request_bytes",
+            "HTTP request body bytes",
+            self.request_bytes.clone(),
+        );
+        reg.register(
+            "response_bytes",
+            "HTTP response body bytes",
+            self.response_bytes.clone(),
+        );
+    }
+
+    /// Counts a request; returns its body byte counter.
+    pub fn request(&self, labels: &RequestLabels) -> Counter {
+        self.requests.get_or_create(labels).inc();
+        self.request_bytes.get_or_create(labels).clone()
+    }
+
+    /// Counts a response and its latency; returns its body byte counter.
+    pub fn response(
+        &self,
+        labels: &RequestLabels,
+        status: http::StatusCode,
+        grpc_status: Option<&str>,
+        latency: std::time::Duration,
+    ) -> Counter {
+        let failure = status.is_server_error() || grpc_status.is_some_and(|g| g != "0");
+        self.responses
+            .get_or_create(&ResponseLabels {
+                request: labels.clone(),
+                status_code: status.as_u16(),
+                classification: if failure { "failure" } else { "success" },
+                grpc_status: grpc_status.unwrap_or_default().to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(labels)
+            .observe(latency.as_secs_f64() * 1000.0);
+        self.response_bytes.get_or_create(labels).clone()
+    }
+}
+
 /// Every metric the proxy exports, and the registry that renders them.
 #[derive(Debug)]
 pub struct Metrics {
     pub tcp: TcpMetrics,
     pub tls: TlsMetrics,
     pub http: RetryMetrics,
+    pub requests: HttpMetrics,
     registry: Registry,
 }
 
@@ -260,9 +372,11 @@ impl Metrics {
         let tls = TlsMetrics::default();
         let mut registry = Registry::default();
         let http = RetryMetrics::default();
+        let requests = HttpMetrics::default();
         tcp.register(&mut registry);
         tls.register(&mut registry);
         http.register(&mut registry);
+        requests.register(&mut registry);
         if let Some(m) = identity {
             m.register(&mut registry);
         }
@@ -273,6 +387,7 @@ impl Metrics {
             tcp,
             tls,
             http,
+            requests,
             registry,
         }
     }

@@ -2,4 +2,6 @@
 
 pub mod metrics;
 
-pub use metrics::{Direction, Metrics, RetryMetrics, TcpMetrics, TlsMetrics};
+pub use metrics::{
+    Direction, HttpMetrics, Metrics, RequestLabels, RetryMetrics, TcpMetrics, TlsMetrics,
+};
