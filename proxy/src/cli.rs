@@ -208,6 +208,11 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_POD_NAMESPACE")]
     pub pod_namespace: Option<String>,
 
+    /// Write an access log, one JSON line per HTTP request, to this file
+    /// (`-`: stdout). Off by default.
+    #[arg(long, env = "WEFT_ACCESS_LOG")]
+    pub access_log: Option<std::path::PathBuf>,
+
     /// Run the DNS server that answers mesh Service names (pair it with
     /// `weft-proxy init --dns`, which redirects the pod's port 53 to it).
     #[arg(long, env = "WEFT_DNS")]

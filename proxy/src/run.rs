@@ -13,6 +13,7 @@ use crate::cli::{IdentityArgs, RunArgs};
 use crate::discovery::{DiscoveryMetrics, Mesh, MeshConfig, Watcher};
 use crate::dns;
 use crate::forward::{Forwarder, HttpSide, Target, TlsSide};
+use crate::http::access_log::AccessLog;
 use crate::http::inbound::HttpInbound;
 use crate::http::outbound::HttpOutbound;
 use crate::http::pool::PeerPool;
@@ -32,6 +33,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(&discovery_metrics),
     ));
     let mesh = start_discovery(&args, identity.as_ref(), discovery_metrics)?;
+    let access_log = args
+        .access_log
+        .clone()
+        .map(|p| AccessLog::start(p, metrics.access_log_dropped.clone()));
     let shutdown = Shutdown::new();
     let ready = Readiness::default();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -78,6 +83,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 HttpSide::Inbound(Arc::new(HttpInbound::new(
                     args.idle_timeout,
                     metrics.requests.clone(),
+                    access_log.clone(),
                 ))),
             ),
             (Some(id), Direction::Outbound) => {
@@ -102,6 +108,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         args.idle_timeout,
                         metrics.http.clone(),
                         metrics.requests.clone(),
+                        access_log.clone(),
                     ))),
                 )
             }

@@ -699,3 +699,64 @@ fn request_metrics_on_both_sides_match_what_happened() {
     );
     assert_eq!(value(&server_text, &req), 25.0);
 }
+
+#[test]
+fn the_access_log_writes_one_json_line_per_request() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::new("http_access_log");
+    let cp = ControlPlane::start(&node, "1h");
+    cp.write_manifest(
+        "svc-app.yaml",
+        &service_yaml("app", APP_VIP, "app", &[(80, 8080, "")]),
+    );
+    let server = app_pod(&node, &cp, "app-0", "v1", &[]);
+    let client = node.pod("client");
+    cp.write_manifest(
+        "pod-client.yaml",
+        &pod_yaml(&client, "client", &[("app", "client")], true),
+    );
+    // The proxy runs as its own UID: give it a file it may write.
+    let log = node.logs().join("access.log");
+    std::fs::write(&log, "").expect("create the log");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    client.mesh_with(
+        &cp,
+        "client",
+        &["--access-log", log.to_str().expect("utf-8")],
+    );
+    client.wait_endpoints("app.default:80", 1);
+    client.ns.block_on(async {
+        for path in ["/status/200", "/status/404", "/headers"] {
+            client::get(app(), path).await.expect("request");
+        }
+    });
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let entries: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let statuses: Vec<_> = entries.iter().map(|e| e["status"].as_u64()).collect();
+    assert_eq!(statuses, vec![Some(200), Some(404), Some(200)]);
+    let e = &entries[1];
+    assert_eq!(e["direction"], "outbound");
+    assert_eq!(e["method"], "GET");
+    assert_eq!(e["path"], "/status/404");
+    assert_eq!(e["authority"], APP_VIP);
+    assert_eq!(e["peer_identity"], spiffe("app"));
+    assert_eq!(e["upstream"], server.addr(8080).to_string());
+    assert_eq!(e["retries"], 0);
+    assert!(e["duration_ms"].as_f64().is_some_and(|d| d > 0.0));
+    assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+}

@@ -88,7 +88,7 @@ impl Service<Request<Body>> for Endpoints {
                 l.set(endpoint.addr);
             }
             if let Some(p) = req.extensions().get::<super::PeerSlot>() {
-                p.set(endpoint.identity.as_ref());
+                p.attempt(endpoint.addr, endpoint.identity.as_ref());
             }
             let _in_flight = endpoint.track();
             let outcome = Outcome {

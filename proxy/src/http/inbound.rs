@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 use weft_api::SpiffeId;
 
+use super::access_log::{AccessLog, Entry};
 use super::headers::{self, CLIENT_ID, ORIG_PROTO};
 use super::pool::dial_tcp;
 use super::upgrade;
@@ -30,11 +31,16 @@ pub struct HttpInbound {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
     metrics: HttpMetrics,
+    access_log: Option<AccessLog>,
 }
 
 impl HttpInbound {
     /// Pooled connections to the app close after `idle_timeout` unused.
-    pub fn new(idle_timeout: Duration, metrics: HttpMetrics) -> Self {
+    pub fn new(
+        idle_timeout: Duration,
+        metrics: HttpMetrics,
+        access_log: Option<AccessLog>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let builder = || {
@@ -46,6 +52,7 @@ impl HttpInbound {
             h1: builder().build(connector.clone()),
             h2: builder().http2_only(true).build(connector),
             metrics,
+            access_log,
         }
     }
 
@@ -112,6 +119,18 @@ impl HttpInbound {
             peer_identity,
         };
         self.metrics.request(&labels);
+        let logged = self.access_log.as_ref().map(|_| {
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            (
+                req.method().to_string(),
+                authority,
+                req.uri().path().to_string(),
+            )
+        });
         let res = match self.proxy(req, dst, peer).await {
             Ok(mut res) => {
                 if res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -133,6 +152,25 @@ impl HttpInbound {
         let bytes = self
             .metrics
             .response(&labels, res.status(), grpc, started.elapsed());
+        if let (Some(log), Some((method, authority, path))) = (&self.access_log, &logged) {
+            log.log(Entry {
+                direction: "inbound",
+                trace_id: "",
+                method,
+                authority,
+                path,
+                status: res.status().as_u16(),
+                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                peer_identity: &labels.peer_identity,
+                upstream: Some(dst),
+                retries: 0,
+                weft_error: res
+                    .headers()
+                    .get(headers::ERROR)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default(),
+            });
+        }
         res.map(|b| super::counted(b, bytes))
     }
 

@@ -2,6 +2,7 @@
 //! request, routed by HTTPRoute rules, balanced by latency, and carried
 //! between sidecars over one multiplexed mTLS HTTP/2 connection per peer.
 
+pub mod access_log;
 pub mod bulkhead;
 pub mod detect;
 pub mod endpoint;
@@ -45,15 +46,32 @@ pub fn counted(body: Body, counter: prometheus_client::metrics::counter::Counter
     .boxed()
 }
 
-/// The workload identity at the other end of a request, filled in by the
-/// endpoint layer for the metrics.
+/// What the endpoint layer learned about a request, for metrics and the
+/// access log: the workload at the other end, the endpoint of the last
+/// attempt, and how many attempts there were.
 #[derive(Clone, Debug, Default)]
-pub struct PeerSlot(pub std::sync::Arc<std::sync::Mutex<Option<weft_api::SpiffeId>>>);
+pub struct PeerSlot(pub std::sync::Arc<std::sync::Mutex<PeerInfo>>);
+
+#[derive(Debug, Default)]
+pub struct PeerInfo {
+    pub identity: Option<weft_api::SpiffeId>,
+    pub endpoint: Option<std::net::SocketAddr>,
+    pub attempts: u32,
+}
 
 impl PeerSlot {
     pub fn set(&self, id: Option<&weft_api::SpiffeId>) {
         if let Ok(mut g) = self.0.lock() {
-            *g = id.cloned();
+            g.identity = id.cloned();
+        }
+    }
+
+    /// Records one attempt to `endpoint`.
+    pub fn attempt(&self, endpoint: std::net::SocketAddr, id: Option<&weft_api::SpiffeId>) {
+        if let Ok(mut g) = self.0.lock() {
+            g.identity = id.cloned();
+            g.endpoint = Some(endpoint);
+            g.attempts += 1;
         }
     }
 
@@ -61,7 +79,15 @@ impl PeerSlot {
         self.0
             .lock()
             .ok()
-            .and_then(|g| g.as_ref().map(ToString::to_string))
+            .and_then(|g| g.identity.as_ref().map(ToString::to_string))
+            .unwrap_or_default()
+    }
+
+    /// (endpoint, attempts)
+    pub fn attempts(&self) -> (Option<std::net::SocketAddr>, u32) {
+        self.0
+            .lock()
+            .map(|g| (g.endpoint, g.attempts))
             .unwrap_or_default()
     }
 }

@@ -23,6 +23,7 @@ use weft_api::SpiffeId;
 use weft_api::v1;
 
 use super::PeerSlot;
+use super::access_log::{AccessLog, Entry};
 use super::bulkhead::BulkheadLayer;
 use super::detect::Detected;
 use super::endpoint::Endpoints;
@@ -55,6 +56,7 @@ pub struct HttpOutbound {
     sender: Arc<Sender>,
     metrics: RetryMetrics,
     requests: HttpMetrics,
+    access_log: Option<AccessLog>,
 }
 
 /// What the error response says about where a request was going.
@@ -71,12 +73,14 @@ impl HttpOutbound {
         idle_timeout: Duration,
         metrics: RetryMetrics,
         requests: HttpMetrics,
+        access_log: Option<AccessLog>,
     ) -> Self {
         HttpOutbound {
             mesh,
             sender: Arc::new(Sender::new(pool, idle_timeout)),
             metrics,
             requests,
+            access_log,
         }
     }
 
@@ -117,6 +121,20 @@ impl HttpOutbound {
         }
         req.extensions_mut().insert(peer.clone());
         let version = req.version();
+        let logged = self.access_log.as_ref().map(|_| {
+            let authority = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .unwrap_or_default()
+                .to_string();
+            (
+                req.method().to_string(),
+                authority,
+                req.uri().path().to_string(),
+            )
+        });
         let grpc = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -159,6 +177,26 @@ impl HttpOutbound {
         let bytes = self
             .requests
             .response(&labels, res.status(), grpc, started.elapsed());
+        let (upstream, attempts) = peer.attempts();
+        if let (Some(log), Some((method, authority, path))) = (&self.access_log, &logged) {
+            log.log(Entry {
+                direction: "outbound",
+                trace_id: "",
+                method,
+                authority,
+                path,
+                status: res.status().as_u16(),
+                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                peer_identity: &labels.peer_identity,
+                upstream: upstream,
+                retries: attempts.saturating_sub(1),
+                weft_error: res
+                    .headers()
+                    .get(headers::ERROR)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default(),
+            });
+        }
         res.map(|b| super::counted(b, bytes))
     }
 

@@ -353,6 +353,7 @@ pub struct Metrics {
     pub tls: TlsMetrics,
     pub http: RetryMetrics,
     pub requests: HttpMetrics,
+    pub access_log_dropped: Counter,
     registry: Registry,
 }
 
@@ -377,6 +378,12 @@ impl Metrics {
         tls.register(&mut registry);
         http.register(&mut registry);
         requests.register(&mut registry);
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         if let Some(m) = identity {
             m.register(&mut registry);
         }
@@ -388,6 +395,7 @@ impl Metrics {
             tls,
             http,
             requests,
+            access_log_dropped,
             registry,
         }
     }
