@@ -188,7 +188,7 @@ impl HttpOutbound {
                 status: res.status().as_u16(),
                 duration_ms: started.elapsed().as_secs_f64() * 1000.0,
                 peer_identity: &labels.peer_identity,
-                upstream: upstream,
+                upstream,
                 retries: attempts.saturating_sub(1),
                 weft_error: res
                     .headers()
