@@ -208,6 +208,16 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_POD_NAMESPACE")]
     pub pod_namespace: Option<String>,
 
+    /// Export trace spans over OTLP/gRPC to this collector (e.g. Jaeger's
+    /// `http://jaeger:4317`). Off by default.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Share of new traces (no sampled parent) to record; a parent's sampled
+    /// flag is always followed.
+    #[arg(long, env = "WEFT_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
+
     /// Write an access log, one JSON line per HTTP request, to this file
     /// (`-`: stdout). Off by default.
     #[arg(long, env = "WEFT_ACCESS_LOG")]

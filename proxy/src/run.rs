@@ -21,6 +21,7 @@ use crate::identity::{
     Certifier, ControlPlane, FileIdentity, Identity, TokenSource, read_pem_certs,
 };
 use crate::shutdown::Shutdown;
+use crate::telemetry::trace::Tracing;
 use crate::telemetry::{Direction, Metrics};
 use crate::tls::{InboundTls, OutboundTls};
 use crate::transport::bind_all;
@@ -33,6 +34,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(&discovery_metrics),
     ));
     let mesh = start_discovery(&args, identity.as_ref(), discovery_metrics)?;
+    let tracing_export = match &args.otlp_endpoint {
+        Some(endpoint) => {
+            let service = identity
+                .as_ref()
+                .map_or_else(|| "weft-proxy".to_string(), |i| i.id.to_string());
+            Some(Arc::new(Tracing::start(
+                endpoint,
+                args.trace_sample_ratio,
+                service,
+            )?))
+        }
+        None => None,
+    };
     let access_log = args
         .access_log
         .clone()
@@ -84,6 +98,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     args.idle_timeout,
                     metrics.requests.clone(),
                     access_log.clone(),
+                    tracing_export.clone(),
                 ))),
             ),
             (Some(id), Direction::Outbound) => {
@@ -109,6 +124,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         metrics.http.clone(),
                         metrics.requests.clone(),
                         access_log.clone(),
+                        tracing_export.clone(),
                     ))),
                 )
             }
@@ -163,7 +179,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     ready.set(false);
     shutdown.trigger();
-    if shutdown.drain(args.drain_timeout).await {
+    let flush = tracing_export.clone();
+    let drained = shutdown.drain(args.drain_timeout).await;
+    if let Some(t) = flush {
+        // The exporter blocks; keep it off the runtime thread.
+        let _ = tokio::task::spawn_blocking(move || t.flush()).await;
+    }
+    if drained {
         info!("all connections finished; exiting");
     } else {
         warn!(

@@ -24,6 +24,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod netns;
 pub mod node;
+pub mod otlp;
 pub mod process;
 
 pub use mesh::{ControlPlane, http_pod, pod_yaml, service_yaml, spiffe};

@@ -23,7 +23,10 @@ use super::headers::{self, CLIENT_ID, ORIG_PROTO};
 use super::pool::dial_tcp;
 use super::upgrade;
 use super::{Body, ProxyError, boxed};
+use crate::telemetry::trace::{HopSpan, Tracing};
 use crate::telemetry::{Direction, HttpMetrics, RequestLabels};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use std::time::Duration;
 
 #[derive(Debug)]
@@ -32,6 +35,7 @@ pub struct HttpInbound {
     h2: Client<HttpConnector, Body>,
     metrics: HttpMetrics,
     access_log: Option<AccessLog>,
+    tracing: Option<Arc<Tracing>>,
 }
 
 impl HttpInbound {
@@ -40,6 +44,7 @@ impl HttpInbound {
         idle_timeout: Duration,
         metrics: HttpMetrics,
         access_log: Option<AccessLog>,
+        tracing: Option<Arc<Tracing>>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -53,6 +58,7 @@ impl HttpInbound {
             h2: builder().http2_only(true).build(connector),
             metrics,
             access_log,
+            tracing,
         }
     }
 
@@ -101,7 +107,7 @@ impl HttpInbound {
 
     async fn handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         dst: SocketAddr,
         peer: Option<HeaderValue>,
     ) -> Response<Body> {
@@ -119,6 +125,16 @@ impl HttpInbound {
             peer_identity,
         };
         self.metrics.request(&labels);
+        let span = self.tracing.as_ref().map(|t| {
+            let name = format!("{} :{}", req.method(), dst.port());
+            let attrs = vec![
+                KeyValue::new("http.request.method", req.method().to_string()),
+                KeyValue::new("url.path", req.uri().path().to_string()),
+                KeyValue::new("server.port", i64::from(dst.port())),
+                KeyValue::new("weft.peer_identity", labels.peer_identity.clone()),
+            ];
+            t.start_hop(req.headers_mut(), name, SpanKind::Server, attrs)
+        });
         let logged = self.access_log.as_ref().map(|_| {
             let authority = req
                 .uri()
@@ -152,10 +168,18 @@ impl HttpInbound {
         let bytes = self
             .metrics
             .response(&labels, res.status(), grpc, started.elapsed());
+        if let Some(s) = &span {
+            let e = res
+                .headers()
+                .get(headers::ERROR)
+                .and_then(|v| v.to_str().ok());
+            s.finish(res.status().as_u16(), e);
+        }
+        let trace_id = span.as_ref().map(HopSpan::trace_id).unwrap_or_default();
         if let (Some(log), Some((method, authority, path))) = (&self.access_log, &logged) {
             log.log(Entry {
                 direction: "inbound",
-                trace_id: "",
+                trace_id: &trace_id,
                 method,
                 authority,
                 path,

@@ -35,8 +35,11 @@ use super::timeout::TimeoutLayer;
 use super::upgrade;
 use super::{Body, ProxyError, boxed, full};
 use crate::discovery::{Mesh, ServicePort};
+use crate::telemetry::trace::{HopSpan, Tracing};
 use crate::telemetry::{Direction, HttpMetrics, RequestLabels, RetryMetrics};
 use crate::tls::Alpn;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use std::time::Duration;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -57,6 +60,7 @@ pub struct HttpOutbound {
     metrics: RetryMetrics,
     requests: HttpMetrics,
     access_log: Option<AccessLog>,
+    tracing: Option<Arc<Tracing>>,
 }
 
 /// What the error response says about where a request was going.
@@ -74,6 +78,7 @@ impl HttpOutbound {
         metrics: RetryMetrics,
         requests: HttpMetrics,
         access_log: Option<AccessLog>,
+        tracing: Option<Arc<Tracing>>,
     ) -> Self {
         HttpOutbound {
             mesh,
@@ -81,6 +86,7 @@ impl HttpOutbound {
             metrics,
             requests,
             access_log,
+            tracing,
         }
     }
 
@@ -121,6 +127,20 @@ impl HttpOutbound {
         }
         req.extensions_mut().insert(peer.clone());
         let version = req.version();
+        let method = req.method().to_string();
+        let span = self.tracing.as_ref().map(|t| {
+            let server = match &target {
+                Target::Service(sp) => sp.name.clone(),
+                Target::Direct(addr, _) => addr.to_string(),
+            };
+            let name = format!("{} {server}", req.method());
+            let attrs = vec![
+                KeyValue::new("http.request.method", req.method().to_string()),
+                KeyValue::new("server.address", server),
+                KeyValue::new("url.path", req.uri().path().to_string()),
+            ];
+            t.start_hop(req.headers_mut(), name, SpanKind::Client, attrs)
+        });
         let logged = self.access_log.as_ref().map(|_| {
             let authority = req
                 .headers()
@@ -178,10 +198,31 @@ impl HttpOutbound {
             .requests
             .response(&labels, res.status(), grpc, started.elapsed());
         let (upstream, attempts) = peer.attempts();
+        let weft_error = res
+            .headers()
+            .get(headers::ERROR)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Some(s) = &span {
+            if !labels.route.is_empty() {
+                s.rename(format!("{method} {}", labels.route));
+                s.set(KeyValue::new("http.route", labels.route.clone()));
+            }
+            s.set(KeyValue::new(
+                "weft.peer_identity",
+                labels.peer_identity.clone(),
+            ));
+            s.set(KeyValue::new(
+                "weft.retries",
+                i64::from(attempts.saturating_sub(1)),
+            ));
+            s.finish(res.status().as_u16(), weft_error.as_deref());
+        }
+        let trace_id = span.as_ref().map(HopSpan::trace_id).unwrap_or_default();
         if let (Some(log), Some((method, authority, path))) = (&self.access_log, &logged) {
             log.log(Entry {
                 direction: "outbound",
-                trace_id: "",
+                trace_id: &trace_id,
                 method,
                 authority,
                 path,

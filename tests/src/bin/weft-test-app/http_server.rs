@@ -168,6 +168,7 @@ async fn handle_request(
             }
             json_response(st, StatusCode::OK, json!({ "headers": headers }))
         }
+        ["forward", target, rest @ ..] => forward(st, target, rest, req.headers()).await,
         ["echo"] => {
             // Streams the body (and trailers) back as it arrives.
             let mut res = Response::new(req.into_body().boxed());
@@ -278,4 +279,61 @@ fn connect_echo(mut req: Request<Incoming>, st: &State) -> Response<Body> {
     );
     served_by(st, &mut res);
     res
+}
+
+/// `/forward/<host:port>/<path>`: calls `http://host:port/path`, passing the
+/// trace headers on (as an instrumented app would), and answers with what it
+/// got back.
+async fn forward(
+    st: &State,
+    target: &str,
+    rest: &[&str],
+    headers: &http::HeaderMap,
+) -> Response<Body> {
+    const TRACE: [&str; 7] = [
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+    ];
+    let url = format!("http://{target}/{}", rest.join("/"));
+    let mut req = Request::get(url.as_str());
+    for h in TRACE {
+        if let Some(v) = headers.get(h) {
+            req = req.header(h, v);
+        }
+    }
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let Ok(req) = req.body(http_body_util::Empty::new()) else {
+        return json_response(
+            st,
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "bad forward target" }),
+        );
+    };
+    match client.request(req).await {
+        Ok(res) => {
+            let status = res.status();
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let mut out =
+                Response::new(Full::new(body).map_err(|e: Infallible| match e {}).boxed());
+            *out.status_mut() = status;
+            served_by(st, &mut out);
+            out
+        }
+        Err(e) => json_response(
+            st,
+            StatusCode::BAD_GATEWAY,
+            json!({ "error": e.to_string() }),
+        ),
+    }
 }
