@@ -208,3 +208,46 @@ impl Tracing {
         let _ = self.provider.force_flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn reads_b3_single_and_multi_headers() {
+        let sc = b3_parent(&headers(&[(
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1",
+        )]))
+        .unwrap();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "80f198ee56343ba864fe8b2a57d3eff7"
+        );
+        assert_eq!(sc.span_id().to_string(), "e457b5a2e4d86bd1");
+        assert!(sc.is_sampled());
+        let sc = b3_parent(&headers(&[
+            ("x-b3-traceid", "64fe8b2a57d3eff7"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+            ("x-b3-sampled", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "000000000000000064fe8b2a57d3eff7"
+        );
+        assert!(!sc.is_sampled());
+        assert!(b3_parent(&headers(&[("b3", "nonsense")])).is_none());
+    }
+}
