@@ -52,11 +52,20 @@ impl Admin {
         let (status, ctype, body) = match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => (StatusCode::OK, "text/plain", "live\n".to_string()),
             (&Method::GET, "/ready") => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-            (&Method::GET, "/metrics") => (
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics.render(),
-            ),
+            (&Method::GET, "/metrics") => {
+                let version = self.state.borrow().shared.version;
+                self.metrics
+                    .set_proxy_sync(self.registry.list().into_iter().map(|p| {
+                        let current =
+                            p.connected && p.acked_version == version && p.ack_error.is_empty();
+                        (p.namespace, p.pod, current)
+                    }));
+                (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.metrics.render(),
+                )
+            }
             (&Method::GET, "/proxies") => {
                 let state = self.state.borrow().clone();
                 json(serde_json::json!({

@@ -6,6 +6,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Why a Certify call was refused.
@@ -51,6 +52,14 @@ pub struct Metrics {
     manifest_errors: Gauge,
     pushes: Counter,
     connected: Gauge,
+    push_latency: Histogram,
+    proxy_current: Family<ProxyLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyLabels {
+    namespace: String,
+    pod: String,
 }
 
 impl Default for Metrics {
@@ -92,6 +101,21 @@ impl Default for Metrics {
             "Proxies with an open Watch stream",
             connected.clone(),
         );
+        let push_latency = Histogram::new([
+            5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 500.0, 750.0, 1000.0, 2000.0, 5000.0,
+            10000.0,
+        ]);
+        registry.register(
+            "push_latency_ms",
+            "From a manifest change seen to every connected proxy acknowledging it, in milliseconds",
+            push_latency.clone(),
+        );
+        let proxy_current = Family::<ProxyLabels, Gauge>::default();
+        registry.register(
+            "proxy_config_current",
+            "1 when the proxy is connected and runs the current config version, else 0",
+            proxy_current.clone(),
+        );
         Metrics {
             registry,
             issued,
@@ -100,6 +124,8 @@ impl Default for Metrics {
             manifest_errors,
             pushes,
             connected,
+            push_latency,
+            proxy_current,
         }
     }
 }
@@ -131,6 +157,20 @@ impl Metrics {
 
     pub fn set_connected_proxies(&self, n: usize) {
         self.connected.set(n as i64);
+    }
+
+    pub fn push_landed(&self, took: std::time::Duration) {
+        self.push_latency.observe(took.as_secs_f64() * 1000.0);
+    }
+
+    /// Refreshes the per-proxy sync gauges (at scrape time).
+    pub fn set_proxy_sync(&self, proxies: impl IntoIterator<Item = (String, String, bool)>) {
+        self.proxy_current.clear();
+        for (namespace, pod, current) in proxies {
+            self.proxy_current
+                .get_or_create(&ProxyLabels { namespace, pod })
+                .set(i64::from(current));
+        }
     }
 
     pub fn render(&self) -> String {

@@ -659,4 +659,20 @@ fn weftctl_status_shows_who_runs_the_current_config() {
             .any(|l| l.contains("default/web-0") && l.contains("current")),
         "{table}"
     );
+    // The same, as metrics; and the earlier push was timed until it landed everywhere.
+    let metrics = cp.metrics();
+    let value = |series: &str| weft_e2e::metrics::value(&metrics, series);
+    assert_eq!(
+        value(r#"proxy_config_current{namespace="default",pod="web-0"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(r#"proxy_config_current{namespace="default",pod="web-1"}"#),
+        Some(0.0)
+    );
+    assert!(
+        value("push_latency_ms_count").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
 }

@@ -37,7 +37,7 @@ fn ms(t: SystemTime) -> u64 {
 }
 
 #[derive(Debug, Default)]
-pub struct Registry(Mutex<BTreeMap<ProxyKey, ProxyState>>);
+pub struct Registry(Mutex<BTreeMap<ProxyKey, ProxyState>>, Mutex<u64>);
 
 impl Registry {
     fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<ProxyKey, ProxyState>) -> R) -> R {
@@ -102,6 +102,23 @@ impl Registry {
 
     pub fn list(&self) -> Vec<ProxyState> {
         self.with(|m| m.values().cloned().collect())
+    }
+
+    /// True once per version: when every connected proxy has acknowledged
+    /// `version` (the moment a push has landed everywhere).
+    pub fn landed_everywhere(&self, version: u64) -> bool {
+        let all = self.with(|m| {
+            m.values()
+                .filter(|s| s.connected)
+                .all(|s| s.acked_version >= version)
+        });
+        let mut last = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        if all && *last < version {
+            *last = version;
+            true
+        } else {
+            false
+        }
     }
 
     pub fn connected_count(&self) -> usize {

@@ -138,6 +138,18 @@ impl Discovery for DiscoveryService {
             }
         }
         self.registry.acked(&key, req.version, &req.error);
+        let state = self.state.borrow().clone();
+        if req.version == state.shared.version && self.registry.landed_everywhere(req.version) {
+            let took = std::time::SystemTime::now()
+                .duration_since(state.changed_at)
+                .unwrap_or_default();
+            self.metrics.push_landed(took);
+            debug!(
+                version = req.version,
+                ?took,
+                "every proxy runs the new version"
+            );
+        }
         if req.error.is_empty() {
             debug!(pod = %key.pod, version = req.version, "acknowledged");
         } else {

@@ -31,6 +31,7 @@ struct ResultLabels {
 pub struct DiscoveryMetrics {
     version: Gauge,
     updates: Family<ResultLabels, Counter>,
+    last_update: Gauge,
 }
 
 impl DiscoveryMetrics {
@@ -44,6 +45,11 @@ impl DiscoveryMetrics {
             "discovery_updates",
             "Snapshots received, by result (applied, rejected)",
             self.updates.clone(),
+        );
+        reg.register(
+            "discovery_last_update_timestamp_seconds",
+            "When the last snapshot arrived (Unix seconds): time() minus this is its age",
+            self.last_update.clone(),
         );
     }
 }
@@ -120,6 +126,11 @@ impl Watcher {
         while let Some(snap) = stream.message().await? {
             received = true;
             let version = snap.version;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default();
+            self.metrics.last_update.set(now);
             let prev = self.mesh.load_full();
             let error = match MeshConfig::from_snapshot(&snap, self.identity.trust_domain(), &prev)
             {

@@ -17,16 +17,22 @@ use super::outbound::Sender;
 use super::retry::LastEndpoint;
 use super::{Body, ProxyError, boxed};
 use crate::discovery::{Endpoint, ServicePort};
+use crate::telemetry::RetryMetrics;
 
 #[derive(Clone, Debug)]
 pub struct Endpoints {
     service: Arc<ServicePort>,
     sender: Arc<Sender>,
+    metrics: RetryMetrics,
 }
 
 impl Endpoints {
-    pub fn new(service: Arc<ServicePort>, sender: Arc<Sender>) -> Self {
-        Endpoints { service, sender }
+    pub fn new(service: Arc<ServicePort>, sender: Arc<Sender>, metrics: RetryMetrics) -> Self {
+        Endpoints {
+            service,
+            sender,
+            metrics,
+        }
     }
 }
 
@@ -35,6 +41,7 @@ impl Endpoints {
 struct Outcome {
     endpoint: Arc<Endpoint>,
     service: Arc<ServicePort>,
+    metrics: RetryMetrics,
     done: bool,
 }
 
@@ -48,6 +55,7 @@ impl Outcome {
         let cfg = self.service.policy.outlier();
         let may_eject = self.service.may_eject(cfg.max_ejection_percent);
         if self.endpoint.record(success, &cfg, may_eject) {
+            self.metrics.ejected();
             info!(endpoint = %self.endpoint.addr, service = %self.service.name, "endpoint ejected after consecutive failures");
         }
     }
@@ -73,7 +81,11 @@ impl Service<Request<Body>> for Endpoints {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let (service, sender) = (self.service.clone(), self.sender.clone());
+        let (service, sender, metrics) = (
+            self.service.clone(),
+            self.sender.clone(),
+            self.metrics.clone(),
+        );
         Box::pin(async move {
             let last = req.extensions().get::<LastEndpoint>().cloned();
             let avoid = last.as_ref().and_then(LastEndpoint::get);
@@ -94,6 +106,7 @@ impl Service<Request<Body>> for Endpoints {
             let outcome = Outcome {
                 endpoint: endpoint.clone(),
                 service,
+                metrics,
                 done: false,
             };
             let started = Instant::now();

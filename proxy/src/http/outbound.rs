@@ -363,7 +363,11 @@ impl HttpOutbound {
             .layer(TimeoutLayer::new(request_timeout))
             .layer(RetryLayer::new(retry))
             .layer(TimeoutLayer::new(try_timeout))
-            .service(Endpoints::new(backend, self.sender.clone()));
+            .service(Endpoints::new(
+                backend,
+                self.sender.clone(),
+                self.metrics.clone(),
+            ));
         Box::pin(stack.oneshot(req))
     }
 

@@ -210,6 +210,7 @@ struct ReasonLabels {
 pub struct RetryMetrics {
     retries: Family<RetryLabels, Counter>,
     errors: Family<ReasonLabels, Counter>,
+    ejections: Counter,
 }
 
 impl RetryMetrics {
@@ -224,11 +225,20 @@ impl RetryMetrics {
             "Responses the proxy generated itself, by weft-error reason",
             self.errors.clone(),
         );
+        reg.register(
+            "endpoint_ejections",
+            "Endpoints ejected by outlier detection (circuit breaking)",
+            self.ejections.clone(),
+        );
     }
 
     pub fn retry(&self, allowed: bool) {
         let allowed = if allowed { "true" } else { "false" };
         self.retries.get_or_create(&RetryLabels { allowed }).inc();
+    }
+
+    pub fn ejected(&self) {
+        self.ejections.inc();
     }
 
     pub fn error(&self, reason: &'static str) {
