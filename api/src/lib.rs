@@ -7,6 +7,7 @@ pub mod identity;
 pub mod log;
 
 pub mod tls;
+pub mod trace;
 
 pub use identity::SpiffeId;
 

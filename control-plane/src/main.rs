@@ -86,6 +86,11 @@ struct Cli {
     #[arg(long, env = "WEFT_DEBOUNCE", default_value = "100ms", value_parser = duration)]
     debounce: Duration,
 
+    /// Export the control plane's own spans (Certify, pushes) over OTLP/gRPC
+    /// to this collector, e.g. `http://jaeger:4317`.
+    #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log_level: String,
 
@@ -129,6 +134,7 @@ fn main() -> ExitCode {
         },
         opaque_ports: cli.opaque_ports,
         debounce: cli.debounce,
+        otlp_endpoint: cli.otlp_endpoint,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -52,6 +52,8 @@ pub struct Config {
     pub opaque_ports: Vec<u16>,
     /// Quiet time that ends a burst of manifest changes.
     pub debounce: Duration,
+    /// Where to export the control plane's own spans, if anywhere.
+    pub otlp_endpoint: Option<String>,
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -63,6 +65,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Arc::new(BootstrapTokens::load(&cfg.tokens, &cfg.trust_domain)?);
     let metrics = Arc::new(Metrics::default());
     metrics.set_ca_expiry(ca.not_after());
+    let tracing_export = match &cfg.otlp_endpoint {
+        Some(e) => Some(Arc::new(weft_api::trace::Tracing::start(
+            e,
+            1.0,
+            cfg.identity.to_string(),
+        )?)),
+        None => None,
+    };
 
     let settings = MeshSettings {
         trust_domain: cfg.trust_domain.clone(),
@@ -115,12 +125,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         settings,
         registry,
         metrics: metrics.clone(),
+        tracing: tracing_export.clone(),
     };
     let identity = IdentityService {
         ca: ca.clone(),
         tokens,
         lifetime: cfg.cert_lifetime,
         metrics,
+        tracing: tracing_export.clone(),
     };
     let grpc = TcpListener::bind(cfg.grpc_listen)
         .await
@@ -135,6 +147,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         )
         .await
         .context("the gRPC server failed")?;
+    if let Some(t) = tracing_export {
+        let _ = tokio::task::spawn_blocking(move || t.flush()).await;
+    }
     info!("control plane stopped");
     Ok(())
 }

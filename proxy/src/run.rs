@@ -21,10 +21,10 @@ use crate::identity::{
     Certifier, ControlPlane, FileIdentity, Identity, TokenSource, read_pem_certs,
 };
 use crate::shutdown::Shutdown;
-use crate::telemetry::trace::Tracing;
 use crate::telemetry::{Direction, Metrics};
 use crate::tls::{InboundTls, OutboundTls};
 use crate::transport::bind_all;
+use weft_api::trace::Tracing;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let identity = start_identity(&args.identity).await?;

@@ -23,6 +23,7 @@ pub struct ControlPlane {
     pub pod: Arc<Pod>,
     pub dir: PathBuf,
     lifetime: String,
+    extra: Vec<String>,
     tokens: Mutex<Vec<(String, String)>>,
     process: Mutex<Option<Arc<Process>>>,
 }
@@ -31,6 +32,11 @@ impl ControlPlane {
     /// Starts `weft-control` in a new pod, issuing certificates that live
     /// `lifetime` (e.g. `10s`).
     pub fn start(node: &Node, lifetime: &str) -> ControlPlane {
+        Self::start_with(node, lifetime, &[])
+    }
+
+    /// Like [`ControlPlane::start`], with more flags for `weft-control`.
+    pub fn start_with(node: &Node, lifetime: &str, extra: &[&str]) -> ControlPlane {
         let pod = node.pod("control");
         let dir = node.logs().join("control-plane");
         std::fs::create_dir_all(dir.join("manifests")).expect("control plane directory");
@@ -38,6 +44,7 @@ impl ControlPlane {
             pod,
             dir,
             lifetime: lifetime.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             tokens: Mutex::new(Vec::new()),
             process: Mutex::new(None),
         };
@@ -114,21 +121,26 @@ impl ControlPlane {
     /// Starts (again) with the same CA directory and tokens.
     pub fn restart(&self) {
         let (ca, tokens, manifests) = (self.ca_dir(), self.tokens_file(), self.manifests());
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         let p = self.pod.spawn(
             "weft-control",
             bins::control(),
             &[
-                "--ca-dir",
-                ca.to_str().expect("utf-8 path"),
-                "--tokens",
-                tokens.to_str().expect("utf-8 path"),
-                "--cert-lifetime",
-                &self.lifetime,
-                "--manifests",
-                manifests.to_str().expect("utf-8 path"),
-                "--log-level",
-                "weft_control=debug,info",
-            ],
+                &extra[..],
+                &[
+                    "--ca-dir",
+                    ca.to_str().expect("utf-8 path"),
+                    "--tokens",
+                    tokens.to_str().expect("utf-8 path"),
+                    "--cert-lifetime",
+                    &self.lifetime,
+                    "--manifests",
+                    manifests.to_str().expect("utf-8 path"),
+                    "--log-level",
+                    "weft_control=debug,info",
+                ],
+            ]
+            .concat(),
         );
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.ca_cert().exists()

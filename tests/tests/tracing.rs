@@ -30,11 +30,11 @@ fn app(node: &Node, cp: &ControlPlane, name: &str, otlp: &str) -> Arc<Pod> {
 #[test]
 fn one_trace_follows_a_request_across_services() {
     let node = Node::new("trace_chain");
-    let cp = ControlPlane::start(&node, "1h");
     let collector_pod = node.pod("collector");
     let collector_addr = collector_pod.addr(4317);
     let collector = Collector::start(&collector_pod.ns, collector_addr);
     let otlp = format!("http://{collector_addr}");
+    let cp = ControlPlane::start_with(&node, "1h", &["--otlp-endpoint", &otlp]);
     cp.write_manifest(
         "svc-b.yaml",
         &service_yaml("b", B_VIP, "b", &[(80, 8080, "")]),
@@ -124,6 +124,26 @@ fn one_trace_follows_a_request_across_services() {
         "{c_in:?}"
     );
     assert!(a_out.name.contains("GET"), "{}", a_out.name);
+
+    // The control plane traced its own work: a Certify per proxy, pushes.
+    let cp_spans: Vec<_> = collector
+        .spans()
+        .into_iter()
+        .filter(|s| s.service.ends_with("/sa/weft-control"))
+        .map(|s| s.span.name)
+        .collect();
+    assert!(
+        cp_spans
+            .iter()
+            .filter(|n| n.as_str() == "weft.v1.Identity/Certify")
+            .count()
+            >= 3,
+        "{cp_spans:?}"
+    );
+    assert!(
+        cp_spans.iter().any(|n| n == "weft.v1.Discovery/push"),
+        "{cp_spans:?}"
+    );
 
     // An incoming sampled-out parent: propagated, but nothing recorded.
     let unsampled_trace = "4bf92f3577b34da6a3ce929d0e0e4736";

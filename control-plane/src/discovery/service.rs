@@ -23,6 +23,7 @@ pub struct DiscoveryService {
     pub settings: MeshSettings,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    pub tracing: Option<Arc<weft_api::trace::Tracing>>,
 }
 
 impl DiscoveryService {
@@ -95,7 +96,22 @@ impl Discovery for DiscoveryService {
                 let (snap, digest) = snapshot::for_proxy(&state.shared, inbound);
                 if last_sent != Some(digest) {
                     let version = snap.version;
-                    if tx.send(Ok(snap)).await.is_err() {
+                    let span = this.tracing.as_ref().map(|t| {
+                        t.start_span(
+                            "weft.v1.Discovery/push".into(),
+                            opentelemetry::trace::SpanKind::Producer,
+                            vec![
+                                opentelemetry::KeyValue::new(
+                                    "weft.pod",
+                                    format!("{}/{}", key.namespace, key.pod),
+                                ),
+                                opentelemetry::KeyValue::new("weft.config_version", version as i64),
+                            ],
+                        )
+                    });
+                    let sent = tx.send(Ok(snap)).await;
+                    drop(span);
+                    if sent.is_err() {
                         break;
                     }
                     last_sent = Some(digest);

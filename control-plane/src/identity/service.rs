@@ -18,6 +18,7 @@ pub struct IdentityService {
     pub tokens: Arc<dyn TokenVerifier>,
     pub lifetime: Duration,
     pub metrics: Arc<Metrics>,
+    pub tracing: Option<Arc<weft_api::trace::Tracing>>,
 }
 
 impl IdentityService {
@@ -35,6 +36,44 @@ impl IdentityService {
 #[tonic::async_trait]
 impl Identity for IdentityService {
     async fn certify(
+        &self,
+        request: Request<CertifyRequest>,
+    ) -> Result<Response<CertifyResponse>, Status> {
+        let span = self.tracing.as_ref().map(|t| {
+            t.start_span(
+                "weft.v1.Identity/Certify".into(),
+                opentelemetry::trace::SpanKind::Server,
+                vec![opentelemetry::KeyValue::new("rpc.system", "grpc")],
+            )
+        });
+        let res = self.certify_inner(request).await;
+        if let Some(s) = &span {
+            match &res {
+                Ok(_) => s.finish(200, None),
+                Err(status) => {
+                    s.set(opentelemetry::KeyValue::new(
+                        "rpc.grpc.status_code",
+                        status.code() as i64,
+                    ));
+                    s.finish(500, Some(status.message()));
+                }
+            }
+        }
+        res
+    }
+
+    async fn trust_bundle(
+        &self,
+        _request: Request<TrustBundleRequest>,
+    ) -> Result<Response<TrustBundleResponse>, Status> {
+        Ok(Response::new(TrustBundleResponse {
+            trust_anchors_der: self.ca.roots().iter().map(|c| c.to_vec()).collect(),
+        }))
+    }
+}
+
+impl IdentityService {
+    async fn certify_inner(
         &self,
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
@@ -74,15 +113,6 @@ impl Identity for IdentityService {
             leaf_der: issued.leaf.to_vec(),
             intermediates_der: issued.intermediates.iter().map(|c| c.to_vec()).collect(),
             valid_until_unix_ms,
-            trust_anchors_der: self.ca.roots().iter().map(|c| c.to_vec()).collect(),
-        }))
-    }
-
-    async fn trust_bundle(
-        &self,
-        _request: Request<TrustBundleRequest>,
-    ) -> Result<Response<TrustBundleResponse>, Status> {
-        Ok(Response::new(TrustBundleResponse {
             trust_anchors_der: self.ca.roots().iter().map(|c| c.to_vec()).collect(),
         }))
     }

@@ -23,11 +23,11 @@ use super::headers::{self, CLIENT_ID, ORIG_PROTO};
 use super::pool::dial_tcp;
 use super::upgrade;
 use super::{Body, ProxyError, boxed};
-use crate::telemetry::trace::{HopSpan, Tracing};
 use crate::telemetry::{Direction, HttpMetrics, RequestLabels};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use std::time::Duration;
+use weft_api::trace::{HopSpan, Tracing};
 
 #[derive(Debug)]
 pub struct HttpInbound {

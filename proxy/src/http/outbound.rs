@@ -35,13 +35,13 @@ use super::timeout::TimeoutLayer;
 use super::upgrade;
 use super::{Body, ProxyError, boxed, full};
 use crate::discovery::{Mesh, ServicePort};
-use crate::telemetry::trace::{HopSpan, Tracing};
 use crate::telemetry::{Direction, HttpMetrics, RequestLabels, RetryMetrics};
 use crate::tls::Alpn;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use std::time::Duration;
 use tower::{ServiceBuilder, ServiceExt};
+use weft_api::trace::{HopSpan, Tracing};
 
 /// Where requests on one connection are headed.
 #[derive(Clone, Debug)]

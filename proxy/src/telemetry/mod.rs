@@ -1,7 +1,6 @@
 //! Logs and metrics.
 
 pub mod metrics;
-pub mod trace;
 
 pub use metrics::{
     Direction, HttpMetrics, Metrics, RequestLabels, RetryMetrics, TcpMetrics, TlsMetrics,

@@ -167,7 +167,7 @@ impl Tracing {
             ))))
             .with_resource(Resource::builder().with_service_name(service).build())
             .build();
-        let tracer = provider.tracer("weft-proxy");
+        let tracer = provider.tracer("weft");
         Ok(Tracing {
             tracer,
             provider,
@@ -201,6 +201,21 @@ impl Tracing {
         self.propagator
             .inject_context(&cx, &mut HeaderInjector(headers));
         HopSpan { cx }
+    }
+
+    /// A span for work of our own (not a forwarded request): a root, or a
+    /// child of `parent` when given.
+    pub fn start_span(&self, name: String, kind: SpanKind, attrs: Vec<KeyValue>) -> HopSpan {
+        let parent = Context::new();
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attrs)
+            .start_with_context(&self.tracer, &parent);
+        HopSpan {
+            cx: parent.with_span(span),
+        }
     }
 
     /// Exports what is queued; at shutdown.
