@@ -473,6 +473,15 @@ fn grpc_unary_and_streaming_keep_their_status_and_trailers() {
         spiffe("grpc")
     );
     assert_eq!(client.metric(&sessions), 1.0);
+    // gRPC statuses, from the trailers (OK) and a trailers-only answer (NOT_FOUND).
+    let grpc = |code: &str| {
+        client.metric(&format!(
+            r#"grpc_response_total{{direction="outbound",service="grpc.default:9090",route="",peer_identity="{}",tls="true",grpc_status="{code}"}}"#,
+            spiffe("grpc")
+        ))
+    };
+    assert_eq!(grpc("0"), 3.0, "{}", client.metrics());
+    assert_eq!(grpc("5"), 1.0);
 }
 
 #[test]
@@ -698,6 +707,59 @@ fn request_metrics_on_both_sides_match_what_happened() {
         spiffe("client")
     );
     assert_eq!(value(&server_text, &req), 25.0);
+
+    // Body bytes, both ways, on both sides.
+    client.ns.block_on(async {
+        let r = client::http(
+            Method::POST,
+            app(),
+            "/echo",
+            Bytes::from(vec![7u8; 1000]),
+            false,
+        )
+        .await
+        .expect("echo");
+        assert_eq!(r.body.len(), 1000);
+    });
+    let client_text = client.metrics();
+    let server_text = server.metrics();
+    let bytes = |text: &str, name: &str, dir: &str, service: &str, peer: &str| {
+        let series = format!(
+            r#"{name}{{direction="{dir}",service="{service}",route="",peer_identity="{peer}",tls="true"}}"#
+        );
+        value(text, &series)
+    };
+    assert_eq!(
+        bytes(
+            &client_text,
+            "request_bytes_total",
+            "outbound",
+            "app.default:80",
+            &spiffe("app")
+        ),
+        1000.0,
+        "{client_text}"
+    );
+    assert_eq!(
+        bytes(
+            &server_text,
+            "request_bytes_total",
+            "inbound",
+            "8080",
+            &spiffe("client")
+        ),
+        1000.0,
+        "{server_text}"
+    );
+    assert!(
+        bytes(
+            &client_text,
+            "response_bytes_total",
+            "outbound",
+            "app.default:80",
+            &spiffe("app")
+        ) >= 1000.0
+    );
 }
 
 #[test]

@@ -147,6 +147,9 @@ impl HttpInbound {
                 req.uri().path().to_string(),
             )
         });
+        let request_bytes = super::LateCounter::default();
+        request_bytes.bind(self.metrics.request_bytes_counter(&labels));
+        let req = req.map(|b| request_bytes.wrap(boxed(b)));
         let res = match self.proxy(req, dst, peer).await {
             Ok(mut res) => {
                 if res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -195,12 +198,12 @@ impl HttpInbound {
                     .unwrap_or_default(),
             });
         }
-        res.map(|b| super::counted(b, bytes))
+        super::outbound::count_response(&self.metrics, res, &labels, bytes)
     }
 
     async fn proxy(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         dst: SocketAddr,
         peer: Option<HeaderValue>,
     ) -> Result<Response<Body>, ProxyError> {

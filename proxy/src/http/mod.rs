@@ -46,6 +46,69 @@ pub fn counted(body: Body, counter: prometheus_client::metrics::counter::Counter
     .boxed()
 }
 
+/// A byte counter whose labels are known only later (a request body starts
+/// streaming before routing has named its Service): bytes seen before
+/// [`LateCounter::bind`] are kept and added then.
+#[derive(Clone, Debug, Default)]
+pub struct LateCounter(std::sync::Arc<LateInner>);
+
+#[derive(Debug, Default)]
+struct LateInner {
+    target: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
+    pending: std::sync::atomic::AtomicU64,
+}
+
+impl LateCounter {
+    fn add(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        match self.0.target.get() {
+            Some(c) => {
+                c.inc_by(n);
+            }
+            None => {
+                self.0.pending.fetch_add(n, Ordering::Relaxed);
+                // Bound meanwhile: hand over what is pending.
+                if let Some(c) = self.0.target.get() {
+                    c.inc_by(self.0.pending.swap(0, Ordering::Relaxed));
+                }
+            }
+        }
+    }
+
+    pub fn bind(&self, counter: prometheus_client::metrics::counter::Counter) {
+        if self.0.target.set(counter.clone()).is_ok() {
+            counter.inc_by(self.0.pending.swap(0, std::sync::atomic::Ordering::Relaxed));
+        }
+    }
+
+    /// Counts a body's data bytes as they stream.
+    pub fn wrap(&self, body: Body) -> Body {
+        let me = self.clone();
+        body.map_frame(move |f| {
+            if let Some(d) = f.data_ref() {
+                me.add(d.len() as u64);
+            }
+            f
+        })
+        .boxed()
+    }
+}
+
+/// Calls `on_trailers` with a body's trailers when they pass (gRPC puts its
+/// status there).
+pub fn watch_trailers(
+    body: Body,
+    on_trailers: impl Fn(&http::HeaderMap) + Send + Sync + 'static,
+) -> Body {
+    body.map_frame(move |f| {
+        if let Some(t) = f.trailers_ref() {
+            on_trailers(t);
+        }
+        f
+    })
+    .boxed()
+}
+
 /// What the endpoint layer learned about a request, for metrics and the
 /// access log: the workload at the other end, the endpoint of the last
 /// attempt, and how many attempts there were.

@@ -160,6 +160,8 @@ impl HttpOutbound {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let mut ctx = ReqContext::default();
+        let request_bytes = super::LateCounter::default();
+        let req = req.map(|b| request_bytes.wrap(boxed(b)));
         let mut res = match self.proxy(req, target, &mut ctx).await {
             Ok(res) => res,
             Err(e) => {
@@ -189,7 +191,7 @@ impl HttpOutbound {
             },
             peer_identity,
         };
-        self.requests.request(&labels);
+        request_bytes.bind(self.requests.request(&labels));
         let grpc = res
             .headers()
             .get("grpc-status")
@@ -238,12 +240,12 @@ impl HttpOutbound {
                     .unwrap_or_default(),
             });
         }
-        res.map(|b| super::counted(b, bytes))
+        count_response(&self.requests, res, &labels, bytes)
     }
 
     async fn proxy(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<Body>,
         target: Target,
         ctx: &mut ReqContext,
     ) -> Result<Response<Body>, ProxyError> {
@@ -620,6 +622,39 @@ fn redirect(r: &v1::Redirect, rule: &Rule, parts: &http::request::Parts) -> Resp
         res.headers_mut().insert(header::LOCATION, v);
     }
     res
+}
+
+/// Counts a response's body bytes and, for gRPC, its status (from the
+/// headers of a trailers-only answer, else from the trailers).
+pub fn count_response(
+    metrics: &HttpMetrics,
+    res: Response<Body>,
+    labels: &RequestLabels,
+    bytes: prometheus_client::metrics::counter::Counter,
+) -> Response<Body> {
+    let is_grpc = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !is_grpc {
+        return res.map(|b| super::counted(b, bytes));
+    }
+    if let Some(code) = res
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        metrics.grpc_status(labels, code);
+        return res.map(|b| super::counted(b, bytes));
+    }
+    let (metrics, labels) = (metrics.clone(), labels.clone());
+    res.map(|b| {
+        super::watch_trailers(super::counted(b, bytes), move |t| {
+            if let Some(code) = t.get("grpc-status").and_then(|v| v.to_str().ok()) {
+                metrics.grpc_status(&labels, code);
+            }
+        })
+    })
 }
 
 #[cfg(test)]

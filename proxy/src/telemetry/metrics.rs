@@ -287,6 +287,14 @@ pub struct HttpMetrics {
     latency: LatencyFamily,
     request_bytes: Family<RequestLabels, Counter>,
     response_bytes: Family<RequestLabels, Counter>,
+    grpc: Family<GrpcLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    #[prometheus(flatten)]
+    request: RequestLabels,
+    grpc_status: String,
 }
 
 impl Default for HttpMetrics {
@@ -297,6 +305,7 @@ impl Default for HttpMetrics {
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_MS)),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
+            grpc: Family::default(),
         }
     }
 }
@@ -324,6 +333,26 @@ impl HttpMetrics {
             "HTTP response body bytes",
             self.response_bytes.clone(),
         );
+        reg.register(
+            "grpc_response",
+            "gRPC responses by status (from the trailers, or a trailers-only answer)",
+            self.grpc.clone(),
+        );
+    }
+
+    /// The request-body byte counter for `labels` (counting no request).
+    pub fn request_bytes_counter(&self, labels: &RequestLabels) -> Counter {
+        self.request_bytes.get_or_create(labels).clone()
+    }
+
+    /// Counts a gRPC status.
+    pub fn grpc_status(&self, labels: &RequestLabels, status: &str) {
+        self.grpc
+            .get_or_create(&GrpcLabels {
+                request: labels.clone(),
+                grpc_status: status.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a request; returns its body byte counter.
