@@ -37,12 +37,55 @@ where
 
 /// Counts a body's data bytes into `counter` as they stream.
 pub fn counted(body: Body, counter: prometheus_client::metrics::counter::Counter) -> Body {
-    body.map_frame(move |f| {
-        if let Some(d) = f.data_ref() {
-            counter.inc_by(d.len() as u64);
+    let late = LateCounter::default();
+    late.bind(counter);
+    late.wrap(body)
+}
+
+/// A body that reports its data bytes (and trailers) as they pass, and
+/// keeps the inner body's size hint and end-of-stream, so lengths and
+/// retry decisions are not lost by counting.
+struct Observed<F> {
+    inner: Body,
+    on_frame: F,
+}
+
+impl<F> hyper::body::Body for Observed<F>
+where
+    F: FnMut(&hyper::body::Frame<Bytes>) + Send + Sync + Unpin + 'static,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let res = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &res {
+            (this.on_frame)(frame);
         }
-        f
-    })
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn observe(
+    body: Body,
+    on_frame: impl FnMut(&hyper::body::Frame<Bytes>) + Send + Sync + Unpin + 'static,
+) -> Body {
+    Observed {
+        inner: body,
+        on_frame,
+    }
     .boxed()
 }
 
@@ -84,13 +127,11 @@ impl LateCounter {
     /// Counts a body's data bytes as they stream.
     pub fn wrap(&self, body: Body) -> Body {
         let me = self.clone();
-        body.map_frame(move |f| {
+        observe(body, move |f| {
             if let Some(d) = f.data_ref() {
                 me.add(d.len() as u64);
             }
-            f
         })
-        .boxed()
     }
 }
 
@@ -300,6 +341,23 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn counting_keeps_the_size_hint_and_counts_every_byte() {
+        use hyper::body::Body as _;
+        let c = prometheus_client::metrics::counter::Counter::default();
+        let b = counted(full("hello"), c.clone());
+        // Lost size hints would turn lengths into chunking and stop retries.
+        assert_eq!(b.size_hint().exact(), Some(5));
+        let late = LateCounter::default();
+        let b2 = late.wrap(b);
+        assert_eq!(b2.size_hint().exact(), Some(5));
+        let got = b2.collect().await.unwrap().to_bytes();
+        assert_eq!(got, "hello");
+        let bound = prometheus_client::metrics::counter::Counter::default();
+        late.bind(bound.clone());
+        assert_eq!((c.get(), bound.get()), (5, 5));
+    }
 
     #[test]
     fn proxy_answers_say_why_and_grpc_callers_get_grpc_statuses() {
