@@ -163,7 +163,11 @@ fn retries_make_a_flaky_service_look_healthy() {
         ok as f64 >= 3000.0 * 0.995,
         "{ok} of 3000 succeeded with retries: {with:?} {reasons:?}"
     );
-    assert!(m.client.metric(r#"http_retries_total{allowed="true"}"#) > 0.0);
+    assert!(
+        m.client
+            .metric(r#"http_retries_total{reason="status",allowed="true"}"#)
+            > 0.0
+    );
 }
 
 #[test]
@@ -234,7 +238,11 @@ fn the_retry_budget_stops_a_retry_storm() {
         "{attempts} attempts for 1000 requests (cap {cap})"
     );
     assert!(attempts > 1000, "no retry at all");
-    assert!(m.client.metric(r#"http_retries_total{allowed="false"}"#) > 0.0);
+    assert!(
+        m.client
+            .metric(r#"http_retries_total{reason="status",allowed="false"}"#)
+            > 0.0
+    );
 }
 
 #[test]

@@ -190,6 +190,9 @@ pub struct Policy {
     pub pending: Option<Arc<tokio::sync::Semaphore>>,
     /// The round-robin balancer's position.
     next: AtomicUsize,
+    /// Serializes ejection decisions, so two endpoints failing at once
+    /// cannot both pass the max-ejected check.
+    pub eject_lock: Mutex<()>,
 }
 
 impl Policy {
@@ -209,6 +212,7 @@ impl Policy {
             connections: cap(limits.max_connections),
             pending: cap(limits.max_pending_requests),
             next: AtomicUsize::new(0),
+            eject_lock: Mutex::new(()),
             spec,
         }
     }

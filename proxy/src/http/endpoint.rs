@@ -53,6 +53,8 @@ impl Outcome {
 
     fn record(&self, success: bool) {
         let cfg = self.service.policy.outlier();
+        // Check the cap and eject as one step.
+        let _decide = (!success).then(|| self.service.policy.eject_lock.lock());
         let may_eject = self.service.may_eject(cfg.max_ejection_percent);
         if self.endpoint.record(success, &cfg, may_eject) {
             self.metrics.ejected();

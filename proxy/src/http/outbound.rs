@@ -357,7 +357,9 @@ impl HttpOutbound {
                 non_idempotent: on.non_idempotent,
                 budget: called.policy.budget.clone(),
                 max_replay: retry::DEFAULT_MAX_REPLAY,
-                on_retry: Some(OnRetry(Arc::new(move |allowed| metrics.retry(allowed)))),
+                on_retry: Some(OnRetry(Arc::new(move |why, allowed| {
+                    metrics.retry(why, allowed)
+                }))),
             })
         });
         let stack = ServiceBuilder::new()

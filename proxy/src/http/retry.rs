@@ -61,9 +61,9 @@ pub struct RetryPolicy {
     pub on_retry: Option<OnRetry>,
 }
 
-/// Called for each retry wanted, with whether the budget allowed it.
+/// Called for each retry wanted, with why and whether the budget allowed it.
 #[derive(Clone)]
-pub struct OnRetry(pub Arc<dyn Fn(bool) + Send + Sync>);
+pub struct OnRetry(pub Arc<dyn Fn(&'static str, bool) + Send + Sync>);
 
 impl std::fmt::Debug for OnRetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,9 +110,16 @@ fn idempotent(m: &Method) -> bool {
 }
 
 impl RetryPolicy {
-    /// Whether this outcome of an attempt should be tried again.
-    fn wants_retry(&self, method: &Method, res: &Result<Response<Body>, ProxyError>) -> bool {
-        match res {
+    /// Whether this outcome of an attempt should be tried again, and why:
+    /// `status`, `grpc-status`, `connect`, `refused-stream`, `reset` or
+    /// `timeout` (a metric label).
+    fn wants_retry(
+        &self,
+        method: &Method,
+        res: &Result<Response<Body>, ProxyError>,
+    ) -> Option<&'static str> {
+        let may_rerun = idempotent(method) || self.non_idempotent;
+        let (why, yes) = match res {
             Ok(r) => {
                 // The peer sidecar's own answer when it could not reach its
                 // app: a reset or a refused connection over there.
@@ -123,29 +130,28 @@ impl RetryPolicy {
                     .and_then(|v| v.split(';').next());
                 match peer {
                     Some("connect-refused" | "connect-failed" | "connect-timeout") => {
-                        self.connect_failure
+                        ("connect", self.connect_failure)
                     }
-                    Some("upstream-reset") => {
-                        self.reset && (idempotent(method) || self.non_idempotent)
-                    }
-                    _ => {
-                        self.codes.contains(&r.status().as_u16())
-                            || grpc_status(r.headers())
-                                .is_some_and(|c| self.grpc_codes.contains(&c))
-                    }
+                    Some("upstream-reset") => ("reset", self.reset && may_rerun),
+                    _ if self.codes.contains(&r.status().as_u16()) => ("status", true),
+                    _ => (
+                        "grpc-status",
+                        grpc_status(r.headers()).is_some_and(|c| self.grpc_codes.contains(&c)),
+                    ),
                 }
             }
-            Err(e) if e.never_sent() => self.connect_failure,
+            Err(e) if e.never_sent() => ("connect", self.connect_failure),
             Err(e @ (ProxyError::Upstream(_) | ProxyError::Client(_))) if refused(e) => {
-                self.refused_stream
+                ("refused-stream", self.refused_stream)
             }
             Err(ProxyError::Upstream(_) | ProxyError::Client(_)) => {
-                self.reset && (idempotent(method) || self.non_idempotent)
+                ("reset", self.reset && may_rerun)
             }
             // A per-try timeout: the request may have run; retry what may run twice.
-            Err(ProxyError::Timeout(_)) => idempotent(method) || self.non_idempotent,
-            Err(_) => false,
-        }
+            Err(ProxyError::Timeout(_)) => ("timeout", may_rerun),
+            Err(_) => ("", false),
+        };
+        yes.then_some(why)
     }
 
     /// Full jitter over an exponential backoff.
@@ -226,12 +232,13 @@ where
                 *req.extensions_mut() = parts.extensions.clone();
                 req.extensions_mut().insert(last.clone());
                 let res = send(req).await;
-                if attempt >= policy.attempts || !policy.wants_retry(&parts.method, &res) {
-                    return res;
-                }
+                let why = match policy.wants_retry(&parts.method, &res) {
+                    Some(why) if attempt < policy.attempts => why,
+                    _ => return res,
+                };
                 let allowed = policy.budget.withdraw();
                 if let Some(count) = &policy.on_retry {
-                    (count.0)(allowed);
+                    (count.0)(why, allowed);
                 }
                 if !allowed {
                     // A failed attempt's own answer goes back as it is.

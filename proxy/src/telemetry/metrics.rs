@@ -196,6 +196,7 @@ impl TlsMetrics {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RetryLabels {
+    reason: &'static str,
     allowed: &'static str,
 }
 
@@ -217,7 +218,7 @@ impl RetryMetrics {
     fn register(&self, reg: &mut Registry) {
         reg.register(
             "http_retries",
-            "Retries wanted, by whether the retry budget allowed them",
+            "Retries wanted, by why and whether the retry budget allowed them",
             self.retries.clone(),
         );
         reg.register(
@@ -232,9 +233,11 @@ impl RetryMetrics {
         );
     }
 
-    pub fn retry(&self, allowed: bool) {
+    pub fn retry(&self, reason: &'static str, allowed: bool) {
         let allowed = if allowed { "true" } else { "false" };
-        self.retries.get_or_create(&RetryLabels { allowed }).inc();
+        self.retries
+            .get_or_create(&RetryLabels { reason, allowed })
+            .inc();
     }
 
     pub fn ejected(&self) {
