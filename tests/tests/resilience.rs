@@ -320,13 +320,23 @@ fn a_failing_endpoint_is_ejected_but_never_more_than_the_cap() {
     m.client.wait_endpoints(SVC, 3);
     m.apply("policy.yaml", &policy("  outlierDetection: {consecutiveFailures: 3, baseEjectionTime: 60s, maxEjectionPercent: 50}\n"));
     m.client.ns.block_on(load(Method::GET, "/", 100, 2));
-    let (a1, b1) = (a.served(), b.served());
-    m.client.ns.block_on(load(Method::GET, "/", 100, 2));
-    let grew = (a.served() > a1) as u32 + (b.served() > b1) as u32;
+    // Which endpoints the client's proxy has ejected (its /config says).
+    let cfg = m.client.config();
+    let ejected: Vec<String> = cfg["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == SVC)
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["ejected"] == true)
+        .filter_map(|e| e["pod"].as_str().map(str::to_string))
+        .collect();
     assert_eq!(
-        grew, 1,
-        "exactly one failing endpoint stays in (cap 50% of 3)"
+        ejected.len(),
+        1,
+        "exactly one failing endpoint is out (cap 50% of 3): {cfg}"
     );
+    assert!(ejected[0] == a.name || ejected[0] == b.name, "{ejected:?}");
 }
 
 #[test]

@@ -491,6 +491,7 @@ impl MeshConfig {
                         "identity": e.identity.as_ref().map(ToString::to_string),
                         "pod": e.pod,
                         "open_connections": e.active(),
+                        "ejected": e.is_ejected(),
                     })).collect::<Vec<_>>(),
                 })
             })
