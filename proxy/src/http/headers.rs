@@ -13,6 +13,11 @@ pub const ERROR: HeaderName = HeaderName::from_static("weft-error");
 /// sidecars so the server's sidecar speaks the same to its app.
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");
 
+/// The `weft-error` value of a response the proxy (or a peer's) made, if any.
+pub fn error_of(h: &HeaderMap) -> Option<&str> {
+    h.get(ERROR).and_then(|v| v.to_str().ok())
+}
+
 /// Removes the mesh's own headers.
 pub fn strip_reserved(h: &mut HeaderMap) {
     let reserved: Vec<HeaderName> = h

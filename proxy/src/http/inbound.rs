@@ -172,10 +172,7 @@ impl HttpInbound {
             .metrics
             .response(&labels, res.status(), grpc, started.elapsed());
         if let Some(s) = &span {
-            let e = res
-                .headers()
-                .get(headers::ERROR)
-                .and_then(|v| v.to_str().ok());
+            let e = headers::error_of(res.headers());
             s.finish(res.status().as_u16(), e);
         }
         let trace_id = span.as_ref().map(HopSpan::trace_id).unwrap_or_default();
@@ -191,11 +188,7 @@ impl HttpInbound {
                 peer_identity: &labels.peer_identity,
                 upstream: Some(dst),
                 retries: 0,
-                weft_error: res
-                    .headers()
-                    .get(headers::ERROR)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default(),
+                weft_error: headers::error_of(res.headers()).unwrap_or_default(),
             });
         }
         super::outbound::count_response(&self.metrics, res, &labels, bytes)

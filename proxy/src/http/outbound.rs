@@ -200,11 +200,7 @@ impl HttpOutbound {
             .requests
             .response(&labels, res.status(), grpc, started.elapsed());
         let (upstream, attempts) = peer.attempts();
-        let weft_error = res
-            .headers()
-            .get(headers::ERROR)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let weft_error = headers::error_of(res.headers()).map(str::to_string);
         if let Some(s) = &span {
             if !labels.route.is_empty() {
                 s.rename(format!("{method} {}", labels.route));
@@ -233,11 +229,7 @@ impl HttpOutbound {
                 peer_identity: &labels.peer_identity,
                 upstream,
                 retries: attempts.saturating_sub(1),
-                weft_error: res
-                    .headers()
-                    .get(headers::ERROR)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default(),
+                weft_error: weft_error.as_deref().unwrap_or_default(),
             });
         }
         count_response(&self.requests, res, &labels, bytes)

@@ -123,11 +123,7 @@ impl RetryPolicy {
             Ok(r) => {
                 // The peer sidecar's own answer when it could not reach its
                 // app: a reset or a refused connection over there.
-                let peer = r
-                    .headers()
-                    .get(super::headers::ERROR)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.split(';').next());
+                let peer = super::headers::error_of(r.headers()).and_then(|v| v.split(';').next());
                 match peer {
                     Some("connect-refused" | "connect-failed" | "connect-timeout") => {
                         ("connect", self.connect_failure)
