@@ -4,7 +4,7 @@
 //! read too), or starts a trace under the sampling rule: follow the parent's
 //! sampled flag, and sample new traces at a ratio. Export is batched and
 //! bounded; a slow or absent collector never delays or fails a request
-//! (spans that do not fit are dropped).
+//! (spans that do not fit are dropped and counted).
 
 use std::time::Duration;
 
@@ -23,7 +23,12 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
 };
 
-/// Spans waiting for export, at most; beyond, new spans are dropped.
+mod export;
+
+pub use export::ExportMetrics;
+
+/// Spans waiting for export, at most; beyond, new spans are dropped (and
+/// counted).
 const QUEUE: usize = 2048;
 
 #[derive(Debug)]
@@ -146,20 +151,29 @@ fn b3_parent(h: &HeaderMap) -> Option<SpanContext> {
 impl Tracing {
     /// Starts exporting to `endpoint` (`http://host:4317`). Needs a tokio
     /// runtime (the exporter's gRPC channel lives on it).
-    pub fn start(endpoint: &str, sample_ratio: f64, service: String) -> anyhow::Result<Tracing> {
+    /// Exported and dropped spans are counted in `metrics`.
+    pub fn start(
+        endpoint: &str,
+        sample_ratio: f64,
+        service: String,
+        metrics: ExportMetrics,
+    ) -> anyhow::Result<Tracing> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
             .with_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| anyhow::anyhow!("--otlp-endpoint {endpoint}: {e}"))?;
-        let processor = BatchSpanProcessor::builder(exporter)
+        let (exporter, queued) = export::Counting::new(exporter, metrics.clone());
+        let batch = BatchSpanProcessor::builder(exporter)
             .with_batch_config(
                 BatchConfigBuilder::default()
-                    .with_max_queue_size(QUEUE)
+                    // Ours is the bound; the SDK's queue never fills first.
+                    .with_max_queue_size(QUEUE * 2)
                     .build(),
             )
             .build();
+        let processor = export::Bounded::new(batch, queued, QUEUE, metrics);
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(

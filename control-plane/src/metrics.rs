@@ -54,6 +54,8 @@ pub struct Metrics {
     connected: Gauge,
     push_latency: Histogram,
     proxy_current: Family<ProxyLabels, Gauge>,
+    /// The control plane's own spans: exported and dropped.
+    pub spans: weft_api::trace::ExportMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,8 +118,11 @@ impl Default for Metrics {
             "1 when the proxy is connected and runs the current config version, else 0",
             proxy_current.clone(),
         );
+        let spans = weft_api::trace::ExportMetrics::default();
+        spans.register(&mut registry);
         Metrics {
             registry,
+            spans,
             issued,
             rejected,
             ca_expiry,

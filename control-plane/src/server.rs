@@ -70,6 +70,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             e,
             1.0,
             cfg.identity.to_string(),
+            metrics.spans.clone(),
         )?)),
         None => None,
     };

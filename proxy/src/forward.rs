@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -16,7 +17,8 @@ use crate::http::detect::{self, Detected};
 use crate::http::inbound::HttpInbound;
 use crate::http::outbound::{HttpOutbound, Target as HttpTarget};
 use crate::shutdown::Shutdown;
-use crate::telemetry::{Direction, TcpMetrics, TlsMetrics};
+use crate::telemetry::metrics::Connection;
+use crate::telemetry::{Direction, TcpMetrics, TlsMetrics, TlsStatus};
 use crate::tls::{Accepted, Alpn, InboundTls, OutboundTls, TlsFailure};
 use crate::transport::{self, Counted, orig_dst::OrigDstError};
 
@@ -131,8 +133,8 @@ impl Forwarder {
     }
 
     async fn handle(&self, stream: TcpStream) {
-        let _open = self.metrics.accept(self.direction);
-        match self.forward(stream).await {
+        let mut conn = self.metrics.accept(self.direction);
+        match self.forward(stream, &mut conn).await {
             Ok((up, down)) => debug!(up, down, "closed"),
             Err(e) => {
                 self.metrics.error(self.direction);
@@ -150,12 +152,17 @@ impl Forwarder {
         }
     }
 
-    async fn forward(&self, stream: TcpStream) -> Result<(u64, u64), ForwardError> {
+    async fn forward(
+        &self,
+        stream: TcpStream,
+        conn: &mut Connection,
+    ) -> Result<(u64, u64), ForwardError> {
         let dst = self.destination(&stream)?;
         match &self.tls {
             TlsSide::None => {
                 let upstream = self.connect(dst).await?;
-                self.carry(stream, upstream, dst).await
+                let counters = conn.open(TlsStatus::Plain, None);
+                self.carry(stream, upstream, dst, counters).await
             }
             TlsSide::Inbound(tls) => {
                 let accepted =
@@ -189,7 +196,7 @@ impl Forwarder {
                         let Accepted::Tls(client, _) = accepted else {
                             return Ok((0, 0));
                         };
-                        let (read, written) = self.metrics.bytes(self.direction);
+                        let (read, written) = conn.open(TlsStatus::Mtls, Some(&peer));
                         let io = Counted::new(*client, read, written);
                         let served = if h2 {
                             http.serve(io, dst, peer).await
@@ -205,9 +212,13 @@ impl Forwarder {
                     Accepted::Tls(client, peer) => {
                         self.tls_metrics.session(self.direction, &peer);
                         debug!(client_identity = %peer, "mTLS accepted");
-                        self.carry(*client, upstream, dst).await
+                        let counters = conn.open(TlsStatus::Mtls, Some(&peer));
+                        self.carry(*client, upstream, dst, counters).await
                     }
-                    Accepted::Plain(client) => self.carry(client, upstream, dst).await,
+                    Accepted::Plain(client) => {
+                        let counters = conn.open(TlsStatus::Plain, None);
+                        self.carry(client, upstream, dst, counters).await
+                    }
                 }
             }
             TlsSide::Outbound(tls) => {
@@ -221,7 +232,7 @@ impl Forwarder {
                     };
                     self.tls_metrics.detected(self.direction, proto.as_str());
                     if proto != Detected::Opaque {
-                        let (read, written) = self.metrics.bytes(self.direction);
+                        let (read, written) = conn.open(TlsStatus::PerRequest, None);
                         let io = Counted::new(stream, read, written);
                         http.clone()
                             .serve(io, target, proto)
@@ -260,9 +271,13 @@ impl Forwarder {
                             })?;
                         self.tls_metrics.session(self.direction, id);
                         debug!(server_identity = %id, "mTLS established");
-                        self.carry(stream, server, plan.addr).await
+                        let counters = conn.open(TlsStatus::Mtls, Some(id));
+                        self.carry(stream, server, plan.addr, counters).await
                     }
-                    None => self.carry(stream, upstream, plan.addr).await,
+                    None => {
+                        let counters = conn.open(TlsStatus::Plain, None);
+                        self.carry(stream, upstream, plan.addr, counters).await
+                    }
                 }
             }
         }
@@ -291,12 +306,12 @@ impl Forwarder {
         client: C,
         mut upstream: U,
         dst: SocketAddr,
+        (read, written): (Counter, Counter),
     ) -> Result<(u64, u64), ForwardError>
     where
         C: AsyncRead + AsyncWrite + Unpin,
         U: AsyncRead + AsyncWrite + Unpin,
     {
-        let (read, written) = self.metrics.bytes(self.direction);
         let mut client = Counted::new(client, read, written);
         transport::forward(&mut client, &mut upstream)
             .await
@@ -409,7 +424,11 @@ mod tests {
 
         fwd.shutdown.trigger();
         assert!(fwd.shutdown.drain(Duration::from_secs(2)).await);
-        let (r, w) = fwd.metrics.bytes(Direction::Outbound);
+        // Same labels, so the same counters.
+        let (r, w) = fwd
+            .metrics
+            .accept(Direction::Outbound)
+            .open(TlsStatus::Plain, None);
         assert_eq!((r.get(), w.get()), (4, 4));
     }
 

@@ -43,6 +43,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 endpoint,
                 args.trace_sample_ratio,
                 service,
+                metrics.spans.clone(),
             )?))
         }
         None => None,

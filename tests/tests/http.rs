@@ -269,7 +269,8 @@ fn a_hundred_http1_connections_share_one_mtls_connection() {
     });
     assert!(statuses.iter().all(|s| s == &Ok(200)), "{statuses:?}");
     assert_eq!(
-        m.client.metric(r#"tcp_open_total{direction="outbound"}"#),
+        m.client
+            .metric(r#"tcp_open_total{direction="outbound",tls="per_request",peer_identity=""}"#),
         100.0
     );
     let sessions = format!(

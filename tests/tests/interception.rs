@@ -15,10 +15,11 @@ const ECHO: u16 = 7000;
 const DIGEST: u16 = 7001;
 const HTTP: u16 = 8080;
 
-const OUT_OPEN: &str = r#"tcp_open_total{direction="outbound"}"#;
-const OUT_CLOSE: &str = r#"tcp_close_total{direction="outbound"}"#;
-const IN_OPEN: &str = r#"tcp_open_total{direction="inbound"}"#;
-const IN_CLOSE: &str = r#"tcp_close_total{direction="inbound"}"#;
+// Sidecars without identities: plaintext, no peer.
+const OUT_OPEN: &str = r#"tcp_open_total{direction="outbound",tls="false",peer_identity=""}"#;
+const OUT_CLOSE: &str = r#"tcp_close_total{direction="outbound",tls="false",peer_identity=""}"#;
+const IN_OPEN: &str = r#"tcp_open_total{direction="inbound",tls="false",peer_identity=""}"#;
+const IN_CLOSE: &str = r#"tcp_close_total{direction="inbound",tls="false",peer_identity=""}"#;
 const IN_ERRORS: &str = r#"tcp_forward_errors_total{direction="inbound"}"#;
 
 struct Mesh {
@@ -102,8 +103,9 @@ fn ten_mib_each_way_arrive_intact_through_both_sidecars() {
     assert_eq!(m.client.metric(OUT_OPEN), 1.0);
     assert_eq!(m.server.metric(IN_OPEN), 1.0);
     for (pod, dir) in [(&m.client, "outbound"), (&m.server, "inbound")] {
-        let read = pod.metric(&format!(r#"tcp_read_bytes_total{{direction="{dir}"}}"#));
-        let written = pod.metric(&format!(r#"tcp_write_bytes_total{{direction="{dir}"}}"#));
+        let labels = format!(r#"{{direction="{dir}",tls="false",peer_identity=""}}"#);
+        let read = pod.metric(&format!("tcp_read_bytes_total{labels}"));
+        let written = pod.metric(&format!("tcp_write_bytes_total{labels}"));
         assert_eq!((read, written), (ten, ten), "{} {dir} bytes", pod.name);
     }
 }

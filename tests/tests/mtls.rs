@@ -132,6 +132,22 @@ fn sidecars_speak_mtls_and_no_plaintext_crosses_the_wire() {
         Duration::from_secs(5),
         || metric(&m.server, &inb) == 1.0,
     );
+    // The TCP metrics carry the peer and the TLS status, bytes included.
+    let tcp = |dir: &str, peer: &str| {
+        format!(
+            r#"{{direction="{dir}",tls="true",peer_identity="{}"}}"#,
+            spiffe(peer)
+        )
+    };
+    let (out, inb) = (tcp("outbound", "server"), tcp("inbound", "client"));
+    eventually("both sides count the close", Duration::from_secs(5), || {
+        metric(&m.client, &format!("tcp_close_total{out}")) == 1.0
+            && metric(&m.server, &format!("tcp_close_total{inb}")) == 1.0
+    });
+    for (pod, labels) in [(&m.client, &out), (&m.server, &inb)] {
+        let read = metric(pod, &format!("tcp_read_bytes_total{labels}"));
+        assert!(read >= sent.len() as f64, "{} read {read} bytes", pod.name);
+    }
     assert!(
         m.cp.metrics()
             .contains("identity_certificates_issued_total 2")

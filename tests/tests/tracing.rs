@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_e2e::otlp::Collector;
-use weft_e2e::{ControlPlane, Node, Pod, bins, client, pod_yaml, service_yaml};
+use weft_e2e::{ControlPlane, Node, Pod, bins, client, eventually, pod_yaml, service_yaml};
 
 const B_VIP: &str = "198.19.0.60";
 const C_VIP: &str = "198.19.0.61";
@@ -169,7 +169,13 @@ fn one_trace_follows_a_request_across_services() {
         "a sampled-out trace was recorded"
     );
 
-    // The collector gone: requests still succeed.
+    let exported = a.metric("trace_spans_exported_total");
+    assert!(
+        exported >= 1.0,
+        "A's sidecar counts {exported} spans exported"
+    );
+
+    // The collector gone: requests still succeed, and the lost spans are counted.
     drop(collector);
     for _ in 0..20 {
         let r =
@@ -177,6 +183,13 @@ fn one_trace_follows_a_request_across_services() {
                 .expect("request without a collector");
         assert_eq!(r.status, 200);
     }
+    let failed = r#"trace_spans_dropped_total{reason="export_failed"}"#;
+    eventually(
+        "A's sidecar counts the spans it could not export",
+        Duration::from_secs(20),
+        || a.metric(failed) >= 20.0,
+    );
+    assert_eq!(a.metric("trace_spans_exported_total"), exported);
 }
 
 fn hex(b: &[u8]) -> String {

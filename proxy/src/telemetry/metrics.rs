@@ -35,14 +35,50 @@ struct DirectionLabels {
     direction: Direction,
 }
 
-/// TCP metrics for both directions.
+/// Whether a proxied connection's mesh leg was mTLS.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum TlsStatus {
+    /// mTLS with a peer sidecar, whose identity labels the series.
+    Mtls,
+    /// Plaintext: no identity, a passthrough destination, a permissive
+    /// inbound client, or a connection that ended before TLS was settled.
+    Plain,
+    /// An outbound connection proxied as HTTP: each request picks its own
+    /// endpoint and its own TLS, counted in the HTTP metrics.
+    PerRequest,
+}
+
+impl EncodeLabelValue for TlsStatus {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(
+            encoder,
+            match self {
+                TlsStatus::Mtls => "true",
+                TlsStatus::Plain => "false",
+                TlsStatus::PerRequest => "per_request",
+            },
+        )
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TcpLabels {
+    direction: Direction,
+    tls: TlsStatus,
+    /// The other sidecar's SPIFFE ID; empty without mTLS.
+    peer_identity: String,
+}
+
+/// TCP metrics for both directions, by the peer's identity and TLS status.
+/// The peer's identity is a workload identity, so the label set grows with
+/// the service accounts a pod talks to, not with traffic.
 #[derive(Clone, Debug, Default)]
 pub struct TcpMetrics {
-    open_total: Family<DirectionLabels, Counter>,
-    close_total: Family<DirectionLabels, Counter>,
-    open_connections: Family<DirectionLabels, Gauge>,
-    read_bytes: Family<DirectionLabels, Counter>,
-    write_bytes: Family<DirectionLabels, Counter>,
+    open_total: Family<TcpLabels, Counter>,
+    close_total: Family<TcpLabels, Counter>,
+    open_connections: Family<TcpLabels, Gauge>,
+    read_bytes: Family<TcpLabels, Counter>,
+    write_bytes: Family<TcpLabels, Counter>,
     errors: Family<DirectionLabels, Counter>,
 }
 
@@ -80,25 +116,14 @@ impl TcpMetrics {
         );
     }
 
-    /// Counts one accepted connection; the guard counts its close when dropped.
-    pub fn accept(&self, direction: Direction) -> ConnectionGuard {
-        let l = DirectionLabels { direction };
-        self.open_total.get_or_create(&l).inc();
-        let open = self.open_connections.get_or_create(&l).clone();
-        open.inc();
-        ConnectionGuard {
-            close: self.close_total.get_or_create(&l).clone(),
-            open,
+    /// A connection just accepted. It is counted once its peer is known
+    /// ([`Connection::open`]), or as plaintext when it ends before that.
+    pub fn accept(&self, direction: Direction) -> Connection {
+        Connection {
+            metrics: self.clone(),
+            direction,
+            opened: None,
         }
-    }
-
-    /// The byte counters for one direction: (read, written).
-    pub fn bytes(&self, direction: Direction) -> (Counter, Counter) {
-        let l = DirectionLabels { direction };
-        (
-            self.read_bytes.get_or_create(&l).clone(),
-            self.write_bytes.get_or_create(&l).clone(),
-        )
     }
 
     pub fn error(&self, direction: Direction) {
@@ -108,17 +133,58 @@ impl TcpMetrics {
     }
 }
 
-/// Held for the life of a connection.
+/// One accepted connection, held for its life; dropping it counts the close.
 #[derive(Debug)]
-pub struct ConnectionGuard {
-    close: Counter,
-    open: Gauge,
+pub struct Connection {
+    metrics: TcpMetrics,
+    direction: Direction,
+    opened: Option<Opened>,
 }
 
-impl Drop for ConnectionGuard {
+#[derive(Debug)]
+struct Opened {
+    close: Counter,
+    open: Gauge,
+    read: Counter,
+    written: Counter,
+}
+
+impl Connection {
+    /// Counts the connection under its peer and returns its byte counters
+    /// (read, written). Later calls return the first call's counters.
+    pub fn open(
+        &mut self,
+        tls: TlsStatus,
+        peer: Option<&weft_api::SpiffeId>,
+    ) -> (Counter, Counter) {
+        let opened = self.opened.get_or_insert_with(|| {
+            let m = &self.metrics;
+            let l = TcpLabels {
+                direction: self.direction,
+                tls,
+                peer_identity: peer.map(|p| p.to_string()).unwrap_or_default(),
+            };
+            m.open_total.get_or_create(&l).inc();
+            let open = m.open_connections.get_or_create(&l).clone();
+            open.inc();
+            Opened {
+                close: m.close_total.get_or_create(&l).clone(),
+                open,
+                read: m.read_bytes.get_or_create(&l).clone(),
+                written: m.write_bytes.get_or_create(&l).clone(),
+            }
+        });
+        (opened.read.clone(), opened.written.clone())
+    }
+}
+
+impl Drop for Connection {
     fn drop(&mut self) {
-        self.open.dec();
-        self.close.inc();
+        self.open(TlsStatus::Plain, None);
+        if let Some(o) = &self.opened {
+            o.open.dec();
+            o.close.inc();
+        }
     }
 }
 
@@ -396,6 +462,7 @@ pub struct Metrics {
     pub http: RetryMetrics,
     pub requests: HttpMetrics,
     pub access_log_dropped: Counter,
+    pub spans: weft_api::trace::ExportMetrics,
     registry: Registry,
 }
 
@@ -426,6 +493,8 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
             access_log_dropped.clone(),
         );
+        let spans = weft_api::trace::ExportMetrics::default();
+        spans.register(&mut registry);
         if let Some(m) = identity {
             m.register(&mut registry);
         }
@@ -438,6 +507,7 @@ impl Metrics {
             http,
             requests,
             access_log_dropped,
+            spans,
             registry,
         }
     }
@@ -458,27 +528,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_open_close_and_bytes_by_direction() {
+    fn counts_open_close_and_bytes_by_peer_and_tls() {
         let m = Metrics::default();
+        let peer: weft_api::SpiffeId = "spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
+        let mtls =
+            r#"{direction="inbound",tls="true",peer_identity="spiffe://cluster.local/ns/a/sa/b"}"#;
         {
-            let _g = m.tcp.accept(Direction::Inbound);
-            let (r, w) = m.tcp.bytes(Direction::Inbound);
+            let mut c = m.tcp.accept(Direction::Inbound);
+            let (r, w) = c.open(TlsStatus::Mtls, Some(&peer));
             r.inc_by(10);
             w.inc_by(20);
             assert!(
                 m.render()
-                    .contains("tcp_open_connections{direction=\"inbound\"} 1")
+                    .contains(&format!("tcp_open_connections{mtls} 1"))
             );
+            // A connection that ends before its peer is known counts as plaintext.
+            drop(m.tcp.accept(Direction::Outbound));
         }
         let text = m.render();
-        assert!(
-            text.contains("tcp_open_total{direction=\"inbound\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("tcp_close_total{direction=\"inbound\"} 1"));
-        assert!(text.contains("tcp_open_connections{direction=\"inbound\"} 0"));
-        assert!(text.contains("tcp_read_bytes_total{direction=\"inbound\"} 10"));
-        assert!(text.contains("tcp_write_bytes_total{direction=\"inbound\"} 20"));
-        assert!(!text.contains("outbound"));
+        for want in [
+            format!("tcp_open_total{mtls} 1"),
+            format!("tcp_close_total{mtls} 1"),
+            format!("tcp_open_connections{mtls} 0"),
+            format!("tcp_read_bytes_total{mtls} 10"),
+            format!("tcp_write_bytes_total{mtls} 20"),
+            r#"tcp_close_total{direction="outbound",tls="false",peer_identity=""} 1"#.into(),
+        ] {
+            assert!(text.contains(&want), "{want} missing from\n{text}");
+        }
     }
 }

@@ -3,5 +3,5 @@
 pub mod metrics;
 
 pub use metrics::{
-    Direction, HttpMetrics, Metrics, RequestLabels, RetryMetrics, TcpMetrics, TlsMetrics,
+    Direction, HttpMetrics, Metrics, RequestLabels, RetryMetrics, TcpMetrics, TlsMetrics, TlsStatus,
 };
