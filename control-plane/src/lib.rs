@@ -2,6 +2,7 @@
 //! discovery, the Watch push API and the injector come with later issues.
 
 pub mod admin;
+pub mod demo;
 pub mod discovery;
 pub mod grpc;
 pub mod identity;

@@ -40,6 +40,14 @@ pub struct Args {
     /// Added to every response (e.g. `50ms`), to make a slow instance.
     #[arg(long, value_parser = humantime::parse_duration)]
     latency: Option<Duration>,
+    /// Makes this a frontend: `/` first GETs this URL (e.g.
+    /// `http://backend/`) and answers with what it said.
+    #[arg(long)]
+    backend: Option<http::Uri>,
+    /// With --backend: `/` also round-trips a ping through this TCP echo
+    /// server (`host:port`, e.g. `db:6379`).
+    #[arg(long)]
+    db: Option<String>,
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -130,6 +138,7 @@ async fn handle_request(
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let res = match segments.as_slice() {
+        [""] if st.args.backend.is_some() => frontend(st, req.headers()).await,
         [""] => json_response(
             st,
             StatusCode::OK,
@@ -279,6 +288,64 @@ fn connect_echo(mut req: Request<Incoming>, st: &State) -> Response<Body> {
     );
     served_by(st, &mut res);
     res
+}
+
+/// A frontend's `/`: the backend's answer (its status passed on) and the db's
+/// echo; 502 when either cannot be reached.
+async fn frontend(st: &State, headers: &http::HeaderMap) -> Response<Body> {
+    let Some(backend) = &st.args.backend else {
+        return json_response(st, StatusCode::NOT_FOUND, json!({ "error": "no backend" }));
+    };
+    let target = backend.authority().map(|a| a.as_str()).unwrap_or_default();
+    let path: Vec<&str> = backend.path().trim_matches('/').split('/').collect();
+    let res = forward(st, target, &path, headers).await;
+    if !res.status().is_success() {
+        return res;
+    }
+    let status = res.status();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let backend: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let db = match &st.args.db {
+        Some(db) => match ping(db).await {
+            Ok(()) => json!("ok"),
+            Err(e) => {
+                return json_response(
+                    st,
+                    StatusCode::BAD_GATEWAY,
+                    json!({ "error": format!("db {db}: {e}") }),
+                );
+            }
+        },
+        None => serde_json::Value::Null,
+    };
+    json_response(
+        st,
+        status,
+        json!({ "service": st.args.service, "pod": st.args.pod, "backend": backend, "db": db }),
+    )
+}
+
+/// One line through a TCP echo server, checked.
+async fn ping(addr: &str) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let msg = b"PING weft-demo\n";
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    s.write_all(msg).await?;
+    let mut got = [0u8; 15];
+    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut got))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no echo"))??;
+    if &got[..] != msg {
+        return Err(std::io::Error::other("the echo differs"));
+    }
+    Ok(())
 }
 
 /// `/forward/<host:port>/<path>`: calls `http://host:port/path`, passing the
