@@ -71,14 +71,24 @@ pub struct Collector {
 impl Collector {
     /// Listens on `addr` inside the namespace `ns`.
     pub fn start(ns: &crate::Netns, addr: SocketAddr) -> Collector {
+        Self::start_in(Some(format!("/run/netns/{}", ns.name())), addr)
+    }
+
+    /// Listens on `addr` in the test's own (the host's) namespace.
+    pub fn start_on_host(addr: SocketAddr) -> Collector {
+        Self::start_in(None, addr)
+    }
+
+    fn start_in(netns: Option<String>, addr: SocketAddr) -> Collector {
         let store = Store::default();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let path = format!("/run/netns/{}", ns.name());
         let s = store.clone();
         let thread = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("netns");
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            if let Some(path) = netns {
+                let file = std::fs::File::open(&path).expect("netns");
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

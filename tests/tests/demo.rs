@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_e2e::bins;
+use weft_e2e::otlp::Collector;
 
 fn demo(dir: &Path, args: &[&str]) -> Child {
     weft_e2e::require_root();
@@ -164,10 +165,25 @@ fn the_demo_runs_survives_faults_and_cleans_up() {
     assert_eq!(summary["ended_by"], "signal", "{summary:#}");
     assert_clean(dir);
 
-    // 2. Faults for a fixed time: the frontend stays healthy over mTLS.
+    // 2. Faults for a fixed time: the frontend stays healthy over mTLS, and
+    // every sidecar's spans reach a collector on the host.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let otlp = format!("127.0.0.1:{port}");
+    let collector = Collector::start_on_host(otlp.parse().expect("address"));
     let child = demo(
         dir,
-        &["--scenario", "faults", "--duration", "24s", "--json"],
+        &[
+            "--scenario",
+            "faults",
+            "--duration",
+            "24s",
+            "--json",
+            "--otlp-endpoint",
+            &otlp,
+        ],
     );
     let out = child.wait_with_output().expect("the demo's output");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -216,4 +232,25 @@ fn the_demo_runs_survives_faults_and_cleans_up() {
     );
     assert_eq!(summary["proxies_up"], 8);
     assert_clean(dir);
+
+    // Traces: one request's spans from the client's sidecar to a backend's.
+    let spans = collector.spans();
+    let of = |sa: &str| -> std::collections::HashSet<Vec<u8>> {
+        let id = format!("spiffe://cluster.local/ns/demo/sa/{sa}");
+        spans
+            .iter()
+            .filter(|s| s.service == id)
+            .map(|s| s.span.trace_id.clone())
+            .collect()
+    };
+    let (client, backend) = (of("loadgen"), of("backend"));
+    assert!(
+        client.intersection(&backend).next().is_some(),
+        "no trace spans loadgen and backend ({} spans in all)",
+        spans.len()
+    );
+    assert!(
+        spans.iter().any(|s| s.span.name.contains("Certify")),
+        "no control-plane span"
+    );
 }
