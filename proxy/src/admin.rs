@@ -198,14 +198,15 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_openmetrics_text() {
         let (admin, addr) = start().await;
-        let _c = admin
+        let mut c = admin
             .metrics
             .tcp
             .accept(crate::telemetry::Direction::Outbound);
+        c.open(crate::telemetry::TlsStatus::Plain, None);
         let (status, body) = call(Method::GET, addr, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(
-            body.contains("tcp_open_total{direction=\"outbound\"} 1"),
+            body.contains(r#"tcp_open_total{direction="outbound",tls="false",peer_identity=""} 1"#),
             "{body}"
         );
         assert!(body.ends_with("# EOF\n"));
