@@ -108,34 +108,11 @@ impl Netns {
 
     /// The PIDs of processes inside this namespace.
     pub fn pids(&self) -> Vec<i32> {
-        pids_in(&self.name)
+        weft_control::demo::netns::pids(&self.name)
     }
 }
 
-fn pids_in(name: &str) -> Vec<i32> {
-    Command::new("ip")
-        .args(["netns", "pids", name])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Kills what runs inside the namespace and deletes it; best effort.
-pub fn destroy(name: &str) {
-    for pid in pids_in(name) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    let _ = Command::new("ip").args(["netns", "del", name]).output();
-    let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
-}
+pub use weft_control::demo::netns::destroy;
 
 impl Drop for Netns {
     fn drop(&mut self) {
@@ -145,11 +122,8 @@ impl Drop for Netns {
 
 /// Deletes namespaces this harness made in processes that no longer exist.
 pub fn remove_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
+    for name in weft_control::demo::netns::existing(PREFIX) {
+        let name = name.as_str();
         let Some(rest) = name.strip_prefix(PREFIX) else {
             continue;
         };

@@ -624,7 +624,7 @@ impl Drop for Mesh {
 /// Removes every demo namespace (with what runs in it), the work directory
 /// and the state file: this run's, or what a killed run left behind.
 pub fn remove_leftovers(dir: &Path, state_file: &Path) {
-    for name in netns::existing() {
+    for name in netns::existing(netns::PREFIX) {
         netns::destroy(&name);
     }
     let _ = std::fs::remove_dir_all(dir);

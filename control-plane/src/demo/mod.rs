@@ -9,7 +9,7 @@
 
 mod load;
 mod mesh;
-mod netns;
+pub mod netns;
 mod stats;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,6 @@
-//! Network namespaces and the processes in them. Every name starts with
-//! [`PREFIX`], so a later run can find and remove what a killed one left.
+//! Network namespaces and the processes in them. Every name the demo makes
+//! starts with [`PREFIX`], so a later run can find and remove what a killed
+//! one left. (The e2e harness shares the clean-up half.)
 
 use std::fs::File;
 use std::future::Future;
@@ -145,7 +146,8 @@ impl Netns {
     }
 }
 
-fn pids_in(name: &str) -> Vec<i32> {
+/// The PIDs of processes inside the namespace `name`.
+pub fn pids(name: &str) -> Vec<i32> {
     Command::new("ip")
         .args(["netns", "pids", name])
         .output()
@@ -160,7 +162,7 @@ fn pids_in(name: &str) -> Vec<i32> {
 
 /// Kills what runs in the namespace and deletes it; best effort.
 pub fn destroy(name: &str) {
-    for pid in pids_in(name) {
+    for pid in pids(name) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
@@ -170,15 +172,15 @@ pub fn destroy(name: &str) {
     let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
 }
 
-/// Every namespace a demo made (this run's or a killed run's).
-pub fn existing() -> Vec<String> {
+/// Every namespace whose name starts with `prefix`.
+pub fn existing(prefix: &str) -> Vec<String> {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return Vec::new();
     };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(PREFIX))
+        .filter(|n| n.starts_with(prefix))
         .map(str::to_string)
         .collect()
 }

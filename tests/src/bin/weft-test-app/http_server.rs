@@ -303,12 +303,7 @@ async fn frontend(st: &State, headers: &http::HeaderMap) -> Response<Body> {
         return res;
     }
     let status = res.status();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = read_all(res.into_body()).await;
     let backend: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let db = match &st.args.db {
         Some(db) => match ping(db).await {
@@ -328,6 +323,14 @@ async fn frontend(st: &State, headers: &http::HeaderMap) -> Response<Body> {
         status,
         json!({ "service": st.args.service, "pod": st.args.pod, "backend": backend, "db": db }),
     )
+}
+
+/// The whole body; what arrived before an error, nothing, is all there is.
+async fn read_all<B: hyper::body::Body<Data = Bytes>>(body: B) -> Bytes {
+    body.collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
 }
 
 /// One line through a TCP echo server, checked.
@@ -385,12 +388,7 @@ async fn forward(
     match client.request(req).await {
         Ok(res) => {
             let status = res.status();
-            let body = res
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let body = read_all(res.into_body()).await;
             let mut out =
                 Response::new(Full::new(body).map_err(|e: Infallible| match e {}).boxed());
             *out.status_mut() = status;
