@@ -89,11 +89,13 @@ impl Discovery for DiscoveryService {
         tokio::spawn(async move {
             let mut state_rx = this.state.clone();
             let mut last_sent = None;
+            // The version this stream last sent: the base for sending only changes.
+            let mut sent_version = None;
             loop {
                 let state = state_rx.borrow_and_update().clone();
                 let inbound =
                     snapshot::inbound(&state.model, &this.settings, &key.namespace, &key.pod);
-                let (snap, digest) = snapshot::for_proxy(&state.shared, inbound);
+                let (snap, digest) = snapshot::for_proxy(&state.shared, inbound, sent_version);
                 if last_sent != Some(digest) {
                     let version = snap.version;
                     let span = this.tracing.as_ref().map(|t| {
@@ -115,6 +117,7 @@ impl Discovery for DiscoveryService {
                         break;
                     }
                     last_sent = Some(digest);
+                    sent_version = Some(version);
                     this.registry.sent(&key, version);
                     this.metrics.snapshot_pushed();
                     debug!(pod = %key.pod, version, "snapshot sent");

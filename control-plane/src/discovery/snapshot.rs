@@ -1,7 +1,13 @@
 //! Turning the model into what each proxy is sent. The mesh-wide part
 //! (Services, endpoints, workloads, trust anchors) is built once per model
 //! change and shared; only a proxy's own inbound settings are per proxy.
+//!
+//! A stream that already holds the previous version gets only what changed
+//! (the Services and Workloads whose content differs, and the keys removed):
+//! a route change then costs each stream one Service, not the whole mesh,
+//! which is what lets a change reach thousands of proxies quickly.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -29,6 +35,26 @@ pub struct Shared {
     pub opaque_ports: Vec<u32>,
     /// A digest of the above, to tell whether anything changed.
     pub digest: u64,
+    /// Per Service ("namespace/name") and Workload (IP): a digest of its
+    /// content, to find what the next version changes.
+    service_digests: HashMap<String, u64>,
+    workload_digests: HashMap<String, u64>,
+    /// What changed since the version built before this one.
+    pub delta: Option<Delta>,
+}
+
+/// The difference between two consecutive versions of the shared part.
+#[derive(Debug, Default)]
+pub struct Delta {
+    pub base: u64,
+    pub services: Vec<v1::Service>,
+    pub removed_services: Vec<String>,
+    pub workloads: Vec<v1::Workload>,
+    pub removed_workloads: Vec<String>,
+}
+
+pub fn service_key(s: &v1::Service) -> String {
+    format!("{}/{}", s.namespace, s.name)
 }
 
 fn digest(bytes: &[u8]) -> u64 {
@@ -37,11 +63,13 @@ fn digest(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// The shared part at `version`; with `prev`, also what changed since it.
 pub fn shared(
     version: u64,
     model: &Model,
     settings: &MeshSettings,
     anchors: &[Vec<u8>],
+    prev: Option<&Shared>,
 ) -> Arc<Shared> {
     let identity = |p: &PodModel| {
         if p.meshed {
@@ -112,14 +140,38 @@ pub fn shared(
         .map(|p| u32::from(*p))
         .collect();
     let content = v1::Snapshot {
-        version: 0,
         services: services.clone(),
         workloads: workloads.clone(),
-        inbound: None,
         trust_anchors_der: anchors.to_vec(),
         opaque_ports: opaque_ports.clone(),
+        ..Default::default()
     }
     .encode_to_vec();
+    let service_digests: HashMap<String, u64> = services
+        .iter()
+        .map(|s| (service_key(s), digest(&s.encode_to_vec())))
+        .collect();
+    let workload_digests: HashMap<String, u64> = workloads
+        .iter()
+        .map(|w| (w.ip.clone(), digest(&w.encode_to_vec())))
+        .collect();
+    let delta = prev.map(|p| Delta {
+        base: p.version,
+        services: services
+            .iter()
+            .filter(|s| {
+                p.service_digests.get(&service_key(s)) != service_digests.get(&service_key(s))
+            })
+            .cloned()
+            .collect(),
+        removed_services: gone(&p.service_digests, &service_digests),
+        workloads: workloads
+            .iter()
+            .filter(|w| p.workload_digests.get(&w.ip) != workload_digests.get(&w.ip))
+            .cloned()
+            .collect(),
+        removed_workloads: gone(&p.workload_digests, &workload_digests),
+    });
     Arc::new(Shared {
         version,
         services,
@@ -127,7 +179,21 @@ pub fn shared(
         trust_anchors_der: anchors.to_vec(),
         opaque_ports,
         digest: digest(&content),
+        service_digests,
+        workload_digests,
+        delta,
     })
+}
+
+/// Keys in `before` and not in `after`, sorted.
+fn gone(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> Vec<String> {
+    let mut keys: Vec<String> = before
+        .keys()
+        .filter(|k| !after.contains_key(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
 }
 
 /// One proxy's inbound settings: its mTLS mode and the ports Services send
@@ -159,20 +225,34 @@ pub fn inbound(model: &Model, settings: &MeshSettings, namespace: &str, pod: &st
     }
 }
 
-/// The full snapshot for one proxy, and a digest of its content (version aside).
-pub fn for_proxy(shared: &Shared, inbound: v1::Inbound) -> (v1::Snapshot, u64) {
+/// The snapshot for one proxy, and a digest of its content (version aside):
+/// only the changes when the stream last sent the version this one follows
+/// (`sent`), complete otherwise.
+pub fn for_proxy(shared: &Shared, inbound: v1::Inbound, sent: Option<u64>) -> (v1::Snapshot, u64) {
     let d = digest(&inbound.encode_to_vec()) ^ shared.digest.rotate_left(1);
-    (
-        v1::Snapshot {
+    let snap = match &shared.delta {
+        Some(delta) if sent == Some(delta.base) => v1::Snapshot {
+            version: shared.version,
+            services: delta.services.clone(),
+            workloads: delta.workloads.clone(),
+            inbound: Some(inbound),
+            trust_anchors_der: shared.trust_anchors_der.clone(),
+            opaque_ports: shared.opaque_ports.clone(),
+            base_version: delta.base,
+            removed_services: delta.removed_services.clone(),
+            removed_workloads: delta.removed_workloads.clone(),
+        },
+        _ => v1::Snapshot {
             version: shared.version,
             services: shared.services.clone(),
             workloads: shared.workloads.clone(),
             inbound: Some(inbound),
             trust_anchors_der: shared.trust_anchors_der.clone(),
             opaque_ports: shared.opaque_ports.clone(),
+            ..Default::default()
         },
-        d,
-    )
+    };
+    (snap, d)
 }
 
 /// Protocol names for the admin API and logs.
@@ -215,7 +295,7 @@ mod tests {
             ),
             (2, 3, 1, 1)
         );
-        let shared = shared(1, &model, &settings, &[]);
+        let shared = super::shared(1, &model, &settings, &[], None);
         let web = shared
             .services
             .iter()
@@ -236,5 +316,48 @@ mod tests {
         assert_eq!(strict.ports[0].port, 8080);
         let relaxed = inbound(&model, &settings, "default", "web-0");
         assert_eq!(relaxed.mtls_mode, MtlsMode::Permissive as i32);
+    }
+
+    /// A stream that holds the previous version is sent only what changed.
+    #[test]
+    fn the_next_version_carries_only_the_changes() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/manifests");
+        let mut store = Store::new(&dir);
+        store.refresh();
+        let (objects, _) = store.objects();
+        let settings = MeshSettings {
+            trust_domain: "cluster.local".into(),
+            mtls_mode: MtlsMode::Permissive,
+            opaque_ports: vec![6379],
+        };
+        let model = Model::build(&objects, &settings.opaque_ports);
+        let v1 = super::shared(1, &model, &settings, &[], None);
+        assert!(v1.delta.is_none());
+
+        // web-1 goes (web's endpoints change, its workload goes); redis goes.
+        let mut next = Model::build(&objects, &settings.opaque_ports);
+        next.pods.retain(|p| p.name != "web-1");
+        next.services.retain(|s| s.name != "redis");
+        let v2 = super::shared(2, &next, &settings, &[], Some(&v1));
+        let delta = v2.delta.as_ref().expect("a delta");
+        assert_eq!(delta.base, 1);
+        let changed: Vec<&str> = delta.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(changed, ["web"]);
+        assert_eq!(delta.removed_services, ["default/redis"]);
+        assert!(delta.workloads.is_empty());
+        assert_eq!(delta.removed_workloads.len(), 1);
+
+        let inbound = v1::Inbound::default();
+        let (snap, _) = for_proxy(&v2, inbound.clone(), Some(1));
+        assert_eq!(
+            (snap.version, snap.base_version, snap.services.len()),
+            (2, 1, 1)
+        );
+        // A stream that sent something else gets it all.
+        let (full, _) = for_proxy(&v2, inbound.clone(), Some(7));
+        assert_eq!(full.base_version, 0);
+        assert_eq!(full.services.len(), v2.services.len());
+        let (first, _) = for_proxy(&v2, inbound, None);
+        assert_eq!(first.base_version, 0);
     }
 }

@@ -50,10 +50,17 @@ impl Source {
         version: u64,
         changed_at: SystemTime,
         metrics: &Metrics,
+        prev: Option<&Shared>,
     ) -> Arc<State> {
         let (objects, errors) = store.objects();
         let model = Model::build(&objects, &self.settings.opaque_ports);
-        let shared = snapshot::shared(version, &model, &self.settings, &self.trust_anchors_der);
+        let shared = snapshot::shared(
+            version,
+            &model,
+            &self.settings,
+            &self.trust_anchors_der,
+            prev,
+        );
         metrics.set_manifest_errors(errors.len());
         info!(
             version,
@@ -76,7 +83,8 @@ impl Source {
         let mut store = Store::new(&self.dir);
         store.refresh();
         let mut version = next_version(0);
-        let (tx, rx) = watch::channel(self.build(&store, version, SystemTime::now(), &metrics));
+        let (tx, rx) =
+            watch::channel(self.build(&store, version, SystemTime::now(), &metrics, None));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(self.debounce).await;
@@ -92,7 +100,8 @@ impl Source {
                     }
                 }
                 version = next_version(version);
-                let state = self.build(&store, version, first_seen, &metrics);
+                let prev = tx.borrow().shared.clone();
+                let state = self.build(&store, version, first_seen, &metrics, Some(&prev));
                 if tx.send(state).is_err() {
                     return;
                 }

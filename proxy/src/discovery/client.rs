@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 use weft_api::tls;
 use weft_api::v1::discovery_client::DiscoveryClient;
-use weft_api::v1::{AckRequest, WatchRequest};
+use weft_api::v1::{self, AckRequest, WatchRequest};
 
 use super::config::{Mesh, MeshConfig};
 use crate::identity::{ControlPlane, Identity};
@@ -123,8 +123,14 @@ impl Watcher {
             .await?
             .into_inner();
         let mut received = false;
+        // The complete snapshot this stream has described so far.
+        let mut current: Option<v1::Snapshot> = None;
         while let Some(snap) = stream.message().await? {
             received = true;
+            let snap = super::delta::merge(current.as_ref(), snap).map_err(|e| {
+                warn!(error = %e, "cannot place a change; reconnecting for a complete snapshot");
+                tonic::Status::data_loss(e)
+            })?;
             let version = snap.version;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -173,6 +179,7 @@ impl Watcher {
             if let Err(e) = client.ack(ack).await {
                 debug!(error = %e, "ack failed");
             }
+            current = Some(snap);
         }
         Ok(received)
     }

@@ -557,6 +557,7 @@ mod tests {
             }),
             trust_anchors_der: vec![],
             opaque_ports: vec![3306],
+            ..Default::default()
         }
     }
 

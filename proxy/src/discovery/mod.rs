@@ -5,6 +5,7 @@
 
 mod client;
 mod config;
+mod delta;
 
 pub use client::{DiscoveryMetrics, Watcher};
 pub use config::{Destination, Endpoint, Mesh, MeshConfig, ServicePort};
