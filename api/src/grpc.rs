@@ -32,7 +32,10 @@ pub fn connect_lazy(addr: String, config: Arc<ClientConfig>) -> Channel {
     Endpoint::from_static("http://weft-control")
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+        // Generous: a control plane pushing to thousands of proxies answers
+        // pings late, and a dropped stream costs a handshake and a complete
+        // snapshot, which only makes it later.
+        .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .connect_with_connector_lazy(connector)
 }

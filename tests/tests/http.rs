@@ -228,6 +228,21 @@ fn http1_h2c_and_large_streamed_bodies_pass_intact() {
     let headers = headers.expect("headers").json();
     // The Host the client sent (hyper leaves out the default port).
     assert_eq!(headers["headers"]["host"], APP_VIP, "{headers}");
+    // An HTTP/2 app gets `:authority` alone, never a Host that disagrees
+    // with it (RFC 9113 8.3.1; nginx answers such a request 400).
+    let h2_headers = m
+        .client
+        .ns
+        .block_on(client::http(
+            Method::GET,
+            dst,
+            "/headers",
+            Bytes::new(),
+            true,
+        ))
+        .expect("h2c /headers")
+        .json();
+    assert!(h2_headers["headers"]["host"].is_null(), "{h2_headers}");
 
     // 50 MiB up and back down, streamed through both sidecars.
     let body = Bytes::from(pattern(50 << 20, 11));

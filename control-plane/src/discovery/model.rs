@@ -187,12 +187,17 @@ impl Model {
                 Object::TrafficPolicy(p) => m.policies.push((**p).clone()),
             }
         }
+        // Sorted, so that `pod` (once per proxy per change) is a binary search.
+        m.pods
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         m
     }
 
+    /// `pods` is sorted by namespace and name (see `build`).
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodModel> {
         self.pods
-            .iter()
-            .find(|p| p.namespace == namespace && p.name == name)
+            .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
+            .ok()
+            .map(|i| &self.pods[i])
     }
 }

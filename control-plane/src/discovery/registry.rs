@@ -107,6 +107,10 @@ impl Registry {
     /// True once per version: when every connected proxy has acknowledged
     /// `version` (the moment a push has landed everywhere).
     pub fn landed_everywhere(&self, version: u64) -> bool {
+        // Landed already: the acks that follow need no scan.
+        if *self.1.lock().unwrap_or_else(|p| p.into_inner()) >= version {
+            return false;
+        }
         let all = self.with(|m| {
             m.values()
                 .filter(|s| s.connected)

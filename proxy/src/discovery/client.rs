@@ -64,6 +64,9 @@ pub struct Watcher {
     pub metrics: DiscoveryMetrics,
 }
 
+/// The largest snapshot accepted (about 400,000 pods).
+const MAX_SNAPSHOT_BYTES: usize = 64 << 20;
+
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
@@ -85,10 +88,13 @@ impl Watcher {
                 return;
             }
         };
+        // A complete snapshot is about 150 bytes per meshed pod: past tonic's
+        // 4 MiB default at ~28,000 pods.
         let mut client = DiscoveryClient::new(weft_api::grpc::connect_lazy(
             self.control_plane.addr.clone(),
             config,
-        ));
+        ))
+        .max_decoding_message_size(MAX_SNAPSHOT_BYTES);
         let mut failures = 0u32;
         loop {
             match self.stream(&mut client).await {

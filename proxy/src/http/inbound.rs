@@ -213,11 +213,16 @@ impl HttpInbound {
         if let Some(p) = peer {
             parts.headers.insert(CLIENT_ID, p);
         }
-        // HTTP/1.1 apps need a Host: the request's authority.
-        if !parts.headers.contains_key(header::HOST)
+        if h2_app {
+            // An HTTP/2 app reads the authority from `:authority`; a Host
+            // that differs from it makes the request malformed (RFC 9113
+            // 8.3.1), and `:authority` becomes the app's own address below.
+            parts.headers.remove(header::HOST);
+        } else if !parts.headers.contains_key(header::HOST)
             && let Some(a) = parts.uri.authority()
             && let Ok(v) = HeaderValue::from_str(a.as_str())
         {
+            // HTTP/1.1 apps need a Host: the request's authority.
             parts.headers.insert(header::HOST, v);
         }
         let pq = parts
