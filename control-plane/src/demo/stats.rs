@@ -75,8 +75,10 @@ pub struct Row {
 }
 
 impl Row {
+    /// Capped at 1: in a one-second window, responses to the previous
+    /// second's requests can outnumber this second's requests.
     pub fn success_rate(&self) -> Option<f64> {
-        (self.requests > 0.0).then(|| self.successes / self.requests)
+        (self.requests > 0.0).then(|| (self.successes / self.requests).min(1.0))
     }
 
     pub fn mtls_share(&self) -> Option<f64> {
