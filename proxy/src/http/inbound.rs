@@ -62,6 +62,24 @@ impl HttpInbound {
         }
     }
 
+    /// The service for one peer's connection: every request goes to `dst`.
+    fn for_peer(
+        self: Arc<Self>,
+        dst: SocketAddr,
+        peer: SpiffeId,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+    > + Clone {
+        let peer = HeaderValue::from_str(&peer.to_string()).ok();
+        service_fn(move |req| {
+            let (this, peer) = (self.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(this.handle(req, dst, peer).await) }
+        })
+    }
+
     /// Serves one peer's HTTP/2 connection; every request goes to the app at
     /// `dst` (the connection's original destination).
     pub async fn serve<I>(
@@ -73,13 +91,8 @@ impl HttpInbound {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let peer = HeaderValue::from_str(&peer.to_string()).ok();
-        let svc = service_fn(move |req| {
-            let (this, peer) = (self.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(this.handle(req, dst, peer).await) }
-        });
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(io), svc)
+            .serve_connection(TokioIo::new(io), self.for_peer(dst, peer))
             .await
     }
 
@@ -94,13 +107,8 @@ impl HttpInbound {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let peer = HeaderValue::from_str(&peer.to_string()).ok();
-        let svc = service_fn(move |req| {
-            let (this, peer) = (self.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(this.handle(req, dst, peer).await) }
-        });
         hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(io), svc)
+            .serve_connection(TokioIo::new(io), self.for_peer(dst, peer))
             .with_upgrades()
             .await
     }
