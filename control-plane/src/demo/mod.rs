@@ -389,6 +389,8 @@ struct Scrape {
     /// HTTP, and its samples.
     proxies: Vec<(Option<String>, Vec<stats::Sample>)>,
     up: usize,
+    /// Sidecars scraped (up or not).
+    total: usize,
     control_up: bool,
     /// Proxies the control plane reports connected and current.
     current: usize,
@@ -424,6 +426,7 @@ async fn scrape_loop(
         let scrape = Scrape {
             proxies,
             up,
+            total: admins.len(),
             control_up: status.is_some(),
             current,
         };
@@ -556,10 +559,10 @@ fn print_table(
         elapsed.as_secs_f64(),
         args.duration.map_or(String::new(), |d| format!(" of {}s", d.as_secs())),
         scrape.up,
-        mesh::pods(0.0).len(),
+        scrape.total,
         if scrape.control_up { "up" } else { "DOWN" },
         scrape.current,
-        mesh::pods(0.0).len(),
+        scrape.total,
     ));
     out.push_str(&format!(
         "{:<22} {:<10} {:>8} {:>9} {:>9} {:>9} {:>6} {:>8}\n",
