@@ -4,19 +4,27 @@
 //! their own, so that other pods on the test bridge reach the API server at
 //! `https://<kube pod ip>:6443` and nothing listens in the root namespace.
 //!
+//! There is no kubelet and no container runtime: [`NodeStandIn`] is a test
+//! fixture that stands in for one (it gives each API pod a harness network
+//! namespace and reports it Running), so that the real controllers
+//! (ReplicaSet, EndpointSlice, ...) do their real work.
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # use weft_e2e::{Node, kube::Cluster};
 //! let node = Arc::new(Node::new("example"));
 //! let cluster = Cluster::start(&node);
+//! let kubelet = cluster.stand_in(node.clone());
 //! cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n");
 //! ```
 
 mod cluster;
 pub mod pki;
+mod stand_in;
 pub mod tools;
 
 pub use cluster::{API_PORT, Cluster, ISSUER};
+pub use stand_in::{NODE_NAME, NodeStandIn};
 
 use std::path::Path;
 
