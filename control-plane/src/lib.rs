@@ -6,5 +6,6 @@ pub mod demo;
 pub mod discovery;
 pub mod grpc;
 pub mod identity;
+pub mod kubernetes;
 pub mod metrics;
 pub mod server;

@@ -7,7 +7,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use weft_api::{SpiffeId, defaults, log};
-use weft_control::server::{self, CaSource, Config};
+use weft_control::server::{self, CaSource, Config, KubeConfig, SourceConfig};
+
+/// This machine's name, or a random one: a replica's name in the Lease.
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| format!("weft-control-{:08x}", rand::random::<u32>()))
+}
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
@@ -18,7 +26,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[command(
     name = "weft-control",
     version,
-    about = "The Weft control plane: mesh CA and identity API"
+    about = "The Weft control plane: mesh CA, identity, discovery and status"
 )]
 struct Cli {
     /// The mesh's trust domain.
@@ -68,10 +76,36 @@ struct Cli {
     )]
     identity: SpiffeId,
 
+    /// Where the mesh's Services, Pods, routes and policies come from: the
+    /// Kubernetes API, or a directory of manifests. Default: `kubernetes` in
+    /// a pod (KUBERNETES_SERVICE_HOST is set), `manifests` elsewhere.
+    #[arg(long, env = "WEFT_SOURCE", value_enum)]
+    source: Option<SourceKind>,
+
     /// The directory of manifests (Services, Pods, HTTPRoutes; *.yaml, read
-    /// recursively and watched for changes).
+    /// recursively and watched for changes), with `--source manifests`.
     #[arg(long, env = "WEFT_MANIFESTS", default_value = "/etc/weft/manifests")]
     manifests: PathBuf,
+
+    /// Weft's own namespace (the leader Lease and the CA Secret live there),
+    /// with `--source kubernetes`.
+    #[arg(long, env = "WEFT_NAMESPACE", default_value = "weft-system")]
+    namespace: String,
+
+    /// This replica's name in the leader Lease; default: the pod's name
+    /// (POD_NAME) or the host name.
+    #[arg(long, env = "POD_NAME")]
+    replica: Option<String>,
+
+    /// The Secret holding the mesh CA (tls.crt, tls.key, ca.crt), created by
+    /// the leader when missing; unless --ca-cert/--ca-key give the CA.
+    #[arg(long, env = "WEFT_CA_SECRET", default_value = "weft-ca")]
+    ca_secret: String,
+
+    /// How long an accepted ServiceAccount token is remembered (TokenReview
+    /// results).
+    #[arg(long, env = "WEFT_TOKEN_CACHE", default_value = "30s", value_parser = duration)]
+    token_cache: Duration,
 
     /// The mesh-wide inbound mTLS mode; a Pod's `weft.dev/mtls-mode`
     /// annotation overrides it.
@@ -96,6 +130,12 @@ struct Cli {
 
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value_t)]
     log_format: log::LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SourceKind {
+    Kubernetes,
+    Manifests,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -127,7 +167,21 @@ fn main() -> ExitCode {
         grpc_listen: cli.grpc_listen,
         admin_listen: cli.admin_listen,
         identity: cli.identity,
-        manifests: cli.manifests,
+        source: match cli.source.unwrap_or(
+            if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+                SourceKind::Kubernetes
+            } else {
+                SourceKind::Manifests
+            },
+        ) {
+            SourceKind::Manifests => SourceConfig::Manifests(cli.manifests),
+            SourceKind::Kubernetes => SourceConfig::Kubernetes(KubeConfig {
+                namespace: cli.namespace,
+                replica: cli.replica.unwrap_or_else(hostname),
+                ca_secret: cli.ca_secret,
+                token_cache: cli.token_cache,
+            }),
+        },
         mtls_mode: match cli.mtls_mode {
             Mode::Permissive => weft_api::v1::MtlsMode::Permissive,
             Mode::Strict => weft_api::v1::MtlsMode::Strict,

@@ -12,8 +12,16 @@ use prometheus_client::registry::Registry;
 /// Why a Certify call was refused.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Reject {
-    /// Missing or unknown token.
+    /// Missing, unknown or invalid token.
     Token,
+    /// A token that has expired.
+    TokenExpired,
+    /// A token for another audience than Weft's.
+    TokenAudience,
+    /// A token not bound to a pod, or bound to one that is gone.
+    TokenPod,
+    /// A token whose pod runs as another service account.
+    TokenServiceAccount,
     /// The CSR does not parse, is not signed by its key, or has the wrong SANs.
     BadCsr,
     /// The CSR asks for an identity the token does not prove.
@@ -25,6 +33,10 @@ impl Reject {
     pub fn as_str(self) -> &'static str {
         match self {
             Reject::Token => "token",
+            Reject::TokenExpired => "token_expired",
+            Reject::TokenAudience => "token_audience",
+            Reject::TokenPod => "token_pod",
+            Reject::TokenServiceAccount => "token_service_account",
             Reject::BadCsr => "bad_csr",
             Reject::IdentityMismatch => "identity_mismatch",
             Reject::Internal => "internal",
@@ -54,8 +66,19 @@ pub struct Metrics {
     connected: Gauge,
     push_latency: Histogram,
     proxy_current: Family<ProxyLabels, Gauge>,
+    watch_events: Family<KindLabels, Counter>,
+    watch_restarts: Family<KindLabels, Counter>,
+    watch_failures: Family<KindLabels, Counter>,
+    watch_last_event: Family<KindLabels, Gauge>,
+    leader: Gauge,
+    status_writes: Family<KindLabels, Counter>,
     /// The control plane's own spans: exported and dropped.
     pub spans: weft_api::trace::ExportMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,9 +141,51 @@ impl Default for Metrics {
             "1 when the proxy is connected and runs the current config version, else 0",
             proxy_current.clone(),
         );
+        let watch_events = Family::<KindLabels, Counter>::default();
+        let watch_restarts = Family::<KindLabels, Counter>::default();
+        let watch_failures = Family::<KindLabels, Counter>::default();
+        let watch_last_event = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "kube_watch_events",
+            "Events received from the Kubernetes API, by kind",
+            watch_events.clone(),
+        );
+        registry.register(
+            "kube_watch_restarts",
+            "Full lists of a kind (the first, and each relist after an expired watch or a reconnect)",
+            watch_restarts.clone(),
+        );
+        registry.register(
+            "kube_watch_failures",
+            "Failed list or watch requests, by kind (retried with backoff)",
+            watch_failures.clone(),
+        );
+        registry.register(
+            "kube_watch_last_event_timestamp_seconds",
+            "When the last event of a kind arrived (Unix seconds)",
+            watch_last_event.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease (it writes statuses, the CA Secret and bundles)",
+            leader.clone(),
+        );
+        let status_writes = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "kube_status_writes",
+            "Status updates written to the Kubernetes API, by kind",
+            status_writes.clone(),
+        );
         let spans = weft_api::trace::ExportMetrics::default();
         spans.register(&mut registry);
         Metrics {
+            watch_events,
+            watch_restarts,
+            watch_failures,
+            watch_last_event,
+            leader,
+            status_writes,
             registry,
             spans,
             issued,
@@ -176,6 +241,37 @@ impl Metrics {
                 .get_or_create(&ProxyLabels { namespace, pod })
                 .set(i64::from(current));
         }
+    }
+
+    pub fn watch_event(&self, kind: &'static str) {
+        self.watch_events.get_or_create(&KindLabels { kind }).inc();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.watch_last_event
+            .get_or_create(&KindLabels { kind })
+            .set(now as i64);
+    }
+
+    pub fn watch_restarted(&self, kind: &'static str) {
+        self.watch_restarts
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn watch_failed(&self, kind: &'static str) {
+        self.watch_failures
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    pub fn status_written(&self, kind: &'static str) {
+        self.status_writes.get_or_create(&KindLabels { kind }).inc();
     }
 
     pub fn render(&self) -> String {

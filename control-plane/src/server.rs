@@ -1,5 +1,8 @@
-//! Wires the control plane together: CA, Identity service, gRPC over TLS with
-//! a serving certificate the CA issues to itself, and the admin server.
+//! Wires the control plane together: the source of truth (a manifest
+//! directory, or the Kubernetes API), the CA, the Identity service, gRPC over
+//! TLS with a serving certificate the CA issues to itself, and the admin
+//! server. On Kubernetes also the leader election and what only the leader
+//! writes (statuses, the CA Secret, trust bundles).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,10 +20,36 @@ use weft_api::v1::identity_server::IdentityServer;
 use weft_api::v1::discovery_server::DiscoveryServer;
 
 use crate::discovery::snapshot::MeshSettings;
-use crate::discovery::source::Source;
+use crate::discovery::source::{Source, State};
 use crate::discovery::{DiscoveryService, Registry};
+use crate::identity::ca::SharedCa;
 use crate::identity::{BootstrapTokens, Ca, IdentityService, TokenVerifier};
+use crate::kubernetes::{self, KubeSource, ca::CaSecret, leader::Elector, tokens::TokenReviewer};
 use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+/// Where the model comes from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// A directory of manifests (Services, Pods, HTTPRoutes, ...), watched.
+    Manifests(PathBuf),
+    /// The Kubernetes API (kubeconfig from `KUBECONFIG` or the pod's
+    /// ServiceAccount).
+    Kubernetes(KubeConfig),
+}
+
+#[derive(Clone, Debug)]
+pub struct KubeConfig {
+    /// Weft's own namespace: the Lease and the CA Secret live there.
+    pub namespace: String,
+    /// This replica's name in the Lease (the pod name).
+    pub replica: String,
+    /// The CA Secret's name (used unless the CA comes from files).
+    pub ca_secret: String,
+    /// How long an accepted ServiceAccount token is remembered.
+    pub token_cache: Duration,
+}
 
 /// Where the CA comes from.
 #[derive(Clone, Debug)]
@@ -46,8 +75,7 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// The control plane's own identity; proxies verify it.
     pub identity: SpiffeId,
-    /// The directory of manifests (Services, Pods, HTTPRoutes).
-    pub manifests: PathBuf,
+    pub source: SourceConfig,
     pub mtls_mode: weft_api::v1::MtlsMode,
     pub opaque_ports: Vec<u16>,
     /// Quiet time that ends a burst of manifest changes.
@@ -57,14 +85,7 @@ pub struct Config {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let ca = Arc::new(match &cfg.ca {
-        CaSource::Dir(dir) => Ca::load_or_generate(dir, &cfg.trust_domain)?,
-        CaSource::Files { cert, key, roots } => Ca::load(cert, key, roots.as_deref())?,
-    });
-    let tokens: Arc<dyn TokenVerifier> =
-        Arc::new(BootstrapTokens::load(&cfg.tokens, &cfg.trust_domain)?);
     let metrics = Arc::new(Metrics::default());
-    metrics.set_ca_expiry(ca.not_after());
     let tracing_export = match &cfg.otlp_endpoint {
         Some(e) => Some(Arc::new(weft_api::trace::Tracing::start(
             e,
@@ -74,19 +95,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         )?)),
         None => None,
     };
-
     let settings = MeshSettings {
         trust_domain: cfg.trust_domain.clone(),
         mtls_mode: cfg.mtls_mode,
         opaque_ports: cfg.opaque_ports.clone(),
     };
-    let state = Source {
-        dir: cfg.manifests.clone(),
-        settings: settings.clone(),
-        trust_anchors_der: ca.roots().iter().map(|c| c.to_vec()).collect(),
-        debounce: cfg.debounce,
-    }
-    .spawn(metrics.clone());
+    let (ca, tokens, state, rotations) = match &cfg.source {
+        SourceConfig::Manifests(dir) => {
+            let ca = Arc::new(ArcSwap::from_pointee(load_ca_files(&cfg)?));
+            let tokens: Arc<dyn TokenVerifier> =
+                Arc::new(BootstrapTokens::load(&cfg.tokens, &cfg.trust_domain)?);
+            let state = Source {
+                dir: dir.clone(),
+                settings: settings.clone(),
+                trust_anchors_der: ca.load().roots().iter().map(|c| c.to_vec()).collect(),
+                debounce: cfg.debounce,
+            }
+            .spawn(metrics.clone());
+            (ca, tokens, state, None)
+        }
+        SourceConfig::Kubernetes(k) => start_kubernetes(&cfg, k, &settings, &metrics).await?,
+    };
+    metrics.set_ca_expiry(ca.load().not_after());
     let registry = Arc::new(Registry::default());
 
     let admin = TcpListener::bind(cfg.admin_listen)
@@ -101,7 +131,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // The serving certificate: issued to ourselves, renewed well before expiry.
     let slot = CertSlot::default();
-    let anchors = TrustAnchors::new(ca.roots().to_vec())?;
+    let anchors = TrustAnchors::new(ca.load().roots().to_vec())?;
     renew_own_certificate(&ca, &cfg.identity, cfg.cert_lifetime, &slot)?;
     {
         let (ca, id, slot, lifetime) = (
@@ -115,6 +145,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 tokio::time::sleep(lifetime.mul_f64(0.5)).await;
                 if let Err(e) = renew_own_certificate(&ca, &id, lifetime, &slot) {
                     warn!(error = %e, "renewing the control plane's own certificate");
+                }
+            }
+        });
+    }
+    // A rotated CA: trust its anchors and serve with a certificate it issued.
+    if let Some(mut rotations) = rotations {
+        let (ca, id, slot, lifetime, anchors) = (
+            ca.clone(),
+            cfg.identity.clone(),
+            slot.clone(),
+            cfg.cert_lifetime,
+            anchors.clone(),
+        );
+        tokio::spawn(async move {
+            while rotations.changed().await.is_ok() {
+                let ders = ca.load().roots().to_vec();
+                if let Err(e) = anchors.replace(ders) {
+                    warn!(error = %e, "taking the rotated trust anchors");
+                }
+                if let Err(e) = renew_own_certificate(&ca, &id, lifetime, &slot) {
+                    warn!(error = %e, "reissuing the control plane's certificate after a CA change");
                 }
             }
         });
@@ -155,13 +206,92 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CA from `--ca-dir` or `--ca-cert`/`--ca-key`.
+fn load_ca_files(cfg: &Config) -> anyhow::Result<Ca> {
+    Ok(match &cfg.ca {
+        CaSource::Dir(dir) => Ca::load_or_generate(dir, &cfg.trust_domain)?,
+        CaSource::Files { cert, key, roots } => Ca::load(cert, key, roots.as_deref())?,
+    })
+}
+
+/// On Kubernetes: the leader election, the CA (from files the user gave, or
+/// the CA Secret), the reflectors, TokenReview, and the leader's writers.
+async fn start_kubernetes(
+    cfg: &Config,
+    k: &KubeConfig,
+    settings: &MeshSettings,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Started> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in a pod: its ServiceAccount; elsewhere: KUBECONFIG or ~/.kube/config)")?;
+    info!(namespace = %k.namespace, replica = %k.replica, "on Kubernetes");
+    let leader =
+        Elector::new(client.clone(), &k.namespace, &k.replica).spawn(metrics.clone(), shutdown());
+    let (anchors_tx, anchors_rx);
+    let ca: SharedCa = match &cfg.ca {
+        CaSource::Files { .. } => {
+            let ca = Arc::new(ArcSwap::from_pointee(load_ca_files(cfg)?));
+            let roots = ca.load().roots().iter().map(|c| c.to_vec()).collect();
+            (anchors_tx, anchors_rx) = watch::channel(roots);
+            drop(anchors_tx);
+            ca
+        }
+        CaSource::Dir(_) => {
+            let secret = CaSecret::new(
+                client.clone(),
+                &k.namespace,
+                &k.ca_secret,
+                &cfg.trust_domain,
+            );
+            let (first, version) = secret.load_or_create(&leader).await?;
+            let roots = first.roots().iter().map(|c| c.to_vec()).collect();
+            let ca = Arc::new(ArcSwap::from_pointee(first));
+            (anchors_tx, anchors_rx) = watch::channel(roots);
+            secret.spawn_reload(ca.clone(), version, anchors_tx, metrics.clone());
+            ca
+        }
+    };
+    let (state, stores) = KubeSource {
+        client: client.clone(),
+        settings: settings.clone(),
+        anchors: anchors_rx.clone(),
+        debounce: cfg.debounce,
+    }
+    .spawn(metrics.clone())
+    .await?;
+    let tokens: Arc<dyn TokenVerifier> = Arc::new(TokenReviewer::new(
+        client.clone(),
+        &cfg.trust_domain,
+        Some(stores.pods.clone()),
+        k.token_cache,
+    ));
+    kubernetes::status::spawn(
+        client.clone(),
+        stores.clone(),
+        leader.clone(),
+        metrics.clone(),
+    );
+    kubernetes::ca::spawn_bundles(client, stores, ca.clone(), leader, metrics.clone());
+    Ok((ca, tokens, state, Some(anchors_rx)))
+}
+
+/// The CA, the token verifier, the published model, and (on Kubernetes) the
+/// trust anchors as they rotate.
+type Started = (
+    SharedCa,
+    Arc<dyn TokenVerifier>,
+    watch::Receiver<Arc<State>>,
+    Option<watch::Receiver<Vec<Vec<u8>>>>,
+);
+
 fn renew_own_certificate(
-    ca: &Ca,
+    ca: &SharedCa,
     id: &SpiffeId,
     lifetime: Duration,
     slot: &CertSlot,
 ) -> anyhow::Result<()> {
-    let (issued, key) = ca.issue(id, lifetime)?;
+    let (issued, key) = ca.load().issue(id, lifetime)?;
     let mut chain = vec![issued.leaf];
     chain.extend(issued.intermediates);
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));

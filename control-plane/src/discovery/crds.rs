@@ -16,7 +16,13 @@ use serde::{Deserialize, Serialize};
     group = "weft.dev",
     version = "v1alpha1",
     kind = "TrafficPolicy",
-    namespaced
+    namespaced,
+    status = "TrafficPolicyStatus",
+    shortname = "tp",
+    category = "weft",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicySpec {
@@ -41,7 +47,17 @@ pub struct TrafficPolicySpec {
     pub load_balancer: Option<LoadBalancer>,
     /// Pooled connections to the endpoints close after this long unused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
     pub idle_timeout: Option<String>,
+}
+
+/// What the control plane made of a TrafficPolicy: an `Accepted` condition
+/// (reasons `Accepted`, `Invalid`, `TargetNotFound`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicyStatus {
+    #[serde(default)]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -57,8 +73,10 @@ pub enum LoadBalancer {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryBudget {
+    #[schemars(range(min = 0.0, max = 10.0))]
     pub ratio: Option<f32>,
     pub min_per_second: Option<u32>,
+    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
     pub window: Option<String>,
 }
 
@@ -74,6 +92,9 @@ pub struct RetryOn {
     pub non_idempotent: Option<bool>,
     /// gRPC status codes by name, e.g. `UNAVAILABLE`.
     #[serde(default)]
+    #[schemars(inner(regex(
+        pattern = "^(OK|CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|ALREADY_EXISTS|PERMISSION_DENIED|RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS|UNAUTHENTICATED)$"
+    )))]
     pub grpc_codes: Vec<String>,
 }
 
@@ -82,8 +103,11 @@ pub struct RetryOn {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
+    #[schemars(range(min = 1))]
     pub consecutive_failures: Option<u32>,
+    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
     pub base_ejection_time: Option<String>,
+    #[schemars(range(max = 100))]
     pub max_ejection_percent: Option<u32>,
 }
 
@@ -91,10 +115,13 @@ pub struct OutlierDetection {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limits {
+    #[schemars(range(min = 1))]
     pub max_concurrent_requests: Option<u32>,
+    #[schemars(range(min = 1))]
     pub max_connections: Option<u32>,
     pub max_pending_requests: Option<u32>,
     /// How long a request may wait for an endpoint to become available.
+    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
     pub queue_timeout: Option<String>,
 }
 
@@ -102,17 +129,27 @@ pub struct Limits {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Retry {
+    #[schemars(range(max = 10))]
     pub attempts: Option<u32>,
+    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
     pub backoff: Option<String>,
+    /// HTTP status codes to retry (400-599), as Gateway API allows.
     #[serde(default)]
+    #[schemars(inner(range(min = 400, max = 599)))]
     pub codes: Vec<u16>,
 }
 
 /// Gateway API's HTTPRoute timeouts, as a Service default.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.request) && has(self.backendRequest) && duration(self.request) != duration('0s') && duration(self.backendRequest) > duration(self.request))",
+    "message": "backendRequest timeout cannot be longer than request timeout"
+}]))]
 pub struct Timeouts {
+    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
     pub request: Option<String>,
+    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
     pub backend_request: Option<String>,
 }
 
@@ -198,10 +235,37 @@ impl TrafficPolicySpec {
         }
         if let Some(r) = &self.retry {
             dur("spec.retry.backoff", &r.backoff)?;
+            if r.attempts.is_some_and(|a| a > 10) {
+                return Err((
+                    "spec.retry.attempts".into(),
+                    "attempts are at most 10".into(),
+                ));
+            }
+            if let Some((i, c)) = r
+                .codes
+                .iter()
+                .enumerate()
+                .find(|(_, c)| !(400..=599).contains(*c))
+            {
+                return Err((
+                    format!("spec.retry.codes[{i}]"),
+                    format!("{c} is not a status code to retry (400-599)"),
+                ));
+            }
         }
         if let Some(t) = &self.timeouts {
             dur("spec.timeouts.request", &t.request)?;
             dur("spec.timeouts.backendRequest", &t.backend_request)?;
+            let ms = |v: &Option<String>| v.as_deref().and_then(|s| duration_ms(s).ok());
+            if let (Some(req), Some(backend)) = (ms(&t.request), ms(&t.backend_request))
+                && req != 0
+                && backend > req
+            {
+                return Err((
+                    "spec.timeouts.backendRequest".into(),
+                    "backendRequest timeout cannot be longer than request timeout".into(),
+                ));
+            }
         }
         dur("spec.idleTimeout", &self.idle_timeout)?;
         Ok(())
@@ -211,6 +275,10 @@ impl TrafficPolicySpec {
 /// The Service a policy applies to (Gateway API's policy attachment shape).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.kind == 'Service' && (!has(self.group) || self.group == '')",
+    "message": "a TrafficPolicy targets a core Service: kind Service, group \"\""
+}]))]
 pub struct PolicyTargetRef {
     /// The core group, `""`.
     #[serde(default)]
@@ -220,5 +288,6 @@ pub struct PolicyTargetRef {
     pub name: String,
     /// One port of the Service; all of them when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub port: Option<u16>,
 }

@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use gateway_api::experimental::httproutes::HttpRoute;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -19,8 +21,10 @@ use super::crds::TrafficPolicy;
 /// The kinds Weft reads. Others are skipped (a directory may hold anything).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    Namespace,
     Service,
     Pod,
+    EndpointSlice,
     HttpRoute,
     TrafficPolicy,
 }
@@ -30,6 +34,8 @@ impl Kind {
         match (api_version, kind) {
             ("v1", "Service") => Some(Kind::Service),
             ("v1", "Pod") => Some(Kind::Pod),
+            ("v1", "Namespace") => Some(Kind::Namespace),
+            ("discovery.k8s.io/v1", "EndpointSlice") => Some(Kind::EndpointSlice),
             ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
                 Some(Kind::HttpRoute)
             }
@@ -42,8 +48,10 @@ impl Kind {
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Kind::Namespace => "Namespace",
             Kind::Service => "Service",
             Kind::Pod => "Pod",
+            Kind::EndpointSlice => "EndpointSlice",
             Kind::HttpRoute => "HTTPRoute",
             Kind::TrafficPolicy => "TrafficPolicy",
         })
@@ -60,22 +68,30 @@ pub struct ObjectKey {
 
 impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 pub enum Object {
-    Service(Box<Service>),
-    Pod(Box<Pod>),
-    HttpRoute(Box<HttpRoute>),
-    TrafficPolicy(Box<TrafficPolicy>),
+    Namespace(Arc<Namespace>),
+    Service(Arc<Service>),
+    Pod(Arc<Pod>),
+    EndpointSlice(Arc<EndpointSlice>),
+    HttpRoute(Arc<HttpRoute>),
+    TrafficPolicy(Arc<TrafficPolicy>),
 }
 
 /// One problem in the manifests, precise enough to fix without searching.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ManifestError {
-    pub file: PathBuf,
+    /// The manifest file; none for objects read from the Kubernetes API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
     /// `Service default/web`, or `document 2` when the document has no name.
     pub object: String,
     /// A path such as `spec.ports[0].port`; empty when the whole object is at fault.
@@ -85,7 +101,10 @@ pub struct ManifestError {
 
 impl fmt::Display for ManifestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.file.display(), self.object)?;
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        f.write_str(&self.object)?;
         if !self.field.is_empty() {
             write!(f, ": field {}", self.field)?;
         }
@@ -165,7 +184,7 @@ impl Store {
             for (key, obj) in &state.objects {
                 if objects.contains_key(key) {
                     errors.push(ManifestError {
-                        file: path.clone(),
+                        file: Some(path.clone()),
                         object: key.to_string(),
                         field: "metadata.name".into(),
                         message: "defined in another file already; this copy is ignored".into(),
@@ -185,7 +204,7 @@ fn load_file(path: &Path, state: &mut FileState) {
     let previous = std::mem::take(&mut state.objects);
     state.errors.clear();
     let err = |object: String, field: String, message: String| ManifestError {
-        file: path.to_path_buf(),
+        file: Some(path.to_path_buf()),
         object,
         field,
         message,
@@ -266,7 +285,11 @@ fn parse_object(doc: &Value) -> Result<Option<(ObjectKey, Object)>, ParseError> 
             "metadata.name".into(),
             format!("a {kind} needs a name"),
         ))?;
-    let namespace = str_at(doc, &["metadata", "namespace"]).unwrap_or("default");
+    let namespace = if kind == Kind::Namespace {
+        ""
+    } else {
+        str_at(doc, &["metadata", "namespace"]).unwrap_or("default")
+    };
     let key = ObjectKey {
         kind,
         namespace: namespace.to_string(),
@@ -274,35 +297,34 @@ fn parse_object(doc: &Value) -> Result<Option<(ObjectKey, Object)>, ParseError> 
     };
     let fail = |field: String, message: String| (Some(key.clone()), field, message);
     let obj = match kind {
+        Kind::Namespace => {
+            let n: Namespace = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            validate_annotations(n.metadata.annotations.as_ref()).map_err(|(f, m)| fail(f, m))?;
+            Object::Namespace(Arc::new(n))
+        }
+        Kind::EndpointSlice => {
+            let es: EndpointSlice = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            Object::EndpointSlice(Arc::new(es))
+        }
         Kind::Service => {
             let s: Service = typed(doc).map_err(|(f, m)| fail(f, m))?;
             validate_service(&s).map_err(|(f, m)| fail(f, m))?;
-            Object::Service(Box::new(s))
+            Object::Service(Arc::new(s))
         }
         Kind::Pod => {
             let p: Pod = typed(doc).map_err(|(f, m)| fail(f, m))?;
             validate_pod(&p).map_err(|(f, m)| fail(f, m))?;
-            Object::Pod(Box::new(p))
+            Object::Pod(Arc::new(p))
         }
         Kind::HttpRoute => {
             let r: HttpRoute = typed(doc).map_err(|(f, m)| fail(f, m))?;
             validate_route(&r).map_err(|(f, m)| fail(f, m))?;
-            Object::HttpRoute(Box::new(r))
+            Object::HttpRoute(Arc::new(r))
         }
         Kind::TrafficPolicy => {
             let p: TrafficPolicy = typed(doc).map_err(|(f, m)| fail(f, m))?;
-            let t = &p.spec.target_ref;
-            if t.kind != "Service" || !t.group.is_empty() {
-                return Err(fail(
-                    "spec.targetRef.kind".into(),
-                    format!(
-                        "a TrafficPolicy targets a Service (group \"\"), not `{}`",
-                        t.kind
-                    ),
-                ));
-            }
-            p.spec.validate().map_err(|(f, m)| fail(f, m))?;
-            Object::TrafficPolicy(Box::new(p))
+            validate_policy(&p).map_err(|(f, m)| fail(f, m))?;
+            Object::TrafficPolicy(Arc::new(p))
         }
     };
     Ok(Some((key, obj)))
@@ -317,7 +339,8 @@ fn typed<T: DeserializeOwned>(doc: &Value) -> Result<T, (String, String)> {
     })
 }
 
-fn validate_service(s: &Service) -> Result<(), (String, String)> {
+pub fn validate_service(s: &Service) -> Result<(), (String, String)> {
+    validate_annotations(s.metadata.annotations.as_ref())?;
     let Some(spec) = &s.spec else {
         return Err(("spec".into(), "missing".into()));
     };
@@ -365,7 +388,7 @@ fn validate_service(s: &Service) -> Result<(), (String, String)> {
     Ok(())
 }
 
-fn validate_pod(p: &Pod) -> Result<(), (String, String)> {
+pub fn validate_pod(p: &Pod) -> Result<(), (String, String)> {
     if let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.as_ref())
         && ip.parse::<std::net::IpAddr>().is_err()
     {
@@ -374,26 +397,51 @@ fn validate_pod(p: &Pod) -> Result<(), (String, String)> {
             format!("`{ip}` is not an IP address"),
         ));
     }
-    if let Some(mode) = p
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(super::model::MTLS_MODE_ANNOTATION))
-        && mode != "strict"
-        && mode != "permissive"
+    validate_annotations(p.metadata.annotations.as_ref())
+}
+
+/// Weft's annotations (`weft.dev/mtls-mode`, `weft.dev/opaque-ports`) on a
+/// Pod, Service or Namespace.
+pub fn validate_annotations(
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Result<(), (String, String)> {
+    use super::model::{
+        MTLS_MODE_ANNOTATION, OPAQUE_PORTS_ANNOTATION, parse_mtls_mode, parse_ports,
+    };
+    let Some(a) = annotations else {
+        return Ok(());
+    };
+    if let Some(mode) = a.get(MTLS_MODE_ANNOTATION)
+        && parse_mtls_mode(mode).is_none()
     {
         return Err((
-            format!(
-                "metadata.annotations.{}",
-                super::model::MTLS_MODE_ANNOTATION
-            ),
+            format!("metadata.annotations.{MTLS_MODE_ANNOTATION}"),
             format!("`{mode}` is not an mTLS mode (strict or permissive)"),
         ));
+    }
+    if let Some(ports) = a.get(OPAQUE_PORTS_ANNOTATION) {
+        parse_ports(ports)
+            .map_err(|e| (format!("metadata.annotations.{OPAQUE_PORTS_ANNOTATION}"), e))?;
     }
     Ok(())
 }
 
-fn validate_route(r: &HttpRoute) -> Result<(), (String, String)> {
+/// What a TrafficPolicy must be beyond its schema.
+pub fn validate_policy(p: &TrafficPolicy) -> Result<(), (String, String)> {
+    let t = &p.spec.target_ref;
+    if t.kind != "Service" || !t.group.is_empty() {
+        return Err((
+            "spec.targetRef.kind".into(),
+            format!(
+                "a TrafficPolicy targets a Service (group \"\"), not `{}`",
+                t.kind
+            ),
+        ));
+    }
+    p.spec.validate()
+}
+
+pub fn validate_route(r: &HttpRoute) -> Result<(), (String, String)> {
     use super::crds::duration_ms;
     for (i, rule) in r.spec.rules.iter().flatten().enumerate() {
         let check = |field: &str, v: &Option<String>| match v {
@@ -470,7 +518,7 @@ mod tests {
         let (_objs, errs) = s.objects();
         assert_eq!(errs.len(), 1, "{errs:?}");
         let e = &errs[0];
-        assert!(e.file.ends_with("bad.yaml"));
+        assert!(e.file.as_ref().unwrap().ends_with("bad.yaml"));
         assert_eq!(e.object, "Service default/web");
         assert_eq!(e.field, "spec.ports[0].port");
         let bad = GOOD.replace("port: 80", "port: 70000");

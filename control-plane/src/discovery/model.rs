@@ -1,21 +1,39 @@
 //! The mesh as the control plane understands it: Services with their
-//! endpoints (derived from selectors over Pods, as Kubernetes does), Pods with
-//! their identities, and the routes attached to Services.
+//! endpoints, Pods with their identities, Namespaces with their defaults, and
+//! the routes and policies attached to Services. Both sources (the manifest
+//! directory and the Kubernetes API) hand [`Model::build`] the same objects.
+//!
+//! Endpoints come from EndpointSlices when a Service has any (in a cluster,
+//! the EndpointSlice controller writes them); otherwise from the Service's
+//! selector over ready Pods, as that controller would (local manifests).
+//!
+//! Per-workload settings resolve from the most specific place that sets them:
+//! the Pod's annotation, then a Service that selects it, then its Namespace,
+//! then the mesh-wide flag.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use gateway_api::experimental::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_api::SpiffeId;
 use weft_api::v1::{MtlsMode, Protocol};
 
 use super::manifests::{Object, ObjectKey};
 
-/// A Pod with this annotation (or label) set to `enabled` runs a sidecar.
+/// A Pod with this annotation (or label) set to `enabled` runs a sidecar; a
+/// Namespace with this label has its pods injected.
 pub const INJECT: &str = "weft.dev/inject";
-/// Per-workload mTLS mode override: `strict` or `permissive`.
+/// mTLS mode override (`strict` or `permissive`) on a Pod, Service or Namespace.
 pub const MTLS_MODE_ANNOTATION: &str = "weft.dev/mtls-mode";
+/// Ports never sniffed (comma-separated numbers) on a Pod, Service or Namespace.
+pub const OPAQUE_PORTS_ANNOTATION: &str = "weft.dev/opaque-ports";
+/// The sidecar container the injector adds; its presence marks a Pod meshed.
+pub const PROXY_CONTAINER: &str = "weft-proxy";
+/// The label an EndpointSlice names its Service by.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodModel {
@@ -28,13 +46,76 @@ pub struct PodModel {
     pub ready: bool,
     /// Named container ports, for named targetPorts.
     pub named_ports: BTreeMap<String, u16>,
+    /// The Pod's own `weft.dev/mtls-mode`, if any.
     pub mtls_mode: Option<MtlsMode>,
+    /// The Pod's own `weft.dev/opaque-ports`.
+    pub opaque_ports: Vec<u16>,
 }
 
 impl PodModel {
     pub fn identity(&self, trust_domain: &str) -> Option<SpiffeId> {
         SpiffeId::new(trust_domain, &self.namespace, &self.service_account).ok()
     }
+
+    /// What the model keeps of a Pod (both sources go through this).
+    pub fn from_pod(p: &Pod) -> PodModel {
+        let meta = &p.metadata;
+        let spec = p.spec.as_ref();
+        let has_sidecar = spec.is_some_and(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+                .any(|c| c.name == PROXY_CONTAINER)
+        });
+        let meshed = has_sidecar
+            || flag(meta.annotations.as_ref(), INJECT)
+                .or_else(|| flag(meta.labels.as_ref(), INJECT))
+                .is_some_and(|v| v == "enabled");
+        let status = p.status.as_ref();
+        // Ready unless a Ready condition says otherwise (local manifests
+        // rarely carry conditions); a Pod that has finished is never ready.
+        let finished = status
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+        let ready = !finished
+            && meta.deletion_timestamp.is_none()
+            && status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                .is_none_or(|c| c.status == "True");
+        let named_ports = spec
+            .into_iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|cp| Some((cp.name.clone()?, u16::try_from(cp.container_port).ok()?)))
+            .collect();
+        PodModel {
+            name: meta.name.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            labels: meta.labels.clone().unwrap_or_default(),
+            ip: status
+                .and_then(|s| s.pod_ip.as_ref())
+                .and_then(|ip| ip.parse().ok()),
+            service_account: spec
+                .and_then(|s| s.service_account_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".into()),
+            meshed,
+            ready,
+            named_ports,
+            mtls_mode: mtls_mode(meta.annotations.as_ref()),
+            opaque_ports: annotated_ports(meta.annotations.as_ref()),
+        }
+    }
+}
+
+/// One address a Service port sends to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointModel {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// The Pod behind it (same namespace as the Service), when known.
+    pub pod: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +124,8 @@ pub struct PortModel {
     pub name: String,
     pub target: IntOrString,
     pub protocol: Protocol,
+    /// Ready endpoints, sorted by address.
+    pub endpoints: Vec<EndpointModel>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,22 +135,35 @@ pub struct ServiceModel {
     pub vip: Option<IpAddr>,
     pub selector: BTreeMap<String, String>,
     pub ports: Vec<PortModel>,
+    /// The Service's `weft.dev/mtls-mode`: the default for the pods it selects.
+    pub mtls_mode: Option<MtlsMode>,
 }
 
 impl ServiceModel {
     /// The ready Pods this Service selects (an empty selector selects none).
     pub fn selects<'a>(&'a self, pods: &'a [PodModel]) -> impl Iterator<Item = &'a PodModel> + 'a {
-        pods.iter().filter(move |p| {
-            !self.selector.is_empty()
-                && p.namespace == self.namespace
-                && p.ready
-                && p.ip.is_some()
-                && self
-                    .selector
-                    .iter()
-                    .all(|(k, v)| p.labels.get(k) == Some(v))
-        })
+        pods.iter().filter(move |p| self.selects_pod(p))
     }
+
+    fn selects_pod(&self, p: &PodModel) -> bool {
+        !self.selector.is_empty()
+            && p.namespace == self.namespace
+            && p.ready
+            && p.ip.is_some()
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| p.labels.get(k) == Some(v))
+    }
+}
+
+/// A Namespace's defaults for its workloads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceModel {
+    pub mtls_mode: Option<MtlsMode>,
+    pub opaque_ports: Vec<u16>,
+    /// Labelled `weft.dev/inject=enabled`.
+    pub inject: bool,
 }
 
 /// The port on `pod` that `target` names.
@@ -79,10 +175,51 @@ pub fn resolve_target(target: &IntOrString, port: u16, pod: &PodModel) -> Option
     }
 }
 
+/// An mTLS mode annotation's value (validated by the sources).
+pub fn parse_mtls_mode(v: &str) -> Option<MtlsMode> {
+    match v {
+        "strict" => Some(MtlsMode::Strict),
+        "permissive" => Some(MtlsMode::Permissive),
+        _ => None,
+    }
+}
+
+/// An opaque-ports annotation's value: `"25,3306"`. Errors name the item.
+pub fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(format!("`{s}` is not a port (1-65535)")),
+        })
+        .collect()
+}
+
+fn mtls_mode(annotations: Option<&BTreeMap<String, String>>) -> Option<MtlsMode> {
+    flag(annotations, MTLS_MODE_ANNOTATION).and_then(|v| parse_mtls_mode(&v))
+}
+
+fn annotated_ports(annotations: Option<&BTreeMap<String, String>>) -> Vec<u16> {
+    flag(annotations, OPAQUE_PORTS_ANNOTATION)
+        .and_then(|v| parse_ports(&v).ok())
+        .unwrap_or_default()
+}
+
+/// The stricter of two modes.
+pub fn stricter(a: MtlsMode, b: MtlsMode) -> MtlsMode {
+    if a == MtlsMode::Strict || b == MtlsMode::Strict {
+        MtlsMode::Strict
+    } else {
+        a
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     pub services: Vec<ServiceModel>,
     pub pods: Vec<PodModel>,
+    pub namespaces: BTreeMap<String, NamespaceModel>,
     pub routes: Vec<HttpRoute>,
     pub policies: Vec<super::crds::TrafficPolicy>,
 }
@@ -106,90 +243,110 @@ fn flag(map: Option<&BTreeMap<String, String>>, key: &str) -> Option<String> {
 }
 
 impl Model {
+    /// The model of `objects`; `opaque_ports` is the mesh-wide list.
     pub fn build(objects: &BTreeMap<ObjectKey, Object>, opaque_ports: &[u16]) -> Model {
         let mut m = Model::default();
+        let mut slices: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
         for (key, obj) in objects {
             match obj {
+                Object::Namespace(ns) => {
+                    let meta = &ns.metadata;
+                    m.namespaces.insert(
+                        key.name.clone(),
+                        NamespaceModel {
+                            mtls_mode: mtls_mode(meta.annotations.as_ref()),
+                            opaque_ports: annotated_ports(meta.annotations.as_ref()),
+                            inject: flag(meta.labels.as_ref(), INJECT)
+                                .is_some_and(|v| v == "enabled"),
+                        },
+                    );
+                }
                 Object::Pod(p) => {
-                    let meta = &p.metadata;
-                    let meshed = flag(meta.annotations.as_ref(), INJECT)
-                        .or_else(|| flag(meta.labels.as_ref(), INJECT))
-                        .is_some_and(|v| v == "enabled");
-                    let status = p.status.as_ref();
-                    // Ready unless a Ready condition says otherwise (local
-                    // manifests rarely carry conditions).
-                    let ready = status
-                        .and_then(|s| s.conditions.as_ref())
-                        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-                        .is_none_or(|c| c.status == "True");
-                    let spec = p.spec.as_ref();
-                    let named_ports = spec
-                        .into_iter()
-                        .flat_map(|s| s.containers.iter())
-                        .flat_map(|c| c.ports.iter().flatten())
-                        .filter_map(|cp| {
-                            Some((cp.name.clone()?, u16::try_from(cp.container_port).ok()?))
-                        })
-                        .collect();
-                    let mtls_mode =
-                        match flag(meta.annotations.as_ref(), MTLS_MODE_ANNOTATION).as_deref() {
-                            Some("strict") => Some(MtlsMode::Strict),
-                            Some("permissive") => Some(MtlsMode::Permissive),
-                            _ => None,
-                        };
-                    m.pods.push(PodModel {
-                        name: key.name.clone(),
-                        namespace: key.namespace.clone(),
-                        labels: meta.labels.clone().unwrap_or_default(),
-                        ip: status
-                            .and_then(|s| s.pod_ip.as_ref())
-                            .and_then(|ip| ip.parse().ok()),
-                        service_account: spec
-                            .and_then(|s| s.service_account_name.clone())
-                            .unwrap_or_else(|| "default".into()),
-                        meshed,
-                        ready,
-                        named_ports,
-                        mtls_mode,
-                    });
+                    let mut pod = PodModel::from_pod(p);
+                    pod.name.clone_from(&key.name);
+                    pod.namespace.clone_from(&key.namespace);
+                    m.pods.push(pod);
                 }
-                Object::Service(s) => {
-                    let Some(spec) = &s.spec else { continue };
-                    m.services.push(ServiceModel {
-                        name: key.name.clone(),
-                        namespace: key.namespace.clone(),
-                        vip: spec.cluster_ip.as_ref().and_then(|ip| ip.parse().ok()),
-                        selector: spec.selector.clone().unwrap_or_default(),
-                        ports: spec
-                            .ports
-                            .iter()
-                            .flatten()
-                            .filter_map(|p| {
-                                let port = u16::try_from(p.port).ok()?;
-                                Some(PortModel {
-                                    port,
-                                    name: p.name.clone().unwrap_or_default(),
-                                    target: p
-                                        .target_port
-                                        .clone()
-                                        .unwrap_or(IntOrString::Int(p.port)),
-                                    protocol: protocol(
-                                        p.app_protocol.as_deref(),
-                                        port,
-                                        opaque_ports,
-                                    ),
-                                })
-                            })
-                            .collect(),
-                    });
+                Object::EndpointSlice(es) => {
+                    if let Some(svc) = es
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    {
+                        slices
+                            .entry((key.namespace.as_str(), svc.as_str()))
+                            .or_default()
+                            .push(es);
+                    }
                 }
-                Object::HttpRoute(r) => m.routes.push((**r).clone()),
-                Object::TrafficPolicy(p) => m.policies.push((**p).clone()),
+                Object::Service(_) | Object::HttpRoute(_) | Object::TrafficPolicy(_) => {}
             }
         }
         // Sorted, so that `pod` (once per proxy per change) is a binary search.
         m.pods
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for (key, obj) in objects {
+            match obj {
+                Object::Service(s) => {
+                    let Some(spec) = &s.spec else { continue };
+                    let annotations = s.metadata.annotations.as_ref();
+                    let ns = m.namespaces.get(&key.namespace);
+                    let mut opaque: Vec<u16> = opaque_ports.to_vec();
+                    opaque.extend(ns.map(|n| n.opaque_ports.iter()).into_iter().flatten());
+                    opaque.extend(annotated_ports(annotations));
+                    let mut svc = ServiceModel {
+                        name: key.name.clone(),
+                        namespace: key.namespace.clone(),
+                        vip: spec.cluster_ip.as_ref().and_then(|ip| ip.parse().ok()),
+                        selector: spec.selector.clone().unwrap_or_default(),
+                        ports: Vec::new(),
+                        mtls_mode: mtls_mode(annotations),
+                    };
+                    let own_slices = slices
+                        .get(&(key.namespace.as_str(), key.name.as_str()))
+                        .map(Vec::as_slice);
+                    svc.ports = spec
+                        .ports
+                        .iter()
+                        .flatten()
+                        // Only TCP is proxied (kube-dns's UDP port, say, is not).
+                        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+                        .filter_map(|p| {
+                            let port = u16::try_from(p.port).ok()?;
+                            let mut pm = PortModel {
+                                port,
+                                name: p.name.clone().unwrap_or_default(),
+                                target: p.target_port.clone().unwrap_or(IntOrString::Int(p.port)),
+                                protocol: protocol(p.app_protocol.as_deref(), port, &opaque),
+                                endpoints: Vec::new(),
+                            };
+                            pm.endpoints = match own_slices {
+                                Some(slices) => from_slices(slices, &pm.name),
+                                None => svc
+                                    .selects(&m.pods)
+                                    .filter_map(|pod| {
+                                        Some(EndpointModel {
+                                            ip: pod.ip?,
+                                            port: resolve_target(&pm.target, port, pod)?,
+                                            pod: Some(pod.name.clone()),
+                                        })
+                                    })
+                                    .collect(),
+                            };
+                            pm.endpoints.sort_by_key(|a| (a.ip, a.port));
+                            pm.endpoints
+                                .dedup_by(|a, b| (a.ip, a.port) == (b.ip, b.port));
+                            Some(pm)
+                        })
+                        .collect();
+                    m.services.push(svc);
+                }
+                Object::HttpRoute(r) => m.routes.push((**r).clone()),
+                Object::TrafficPolicy(p) => m.policies.push((**p).clone()),
+                Object::Namespace(_) | Object::Pod(_) | Object::EndpointSlice(_) => {}
+            }
+        }
         m
     }
 
@@ -200,4 +357,78 @@ impl Model {
             .ok()
             .map(|i| &self.pods[i])
     }
+
+    /// The inbound mTLS mode of `pod`: its own annotation, else the strictest
+    /// of the Services that select it, else its Namespace's, else `default`.
+    pub fn mtls_mode(&self, pod: &PodModel, default: MtlsMode) -> MtlsMode {
+        if let Some(m) = pod.mtls_mode {
+            return m;
+        }
+        let by_service = self
+            .services
+            .iter()
+            .filter(|s| s.selects_pod(pod))
+            .filter_map(|s| s.mtls_mode)
+            .reduce(stricter);
+        by_service
+            .or_else(|| {
+                self.namespaces
+                    .get(&pod.namespace)
+                    .and_then(|n| n.mtls_mode)
+            })
+            .unwrap_or(default)
+    }
+
+    /// Ports of `pod` never sniffed inbound: its own annotation and its
+    /// Namespace's.
+    pub fn pod_opaque_ports(&self, pod: &PodModel) -> BTreeSet<u16> {
+        let mut out: BTreeSet<u16> = pod.opaque_ports.iter().copied().collect();
+        if let Some(ns) = self.namespaces.get(&pod.namespace) {
+            out.extend(ns.opaque_ports.iter().copied());
+        }
+        out
+    }
+}
+
+/// The ready endpoints of one Service port (by port name, as the
+/// EndpointSlice controller names them) from the Service's slices.
+fn from_slices(slices: &[&EndpointSlice], port_name: &str) -> Vec<EndpointModel> {
+    let mut out = Vec::new();
+    for es in slices {
+        if es.address_type != "IPv4" && es.address_type != "IPv6" {
+            continue;
+        }
+        let Some(port) = es
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for ep in &es.endpoints {
+            // Ready unless said otherwise (the API's own reading of nil).
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            let pod = ep
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.clone());
+            for addr in &ep.addresses {
+                if let Ok(ip) = addr.parse() {
+                    out.push(EndpointModel {
+                        ip,
+                        port,
+                        pod: pod.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }

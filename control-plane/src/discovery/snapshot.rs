@@ -93,19 +93,20 @@ pub fn shared(
                     .ports
                     .iter()
                     .map(|p| {
-                        let mut endpoints: Vec<v1::Endpoint> = s
-                            .selects(&model.pods)
-                            .filter_map(|pod| {
-                                Some(v1::Endpoint {
-                                    ip: pod.ip?.to_string(),
-                                    port: u32::from(resolve_target(&p.target, p.port, pod)?),
-                                    identity: identity(pod),
+                        let endpoints: Vec<v1::Endpoint> = p
+                            .endpoints
+                            .iter()
+                            .map(|e| {
+                                let pod = e.pod.as_deref().and_then(|n| model.pod(&s.namespace, n));
+                                v1::Endpoint {
+                                    ip: e.ip.to_string(),
+                                    port: u32::from(e.port),
+                                    identity: pod.map(identity).unwrap_or_default(),
                                     weight: 1,
-                                    pod: pod.name.clone(),
-                                })
+                                    pod: e.pod.clone().unwrap_or_default(),
+                                }
                             })
                             .collect();
-                        endpoints.sort_by(|a, b| (&a.ip, a.port).cmp(&(&b.ip, b.port)));
                         v1::ServicePort {
                             port: u32::from(p.port),
                             name: p.name.clone(),
@@ -205,22 +206,35 @@ pub fn inbound(model: &Model, settings: &MeshSettings, namespace: &str, pod: &st
             ports: Vec::new(),
         };
     };
+    let opaque = model.pod_opaque_ports(p);
     let mut ports: Vec<v1::InboundPort> = model
         .services
         .iter()
         .filter(|s| s.selects(std::slice::from_ref(p)).next().is_some())
         .flat_map(|s| s.ports.iter())
         .filter_map(|sp| {
+            let port = resolve_target(&sp.target, sp.port, p)?;
+            let protocol = if opaque.contains(&port) {
+                Protocol::Opaque
+            } else {
+                sp.protocol
+            };
             Some(v1::InboundPort {
-                port: u32::from(resolve_target(&sp.target, sp.port, p)?),
-                protocol: sp.protocol as i32,
+                port: u32::from(port),
+                protocol: protocol as i32,
             })
         })
         .collect();
-    ports.sort_by_key(|p| p.port);
+    // The pod's own opaque ports, whether or not a Service names them.
+    ports.extend(opaque.iter().map(|&port| v1::InboundPort {
+        port: u32::from(port),
+        protocol: Protocol::Opaque as i32,
+    }));
+    // Sorted by port, opaque first, so that dedup keeps the opaque entry.
+    ports.sort_by_key(|p| (p.port, p.protocol != Protocol::Opaque as i32));
     ports.dedup_by_key(|p| p.port);
     v1::Inbound {
-        mtls_mode: p.mtls_mode.unwrap_or(settings.mtls_mode) as i32,
+        mtls_mode: model.mtls_mode(p, settings.mtls_mode) as i32,
         ports,
     }
 }
@@ -335,9 +349,9 @@ mod tests {
         assert!(v1.delta.is_none());
 
         // web-1 goes (web's endpoints change, its workload goes); redis goes.
-        let mut next = Model::build(&objects, &settings.opaque_ports);
-        next.pods.retain(|p| p.name != "web-1");
-        next.services.retain(|s| s.name != "redis");
+        let mut fewer = objects.clone();
+        fewer.retain(|k, _| k.name != "web-1" && k.name != "redis");
+        let next = Model::build(&fewer, &settings.opaque_ports);
         let v2 = super::shared(2, &next, &settings, &[], Some(&v1));
         let delta = v2.delta.as_ref().expect("a delta");
         assert_eq!(delta.base, 1);

@@ -1,7 +1,12 @@
-//! The local source of truth: a directory of manifests, polled for changes.
-//! A burst of edits becomes one new model (debounced), published to every
-//! Watch stream through a `watch` channel.
+//! Sources of truth and how a change becomes a published version of the mesh.
+//!
+//! Two sources feed the same [`Publisher`]: the manifest directory here
+//! (local mode, polled for changes) and the Kubernetes API
+//! ([`crate::kubernetes::source`]). Each hands it the objects it holds; the
+//! publisher builds the one [`Model`] and the shared snapshot part, and
+//! publishes them to every Watch stream through a `watch` channel.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::info;
 
-use super::manifests::{ManifestError, Store};
+use super::manifests::{ManifestError, Object, ObjectKey, Store};
 use super::model::Model;
 use super::snapshot::{self, MeshSettings, Shared};
 use crate::metrics::Metrics;
@@ -20,10 +25,127 @@ pub struct State {
     pub model: Model,
     pub shared: Arc<Shared>,
     pub errors: Vec<ManifestError>,
-    /// When the change behind this version was first seen on disk.
+    /// When the change behind this version was first seen.
     pub changed_at: SystemTime,
 }
 
+/// Versions only grow, across restarts (and replicas) too: milliseconds since
+/// the epoch, bumped when two builds fall in the same millisecond.
+fn next_version(prev: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    now.max(prev + 1)
+}
+
+/// Builds versions of the mesh from a source's objects and publishes them.
+#[derive(Debug)]
+pub struct Publisher {
+    settings: MeshSettings,
+    trust_anchors_der: Vec<Vec<u8>>,
+    metrics: Arc<Metrics>,
+    version: u64,
+    tx: watch::Sender<Arc<State>>,
+}
+
+impl Publisher {
+    /// A publisher whose first version is built from `objects`.
+    pub fn new(
+        settings: MeshSettings,
+        trust_anchors_der: Vec<Vec<u8>>,
+        metrics: Arc<Metrics>,
+        objects: &BTreeMap<ObjectKey, Object>,
+        errors: Vec<ManifestError>,
+    ) -> (Publisher, watch::Receiver<Arc<State>>) {
+        let version = next_version(0);
+        let first = build(
+            &settings,
+            &trust_anchors_der,
+            &metrics,
+            version,
+            objects,
+            errors,
+            SystemTime::now(),
+            None,
+        );
+        let (tx, rx) = watch::channel(first);
+        (
+            Publisher {
+                settings,
+                trust_anchors_der,
+                metrics,
+                version,
+                tx,
+            },
+            rx,
+        )
+    }
+
+    /// Publishes a new version. False once nobody listens any more.
+    pub fn publish(
+        &mut self,
+        objects: &BTreeMap<ObjectKey, Object>,
+        errors: Vec<ManifestError>,
+        changed_at: SystemTime,
+    ) -> bool {
+        self.version = next_version(self.version);
+        let prev = self.tx.borrow().shared.clone();
+        let state = build(
+            &self.settings,
+            &self.trust_anchors_der,
+            &self.metrics,
+            self.version,
+            objects,
+            errors,
+            changed_at,
+            Some(&prev),
+        );
+        self.tx.send(state).is_ok()
+    }
+
+    /// New trust anchors (a root rotation); they go out with the next version.
+    pub fn set_trust_anchors(&mut self, anchors: Vec<Vec<u8>>) {
+        self.trust_anchors_der = anchors;
+    }
+
+    pub fn trust_anchors(&self) -> &[Vec<u8>] {
+        &self.trust_anchors_der
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build(
+    settings: &MeshSettings,
+    anchors: &[Vec<u8>],
+    metrics: &Metrics,
+    version: u64,
+    objects: &BTreeMap<ObjectKey, Object>,
+    errors: Vec<ManifestError>,
+    changed_at: SystemTime,
+    prev: Option<&Shared>,
+) -> Arc<State> {
+    let model = Model::build(objects, &settings.opaque_ports);
+    let shared = snapshot::shared(version, &model, settings, anchors, prev);
+    metrics.set_manifest_errors(errors.len());
+    info!(
+        version,
+        services = model.services.len(),
+        pods = model.pods.len(),
+        routes = model.routes.len(),
+        errors = errors.len(),
+        "mesh model built"
+    );
+    Arc::new(State {
+        model,
+        shared,
+        errors,
+        changed_at,
+    })
+}
+
+/// The local source of truth: a directory of manifests, polled for changes.
+/// A burst of edits becomes one new version (debounced).
 #[derive(Clone, Debug)]
 pub struct Source {
     pub dir: PathBuf,
@@ -33,58 +155,19 @@ pub struct Source {
     pub debounce: Duration,
 }
 
-/// Versions only grow, across restarts too: milliseconds since the epoch,
-/// bumped when two builds fall in the same millisecond.
-fn next_version(prev: u64) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
-    now.max(prev + 1)
-}
-
 impl Source {
-    fn build(
-        &self,
-        store: &Store,
-        version: u64,
-        changed_at: SystemTime,
-        metrics: &Metrics,
-        prev: Option<&Shared>,
-    ) -> Arc<State> {
-        let (objects, errors) = store.objects();
-        let model = Model::build(&objects, &self.settings.opaque_ports);
-        let shared = snapshot::shared(
-            version,
-            &model,
-            &self.settings,
-            &self.trust_anchors_der,
-            prev,
-        );
-        metrics.set_manifest_errors(errors.len());
-        info!(
-            version,
-            services = model.services.len(),
-            pods = model.pods.len(),
-            routes = model.routes.len(),
-            errors = errors.len(),
-            "mesh model built"
-        );
-        Arc::new(State {
-            model,
-            shared,
-            errors,
-            changed_at,
-        })
-    }
-
     /// Loads the directory now and keeps watching it in the background.
     pub fn spawn(self, metrics: Arc<Metrics>) -> watch::Receiver<Arc<State>> {
         let mut store = Store::new(&self.dir);
         store.refresh();
-        let mut version = next_version(0);
-        let (tx, rx) =
-            watch::channel(self.build(&store, version, SystemTime::now(), &metrics, None));
+        let (objects, errors) = store.objects();
+        let (mut publisher, rx) = Publisher::new(
+            self.settings.clone(),
+            self.trust_anchors_der.clone(),
+            metrics,
+            &objects,
+            errors,
+        );
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(self.debounce).await;
@@ -99,10 +182,8 @@ impl Source {
                         break;
                     }
                 }
-                version = next_version(version);
-                let prev = tx.borrow().shared.clone();
-                let state = self.build(&store, version, first_seen, &metrics, Some(&prev));
-                if tx.send(state).is_err() {
+                let (objects, errors) = store.objects();
+                if !publisher.publish(&objects, errors, first_seen) {
                     return;
                 }
             }

@@ -71,6 +71,10 @@ pub enum SignError {
     Sign(#[from] rcgen::Error),
 }
 
+/// The CA every part of the control plane signs with, swapped in place when
+/// it rotates.
+pub type SharedCa = std::sync::Arc<arc_swap::ArcSwap<Ca>>;
+
 /// A certificate the CA issued.
 #[derive(Clone, Debug)]
 pub struct Issued {
@@ -114,15 +118,18 @@ fn invalid(path: &Path, reason: impl std::fmt::Display) -> CaError {
     }
 }
 
-fn certs_from_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
-    let pem = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+fn certs_from_pem(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(path, format!("not PEM certificates: {e}")))?;
     if certs.is_empty() {
         return Err(invalid(path, "no PEM CERTIFICATE block"));
     }
     Ok(certs)
+}
+
+fn pem_cert(der: &CertificateDer<'static>) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
 }
 
 fn system_time(t: OffsetDateTime) -> SystemTime {
@@ -148,6 +155,23 @@ impl Ca {
             move |source| CaError::Write { path, source }
         };
         fs::create_dir_all(dir).map_err(write_err(dir))?;
+        let (cert_pem, key_pem) = Self::generate_pem(trust_domain)?;
+        let key_path = dir.join("ca.key");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .map_err(write_err(&key_path))?;
+        f.write_all(key_pem.as_bytes())
+            .map_err(write_err(&key_path))?;
+        let cert_path = dir.join("ca.crt");
+        fs::write(&cert_path, cert_pem).map_err(write_err(&cert_path))?;
+        Ok(())
+    }
+
+    /// A new self-signed root for `trust_domain`: its certificate and key, PEM.
+    pub fn generate_pem(trust_domain: &str) -> Result<(String, String), CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -168,19 +192,7 @@ impl Ca {
         params.not_after = now + GENERATED_CA_LIFETIME;
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
-
-        let key_path = dir.join("ca.key");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_path)
-            .map_err(write_err(&key_path))?;
-        f.write_all(key.serialize_pem().as_bytes())
-            .map_err(write_err(&key_path))?;
-        let cert_path = dir.join("ca.crt");
-        fs::write(&cert_path, cert.pem()).map_err(write_err(&cert_path))?;
-        Ok(())
+        Ok((cert.pem(), key.serialize_pem()))
     }
 
     /// Loads an issuer from PEM files: its certificate, its key, and optionally
@@ -190,11 +202,28 @@ impl Ca {
         key_path: &Path,
         roots_path: Option<&Path>,
     ) -> Result<Ca, CaError> {
-        let chain = certs_from_pem(cert_path)?;
+        let cert = read(cert_path)?;
+        let key = read(key_path)?;
+        let roots = roots_path.map(read).transpose()?;
+        Self::from_pem(
+            (&cert, cert_path),
+            (&key, key_path),
+            roots.as_deref().zip(roots_path),
+        )
+    }
+
+    /// An issuer from PEM text; each part comes with the name errors give it
+    /// (a file, or a Secret's key).
+    pub fn from_pem(
+        (cert_pem, cert_path): (&[u8], &Path),
+        (key_pem, key_path): (&[u8], &Path),
+        roots: Option<(&[u8], &Path)>,
+    ) -> Result<Ca, CaError> {
+        let chain = certs_from_pem(cert_pem, cert_path)?;
         let issuer_cert = chain[0].clone();
         let key_pem =
-            String::from_utf8(read(key_path)?).map_err(|_| invalid(key_path, "not PEM text"))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| invalid(key_path, e))?;
+            std::str::from_utf8(key_pem).map_err(|_| invalid(key_path, "not PEM text"))?;
+        let key = KeyPair::from_pem(key_pem).map_err(|e| invalid(key_path, e))?;
 
         let (_, x509) =
             x509_parser::parse_x509_certificate(&issuer_cert).map_err(|e| invalid(cert_path, e))?;
@@ -224,8 +253,8 @@ impl Ca {
             });
         }
         let not_after = system_time(validity.not_after.to_datetime());
-        let roots = match roots_path {
-            Some(p) => certs_from_pem(p)?,
+        let roots = match roots {
+            Some((pem, p)) => certs_from_pem(pem, p)?,
             None => vec![issuer_cert.clone()],
         };
         let issuer =
@@ -239,6 +268,11 @@ impl Ca {
             roots,
             not_after,
         })
+    }
+
+    /// The trust anchors as PEM, as proxies and bundle ConfigMaps carry them.
+    pub fn roots_pem(&self) -> String {
+        self.roots.iter().map(pem_cert).collect()
     }
 
     /// The trust anchors proxies verify peers against.

@@ -8,13 +8,14 @@ use tracing::{info, warn};
 use weft_api::v1::identity_server::Identity;
 use weft_api::v1::{CertifyRequest, CertifyResponse, TrustBundleRequest, TrustBundleResponse};
 
-use super::ca::{Ca, SignError};
+use super::ca::{SharedCa, SignError};
 use super::tokens::{TokenError, TokenVerifier};
 use crate::metrics::{Metrics, Reject};
 
 #[derive(Debug, Clone)]
 pub struct IdentityService {
-    pub ca: Arc<Ca>,
+    /// Swapped in place when the CA rotates.
+    pub ca: SharedCa,
     pub tokens: Arc<dyn TokenVerifier>,
     pub lifetime: Duration,
     pub metrics: Arc<Metrics>,
@@ -67,7 +68,7 @@ impl Identity for IdentityService {
         _request: Request<TrustBundleRequest>,
     ) -> Result<Response<TrustBundleResponse>, Status> {
         Ok(Response::new(TrustBundleResponse {
-            trust_anchors_der: self.ca.roots().iter().map(|c| c.to_vec()).collect(),
+            trust_anchors_der: self.ca.load().roots().iter().map(|c| c.to_vec()).collect(),
         }))
     }
 }
@@ -80,15 +81,37 @@ impl IdentityService {
         let req = request.into_inner();
         let proven = match self.tokens.verify(&req.token).await {
             Ok(id) => id,
-            Err(e @ (TokenError::Empty | TokenError::Unknown)) => {
-                return Err(self.reject(Reject::Token, Status::unauthenticated(e.to_string())));
-            }
-            Err(e @ TokenError::Unavailable(_)) => {
-                return Err(self.reject(Reject::Internal, Status::unavailable(e.to_string())));
+            Err(e) => {
+                let (reason, status) = match &e {
+                    TokenError::Unavailable(_) => {
+                        (Reject::Internal, Status::unavailable(e.to_string()))
+                    }
+                    TokenError::Empty | TokenError::Unknown | TokenError::Invalid(_) => {
+                        (Reject::Token, Status::unauthenticated(e.to_string()))
+                    }
+                    TokenError::Expired(_) => {
+                        (Reject::TokenExpired, Status::unauthenticated(e.to_string()))
+                    }
+                    TokenError::WrongAudience { .. } => (
+                        Reject::TokenAudience,
+                        Status::unauthenticated(e.to_string()),
+                    ),
+                    TokenError::NotBound
+                    | TokenError::PodGone { .. }
+                    | TokenError::BoundPodGone(_) => {
+                        (Reject::TokenPod, Status::permission_denied(e.to_string()))
+                    }
+                    TokenError::WrongServiceAccount { .. } => (
+                        Reject::TokenServiceAccount,
+                        Status::permission_denied(e.to_string()),
+                    ),
+                };
+                return Err(self.reject(reason, status));
             }
         };
         let issued = self
             .ca
+            .load()
             .sign(&req.csr_der, &proven, self.lifetime)
             .map_err(|e| match e {
                 SignError::BadCsr(_) | SignError::BadSan(_) => {
@@ -113,7 +136,7 @@ impl IdentityService {
             leaf_der: issued.leaf.to_vec(),
             intermediates_der: issued.intermediates.iter().map(|c| c.to_vec()).collect(),
             valid_until_unix_ms,
-            trust_anchors_der: self.ca.roots().iter().map(|c| c.to_vec()).collect(),
+            trust_anchors_der: self.ca.load().roots().iter().map(|c| c.to_vec()).collect(),
         }))
     }
 }

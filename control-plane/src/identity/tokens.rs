@@ -1,9 +1,9 @@
 //! Proof of identity. A proxy presents a token with its CSR; a verifier says
 //! which workload identity the token proves.
 //!
-//! Local mode uses bootstrap tokens from a file; in a cluster a Kubernetes
-//! ServiceAccount token reviewed by the API server (TokenReview) will stand
-//! behind the same trait.
+//! Local mode uses bootstrap tokens from a file; in a cluster a projected
+//! ServiceAccount token reviewed by the API server
+//! ([`crate::kubernetes::tokens::TokenReviewer`]) stands behind the same trait.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,6 +24,28 @@ pub enum TokenError {
     Unknown,
     #[error("the token source is unavailable: {0}")]
     Unavailable(String),
+    /// The API server did not accept it (bad signature, unknown issuer...).
+    #[error("the token is not valid: {0}")]
+    Invalid(String),
+    #[error("the token has expired: {0}")]
+    Expired(String),
+    #[error("the token is not for audience `{expected}`: {detail}")]
+    WrongAudience { expected: String, detail: String },
+    #[error("the token's pod is gone: {0}")]
+    BoundPodGone(String),
+    #[error("the token is not bound to a pod (use a projected ServiceAccount token)")]
+    NotBound,
+    #[error("the token's pod {namespace}/{pod} no longer exists (or is another pod of that name)")]
+    PodGone { namespace: String, pod: String },
+    #[error(
+        "the token's pod {namespace}/{pod} runs as service account `{runs_as}`, not `{token_sa}`"
+    )]
+    WrongServiceAccount {
+        namespace: String,
+        pod: String,
+        runs_as: String,
+        token_sa: String,
+    },
 }
 
 pub type VerifyFuture<'a> = Pin<Box<dyn Future<Output = Result<SpiffeId, TokenError>> + Send + 'a>>;

@@ -1,0 +1,439 @@
+//! The Kubernetes source of truth: one kube-rs reflector per kind the model
+//! needs (Namespaces, Services, EndpointSlices, Pods, HTTPRoutes,
+//! TrafficPolicies), whose stores feed the same [`Publisher`] the manifest
+//! directory feeds.
+//!
+//! The watchers relist on `410 Gone` and reconnect with jittered backoff
+//! (kube-runtime does both); a relist replaces a store only once it is
+//! complete, so a restarting API server never publishes half a cluster.
+//! While the API server is away the stores keep what they had, and so do the
+//! proxies. Objects are stripped to what the model reads as they arrive, so a
+//! big cluster's Pods cost little memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use gateway_api::experimental::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::discovery::crds::TrafficPolicy;
+use crate::discovery::manifests::{
+    self, Kind, ManifestError, Object, ObjectKey, validate_annotations,
+};
+use crate::discovery::snapshot::MeshSettings;
+use crate::discovery::source::{Publisher, State};
+use crate::metrics::Metrics;
+
+/// The reflectors' stores: what the cluster holds of each kind, as the model
+/// reads it. The leader's status writers read them too.
+#[derive(Clone, Debug)]
+pub struct Stores {
+    pub namespaces: Store<Namespace>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub pods: Store<Pod>,
+    pub routes: Store<HttpRoute>,
+    pub policies: Store<TrafficPolicy>,
+}
+
+/// Watches that are failing now, by kind: shown at `/errors` until they heal.
+type Failing = Arc<Mutex<BTreeMap<&'static str, String>>>;
+
+#[derive(Clone)]
+pub struct KubeSource {
+    pub client: Client,
+    pub settings: MeshSettings,
+    /// The trust anchors proxies are sent; a new value (a root rotation)
+    /// goes out at once.
+    pub anchors: watch::Receiver<Vec<Vec<u8>>>,
+    /// Quiet time that ends a burst of changes before one push.
+    pub debounce: Duration,
+}
+
+/// Keeps only `weft.dev/*` annotations (the model reads no others).
+fn weft_annotations(meta: &mut kube::api::ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(a) = &mut meta.annotations {
+        a.retain(|k, _| k.starts_with("weft.dev/"));
+    }
+}
+
+/// What the model reads of a Pod: identity, labels, address, readiness,
+/// named ports and Weft's annotations.
+fn strip_pod(p: &mut Pod) {
+    weft_annotations(&mut p.metadata);
+    p.metadata.owner_references = None;
+    let spec = p.spec.take().unwrap_or_default();
+    let keep = |c: &Container| Container {
+        name: c.name.clone(),
+        ports: c.ports.clone(),
+        ..Default::default()
+    };
+    p.spec = Some(PodSpec {
+        service_account_name: spec.service_account_name.clone(),
+        containers: spec.containers.iter().map(keep).collect(),
+        init_containers: spec
+            .init_containers
+            .as_ref()
+            .map(|cs| cs.iter().map(keep).collect()),
+        ..Default::default()
+    });
+    let status = p.status.take().unwrap_or_default();
+    p.status = Some(PodStatus {
+        phase: status.phase,
+        pod_ip: status.pod_ip,
+        conditions: status
+            .conditions
+            .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..Default::default()
+    });
+}
+
+impl KubeSource {
+    /// Starts the reflectors, waits until every kind has been listed once
+    /// (a kind whose CRD is missing counts as empty, with an error), then
+    /// publishes the first version and keeps publishing as the cluster
+    /// changes.
+    pub async fn spawn(
+        self,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<(watch::Receiver<Arc<State>>, Stores)> {
+        let changed = Arc::new(Notify::new());
+        let failing: Failing = Arc::default();
+        let c = &self.client;
+        let reflect = |k| (changed.clone(), failing.clone(), metrics.clone(), k);
+        let stores = Stores {
+            namespaces: start(
+                Api::all(c.clone()),
+                weft_annotations_ns,
+                reflect("Namespace"),
+            ),
+            services: start(
+                Api::all(c.clone()),
+                |s: &mut Service| {
+                    weft_annotations(&mut s.metadata);
+                    s.status = None;
+                },
+                reflect("Service"),
+            ),
+            slices: start(
+                Api::all(c.clone()),
+                |s: &mut EndpointSlice| {
+                    s.metadata.managed_fields = None;
+                    s.metadata.annotations = None;
+                },
+                reflect("EndpointSlice"),
+            ),
+            pods: start(Api::all(c.clone()), strip_pod, reflect("Pod")),
+            routes: start(
+                Api::all(c.clone()),
+                |r: &mut HttpRoute| {
+                    r.metadata.managed_fields = None;
+                },
+                reflect("HTTPRoute"),
+            ),
+            policies: start(
+                Api::all(c.clone()),
+                |p: &mut TrafficPolicy| {
+                    p.metadata.managed_fields = None;
+                },
+                reflect("TrafficPolicy"),
+            ),
+        };
+
+        info!(
+            "listing the cluster's Namespaces, Services, EndpointSlices, Pods, HTTPRoutes and TrafficPolicies"
+        );
+        let mut last_report = tokio::time::Instant::now();
+        while !stores.settled(&failing) {
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            if last_report.elapsed() > Duration::from_secs(10) {
+                last_report = tokio::time::Instant::now();
+                let f = failing.lock().map(|f| f.clone()).unwrap_or_default();
+                warn!(failing = ?f, "still waiting for the first list of every kind");
+            }
+        }
+        let mut builder = Builder::default();
+        let (objects, errors) = builder.objects(&stores, &failing);
+        let mut anchors = self.anchors.clone();
+        let first_anchors = anchors.borrow_and_update().clone();
+        let (mut publisher, rx) = Publisher::new(
+            self.settings.clone(),
+            first_anchors,
+            metrics,
+            &objects,
+            errors,
+        );
+        let debounce = self.debounce;
+        let s = stores.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = changed.notified() => {}
+                    res = anchors.changed() => {
+                        if res.is_err() {
+                            return;
+                        }
+                        let new = anchors.borrow_and_update().clone();
+                        publisher.set_trust_anchors(new);
+                    }
+                }
+                let first_seen = SystemTime::now();
+                // Absorb the rest of a burst, but publish within 10 quiet periods.
+                for _ in 0..10 {
+                    if tokio::time::timeout(debounce, changed.notified())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                let (objects, errors) = builder.objects(&s, &failing);
+                if !publisher.publish(&objects, errors, first_seen) {
+                    return;
+                }
+            }
+        });
+        Ok((rx, stores))
+    }
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("settings", &self.settings)
+            .field("debounce", &self.debounce)
+            .finish_non_exhaustive()
+    }
+}
+
+fn weft_annotations_ns(n: &mut Namespace) {
+    weft_annotations(&mut n.metadata);
+    n.spec = None;
+    n.status = None;
+}
+
+impl Stores {
+    /// Every kind listed once, or failing because its CRD is not installed.
+    fn settled(&self, failing: &Failing) -> bool {
+        let f = failing.lock().map(|f| f.clone()).unwrap_or_default();
+        let ok = |kind: &str, ready: bool| ready || f.get(kind).is_some_and(|e| is_not_found(e));
+        ok("Namespace", is_ready(&self.namespaces))
+            && ok("Service", is_ready(&self.services))
+            && ok("EndpointSlice", is_ready(&self.slices))
+            && ok("Pod", is_ready(&self.pods))
+            && ok("HTTPRoute", is_ready(&self.routes))
+            && ok("TrafficPolicy", is_ready(&self.policies))
+    }
+}
+
+fn is_not_found(message: &str) -> bool {
+    message.contains("404") || message.contains("NotFound") || message.contains("not found")
+}
+
+fn is_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    // A store is ready once its first list is complete.
+    futures_util::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
+}
+
+/// Starts one reflector: its store, fed by a watcher whose events are
+/// stripped by `strip`, counted, and announced on `changed`.
+fn start<K, F>(
+    api: Api<K>,
+    strip: F,
+    (changed, failing, metrics, kind): (Arc<Notify>, Failing, Arc<Metrics>, &'static str),
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+    F: FnMut(&mut K) + Send + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => {
+                    if let Ok(mut f) = failing.lock()
+                        && f.remove(kind).is_some()
+                    {
+                        info!(kind, "the watch recovered");
+                    }
+                    match event {
+                        watcher::Event::Init => metrics.watch_restarted(kind),
+                        watcher::Event::InitApply(_) => {}
+                        _ => {
+                            metrics.watch_event(kind);
+                            changed.notify_one();
+                        }
+                    }
+                }
+                Err(e) => {
+                    metrics.watch_failed(kind);
+                    let message = e.to_string();
+                    warn!(kind, error = %message, "watch failed; retrying with backoff");
+                    if let Ok(mut f) = failing.lock() {
+                        f.insert(kind, message);
+                    }
+                    changed.notify_one();
+                }
+            }
+        }
+    });
+    reader
+}
+
+/// Turns the stores into the model's objects, checking each as the manifest
+/// source does. An object that fails a check keeps its last good version (the
+/// API server holds only the new one); one deleted from the API goes.
+#[derive(Debug, Default)]
+struct Builder {
+    last_good: HashMap<ObjectKey, Object>,
+}
+
+impl Builder {
+    fn objects(
+        &mut self,
+        stores: &Stores,
+        failing: &Failing,
+    ) -> (BTreeMap<ObjectKey, Object>, Vec<ManifestError>) {
+        let mut objects = BTreeMap::new();
+        let mut errors = Vec::new();
+        let mut add = |key: ObjectKey, obj: Object, check: Result<(), (String, String)>| match check
+        {
+            Ok(()) => {
+                self.last_good.insert(key.clone(), obj.clone());
+                objects.insert(key, obj);
+            }
+            Err((field, message)) => {
+                let kept = self.last_good.get(&key).cloned();
+                let message = if kept.is_some() {
+                    format!("{message} (the last good version keeps serving)")
+                } else {
+                    message
+                };
+                errors.push(ManifestError {
+                    file: None,
+                    object: key.to_string(),
+                    field,
+                    message,
+                });
+                if let Some(old) = kept {
+                    objects.insert(key, old);
+                }
+            }
+        };
+        for n in stores.namespaces.state() {
+            let check = validate_annotations(n.metadata.annotations.as_ref());
+            add(key(Kind::Namespace, &*n, true), Object::Namespace(n), check);
+        }
+        for s in stores.services.state() {
+            let check = validate_annotations(s.metadata.annotations.as_ref());
+            add(key(Kind::Service, &*s, false), Object::Service(s), check);
+        }
+        for es in stores.slices.state() {
+            add(
+                key(Kind::EndpointSlice, &*es, false),
+                Object::EndpointSlice(es),
+                Ok(()),
+            );
+        }
+        for p in stores.pods.state() {
+            let check = validate_annotations(p.metadata.annotations.as_ref());
+            add(key(Kind::Pod, &*p, false), Object::Pod(p), check);
+        }
+        for r in stores.routes.state() {
+            // Routes of Gateways are not the mesh's business.
+            let Some(mesh) = mesh_route(&r) else { continue };
+            let check = manifests::validate_route(&mesh);
+            add(
+                key(Kind::HttpRoute, &*r, false),
+                Object::HttpRoute(Arc::new(mesh)),
+                check,
+            );
+        }
+        for p in stores.policies.state() {
+            let check = manifests::validate_policy(&p);
+            add(
+                key(Kind::TrafficPolicy, &*p, false),
+                Object::TrafficPolicy(p),
+                check,
+            );
+        }
+        // What the API deleted is gone, not kept.
+        self.last_good.retain(|k, _| objects.contains_key(k));
+        if let Ok(f) = failing.lock() {
+            for (kind, message) in f.iter() {
+                let hint = if is_not_found(message) {
+                    " (is its CRD installed? see k8s/crds and k8s/gateway-api)"
+                } else {
+                    " (retrying; the last state keeps serving)"
+                };
+                errors.push(ManifestError {
+                    file: None,
+                    object: format!("watch {kind}"),
+                    field: String::new(),
+                    message: format!("{message}{hint}"),
+                });
+            }
+        }
+        (objects, errors)
+    }
+}
+
+fn key<K: Resource>(kind: Kind, obj: &K, cluster_scoped: bool) -> ObjectKey {
+    let meta = obj.meta();
+    ObjectKey {
+        kind,
+        namespace: if cluster_scoped {
+            String::new()
+        } else {
+            meta.namespace.clone().unwrap_or_default()
+        },
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}
+
+/// A route with only its Service parents (the GAMMA part), or none when it
+/// has no Service parent.
+pub fn mesh_route(r: &HttpRoute) -> Option<HttpRoute> {
+    let parents = r.spec.parent_refs.as_deref().unwrap_or_default();
+    let mesh: Vec<_> = parents
+        .iter()
+        .filter(|p| is_service_ref(p.group.as_deref(), p.kind.as_deref()))
+        .cloned()
+        .collect();
+    if mesh.is_empty() {
+        return None;
+    }
+    let mut out = r.clone();
+    out.spec.parent_refs = Some(mesh);
+    Some(out)
+}
+
+/// A reference to a core Service (`group: ""`, `kind: Service`).
+pub fn is_service_ref(group: Option<&str>, kind: Option<&str>) -> bool {
+    kind == Some("Service") && group.is_none_or(|g| g.is_empty() || g == "core")
+}
