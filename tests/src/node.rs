@@ -171,6 +171,12 @@ impl Pod {
         self.track(name, cmd)
     }
 
+    /// Starts a command built with `self.ns.command(...)` (e.g. with an
+    /// environment of its own), tracked and logged like [`Pod::spawn`].
+    pub fn spawn_command(&self, name: &str, cmd: Command) -> Arc<Process> {
+        self.track(name, cmd)
+    }
+
     fn track(&self, name: &str, cmd: Command) -> Arc<Process> {
         let log = self.logs.join(format!("{}-{name}.log", self.name));
         let p = Arc::new(Process::spawn(&format!("{}/{name}", self.name), cmd, log));

@@ -270,6 +270,12 @@ impl Cluster {
     }
 
     /// Where the certificates, kubeconfigs and etcd's data live.
+    /// The ServiceAccount token signing key (ECDSA P-256, PKCS#8 PEM): what
+    /// the API server signs tokens with.
+    pub fn sa_key(&self) -> &Path {
+        &self.pki.sa_key
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -22,6 +22,7 @@ mod cluster;
 pub mod pki;
 mod stand_in;
 pub mod tools;
+pub mod weft;
 
 pub use cluster::{API_PORT, Cluster, ISSUER};
 pub use stand_in::{NODE_NAME, NodeStandIn};
