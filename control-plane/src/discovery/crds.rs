@@ -2,9 +2,42 @@
 //! derive their CRD schema (kube + schemars), so the same types serve the
 //! local manifests, the Kubernetes source and the generated CRD YAML.
 
-use kube::CustomResource;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
+use schemars::transform::{RecursiveTransform, Transform};
 use serde::{Deserialize, Serialize};
+
+/// Gateway API's duration grammar (GEP-2257), as its CRDs spell it: one to
+/// four numbers of at most five digits, each with a unit `h`, `m`, `s` or
+/// `ms` (`500ms`, `10s`, `1h30m`). [`duration_ms`] reads exactly this.
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$";
+
+/// The gRPC status codes by name, in number order.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// [`GRPC_CODES`] as the schema's pattern.
+const GRPC_CODE_PATTERN: &str = "^(OK|CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|\
+ALREADY_EXISTS|PERMISSION_DENIED|RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|\
+UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS|UNAUTHENTICATED)$";
 
 /// Traffic policy for one Service (or one of its ports): what Gateway API
 /// does not say — the retry budget, which failures are retried, outlier
@@ -22,9 +55,12 @@ use serde::{Deserialize, Serialize};
     category = "weft",
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
     printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    doc = "A Weft traffic policy: retry budget, retried failures, outlier detection, limits, and \
+           default retries and timeouts for one Service (or one port of it)."
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = kubernetes_schema)]
 pub struct TrafficPolicySpec {
     pub target_ref: PolicyTargetRef,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,7 +83,7 @@ pub struct TrafficPolicySpec {
     pub load_balancer: Option<LoadBalancer>,
     /// Pooled connections to the endpoints close after this long unused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub idle_timeout: Option<String>,
 }
 
@@ -76,7 +112,7 @@ pub struct RetryBudget {
     #[schemars(range(min = 0.0, max = 10.0))]
     pub ratio: Option<f32>,
     pub min_per_second: Option<u32>,
-    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub window: Option<String>,
 }
 
@@ -92,9 +128,7 @@ pub struct RetryOn {
     pub non_idempotent: Option<bool>,
     /// gRPC status codes by name, e.g. `UNAVAILABLE`.
     #[serde(default)]
-    #[schemars(inner(regex(
-        pattern = "^(OK|CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|ALREADY_EXISTS|PERMISSION_DENIED|RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS|UNAUTHENTICATED)$"
-    )))]
+    #[schemars(inner(regex(pattern = GRPC_CODE_PATTERN)))]
     pub grpc_codes: Vec<String>,
 }
 
@@ -105,7 +139,7 @@ pub struct RetryOn {
 pub struct OutlierDetection {
     #[schemars(range(min = 1))]
     pub consecutive_failures: Option<u32>,
-    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub base_ejection_time: Option<String>,
     #[schemars(range(max = 100))]
     pub max_ejection_percent: Option<u32>,
@@ -121,7 +155,7 @@ pub struct Limits {
     pub max_connections: Option<u32>,
     pub max_pending_requests: Option<u32>,
     /// How long a request may wait for an endpoint to become available.
-    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub queue_timeout: Option<String>,
 }
 
@@ -131,7 +165,7 @@ pub struct Limits {
 pub struct Retry {
     #[schemars(range(max = 10))]
     pub attempts: Option<u32>,
-    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub backoff: Option<String>,
     /// HTTP status codes to retry (400-599), as Gateway API allows.
     #[serde(default)]
@@ -144,127 +178,186 @@ pub struct Retry {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "!(has(self.request) && has(self.backendRequest) && duration(self.request) != duration('0s') && duration(self.backendRequest) > duration(self.request))",
-    "message": "backendRequest timeout cannot be longer than request timeout"
+    "message": "backendRequest timeout cannot be longer than request timeout",
+    "fieldPath": ".backendRequest"
 }]))]
 pub struct Timeouts {
-    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub request: Option<String>,
-    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub backend_request: Option<String>,
 }
 
-/// A gRPC status code's number from its name.
+/// A gRPC status code's number from its name, spelled as the schema says
+/// (`UNAVAILABLE`).
 pub fn grpc_code(name: &str) -> Option<u32> {
-    const CODES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    CODES
-        .iter()
-        .position(|c| c.eq_ignore_ascii_case(name))
-        .map(|i| i as u32)
+    GRPC_CODES.iter().position(|c| *c == name).map(|i| i as u32)
 }
 
-/// A Gateway API duration (`500ms`, `10s`, `1h`) in milliseconds.
+/// A Gateway API duration ([`DURATION_PATTERN`]: `500ms`, `10s`, `1h30m`)
+/// in milliseconds, exactly as long as written.
+fn gateway_duration(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "`{s}` is not a duration like 500ms, 10s or 1h30m (one to four parts of at most 5 \
+             digits, each with a unit h, m, s or ms)"
+        )
+    };
+    let mut rest = s;
+    let mut parts = 0;
+    let mut total = 0u64;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=5).contains(&digits) || parts == 4 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        // `ms` before `m`: in the grammar a unit is always followed by a
+        // digit or the end, so `1ms` cannot be `1m` then `s`.
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else {
+            return Err(bad());
+        };
+        rest = &rest[len..];
+        total += n * unit;
+        parts += 1;
+    }
+    if parts == 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+/// A Gateway API duration ([`DURATION_PATTERN`]: `500ms`, `10s`, `1h30m`)
+/// in milliseconds, the same strings the CRDs accept. The grammar allows up
+/// to 4 x 99999h; anything beyond `u32::MAX` milliseconds (about 49.7 days)
+/// counts as that long, which for a timeout is as good as never.
 pub fn duration_ms(s: &str) -> Result<u32, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 500ms or 10s: {e}"))
-        .and_then(|d| u32::try_from(d.as_millis()).map_err(|_| format!("`{s}` is too long")))
+    gateway_duration(s).map(|ms| u32::try_from(ms).unwrap_or(u32::MAX))
 }
 
 impl TrafficPolicySpec {
-    /// Checks what serde cannot: durations, ranges, code names. Errors name
-    /// the field.
+    /// Checks what serde cannot, exactly what the CRD's schema checks on the
+    /// API server (so a policy from a manifest directory and one from a
+    /// cluster are refused alike): the target, durations, ranges, code
+    /// names. Errors name the field as the API server does.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        fn err<T>(
+            field: impl Into<String>,
+            message: impl Into<String>,
+        ) -> Result<T, (String, String)> {
+            Err((field.into(), message.into()))
+        }
         let dur = |field: &str, v: &Option<String>| match v {
-            Some(s) => duration_ms(s)
-                .map(|_| ())
-                .map_err(|e| (field.to_string(), e)),
-            None => Ok(()),
+            Some(s) => gateway_duration(s).map_err(|e| (field.to_string(), e)),
+            None => Ok(0),
         };
+        let at_least_1 = |field: &str, v: Option<u32>| match v {
+            Some(0) => err(field, "must be at least 1"),
+            _ => Ok(()),
+        };
+        let t = &self.target_ref;
+        if t.kind != "Service" {
+            return err(
+                "spec.targetRef.kind",
+                format!("a TrafficPolicy targets a Service, not `{}`", t.kind),
+            );
+        }
+        if !t.group.is_empty() {
+            return err(
+                "spec.targetRef.group",
+                format!("a Service is in the core group \"\", not `{}`", t.group),
+            );
+        }
+        if !(1..=253).contains(&t.name.chars().count()) {
+            return err("spec.targetRef.name", "a name of 1 to 253 characters");
+        }
+        if t.port == Some(0) {
+            return err("spec.targetRef.port", "0 is not a port (1-65535)");
+        }
         if let Some(b) = &self.retry_budget {
             if let Some(r) = b.ratio
                 && !(0.0..=10.0).contains(&r)
             {
-                return Err((
-                    "spec.retryBudget.ratio".into(),
+                return err(
+                    "spec.retryBudget.ratio",
                     format!("{r} is not a ratio between 0 and 10"),
-                ));
+                );
             }
             dur("spec.retryBudget.window", &b.window)?;
         }
+        if let Some(r) = &self.retry_on {
+            for (i, c) in r.grpc_codes.iter().enumerate() {
+                if grpc_code(c).is_none() {
+                    return err(
+                        format!("spec.retryOn.grpcCodes[{i}]"),
+                        format!("`{c}` is not a gRPC status code name (e.g. UNAVAILABLE)"),
+                    );
+                }
+            }
+        }
         if let Some(o) = &self.outlier_detection {
+            at_least_1(
+                "spec.outlierDetection.consecutiveFailures",
+                o.consecutive_failures,
+            )?;
             dur(
                 "spec.outlierDetection.baseEjectionTime",
                 &o.base_ejection_time,
             )?;
             if o.max_ejection_percent.is_some_and(|p| p > 100) {
-                return Err((
-                    "spec.outlierDetection.maxEjectionPercent".into(),
-                    "a percentage is at most 100".into(),
-                ));
+                return err(
+                    "spec.outlierDetection.maxEjectionPercent",
+                    "a percentage is at most 100",
+                );
             }
         }
         if let Some(l) = &self.limits {
+            at_least_1(
+                "spec.limits.maxConcurrentRequests",
+                l.max_concurrent_requests,
+            )?;
+            at_least_1("spec.limits.maxConnections", l.max_connections)?;
             dur("spec.limits.queueTimeout", &l.queue_timeout)?;
         }
-        if let Some(r) = &self.retry_on {
-            for (i, c) in r.grpc_codes.iter().enumerate() {
-                if grpc_code(c).is_none() {
-                    return Err((
-                        format!("spec.retryOn.grpcCodes[{i}]"),
-                        format!("`{c}` is not a gRPC status code name"),
-                    ));
-                }
-            }
-        }
         if let Some(r) = &self.retry {
-            dur("spec.retry.backoff", &r.backoff)?;
             if r.attempts.is_some_and(|a| a > 10) {
-                return Err((
-                    "spec.retry.attempts".into(),
-                    "attempts are at most 10".into(),
-                ));
+                return err("spec.retry.attempts", "attempts are at most 10");
             }
+            dur("spec.retry.backoff", &r.backoff)?;
             if let Some((i, c)) = r
                 .codes
                 .iter()
                 .enumerate()
                 .find(|(_, c)| !(400..=599).contains(*c))
             {
-                return Err((
+                return err(
                     format!("spec.retry.codes[{i}]"),
                     format!("{c} is not a status code to retry (400-599)"),
-                ));
+                );
             }
         }
         if let Some(t) = &self.timeouts {
-            dur("spec.timeouts.request", &t.request)?;
-            dur("spec.timeouts.backendRequest", &t.backend_request)?;
-            let ms = |v: &Option<String>| v.as_deref().and_then(|s| duration_ms(s).ok());
-            if let (Some(req), Some(backend)) = (ms(&t.request), ms(&t.backend_request))
-                && req != 0
-                && backend > req
+            let request = dur("spec.timeouts.request", &t.request)?;
+            let backend = dur("spec.timeouts.backendRequest", &t.backend_request)?;
+            // As the CEL rule on `timeouts`: a request timeout of 0 is none.
+            if t.request.is_some()
+                && t.backend_request.is_some()
+                && request != 0
+                && backend > request
             {
-                return Err((
-                    "spec.timeouts.backendRequest".into(),
-                    "backendRequest timeout cannot be longer than request timeout".into(),
-                ));
+                return err(
+                    "spec.timeouts.backendRequest",
+                    "backendRequest timeout cannot be longer than request timeout",
+                );
             }
         }
         dur("spec.idleTimeout", &self.idle_timeout)?;
@@ -275,19 +368,287 @@ impl TrafficPolicySpec {
 /// The Service a policy applies to (Gateway API's policy attachment shape).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "self.kind == 'Service' && (!has(self.group) || self.group == '')",
-    "message": "a TrafficPolicy targets a core Service: kind Service, group \"\""
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.kind == 'Service'",
+        "message": "a TrafficPolicy targets a Service",
+        "fieldPath": ".kind"
+    },
+    {
+        "rule": "!has(self.group) || self.group == ''",
+        "message": "a Service is in the core group \"\"",
+        "fieldPath": ".group"
+    }
+]))]
 pub struct PolicyTargetRef {
     /// The core group, `""`.
     #[serde(default)]
     pub group: String,
     /// `Service`.
     pub kind: String,
+    /// The Service's name, in the policy's namespace.
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// One port of the Service; all of them when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub port: Option<u16>,
+}
+
+/// What the API server needs beyond what schemars derives, applied to the
+/// whole spec schema (kube's own transforms then make it structural):
+/// - unsigned integers get the bound of their type and a format Kubernetes
+///   knows: schemars says `format: uint32` with only `minimum: 0`, so the
+///   API server would store a 5000000000 the control plane cannot read;
+/// - `null` leaves the enums of optional fields (they are `nullable`
+///   already, and the API server listed `"null"` among the supported
+///   values in its error messages).
+fn kubernetes_schema(schema: &mut schemars::Schema) {
+    RecursiveTransform(|s: &mut schemars::Schema| {
+        let Some(obj) = s.as_object_mut() else {
+            return;
+        };
+        let bound = match obj.get("format").and_then(|f| f.as_str()) {
+            Some("uint8") => Some(("int32", u64::from(u8::MAX))),
+            Some("uint16") => Some(("int32", u64::from(u16::MAX))),
+            Some("uint32") => Some(("int64", u64::from(u32::MAX))),
+            _ => None,
+        };
+        if let Some((format, max)) = bound {
+            obj.insert("format".into(), format.into());
+            let max = obj
+                .get("maximum")
+                .and_then(|m| m.as_f64())
+                .map_or(max, |m| max.min(m as u64));
+            obj.insert("maximum".into(), max.into());
+        }
+        if let Some(serde_json::Value::Array(values)) = obj.get_mut("enum") {
+            values.retain(|v| !v.is_null());
+        }
+    })
+    .transform(schema);
+}
+
+/// Every Weft CRD, generated from these types.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![TrafficPolicy::crd()]
+}
+
+/// Where k8s/crds/ keeps a CRD: `<group>_<plural>.yaml`.
+pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
+    format!("{}_{}.yaml", crd.spec.group, crd.spec.names.plural)
+}
+
+/// One CRD as k8s/crds/ holds it: a header saying where it comes from,
+/// then the YAML.
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
+    let yaml = serde_norway::to_string(crd).expect("a CRD is plain data and serializes");
+    format!(
+        "# Generated from the Rust types in control-plane/src/discovery/crds.rs: do not edit.\n\
+         # Regenerate with `WEFT_UPDATE_CRDS=1 cargo test -p weft-control crds`\n\
+         # (or print it with `weftctl crds`).\n\
+         ---\n{yaml}"
+    )
+}
+
+/// Every Weft CRD as multi-document YAML for `kubectl apply -f -` (what
+/// `weftctl crds` prints and k8s/crds/ holds).
+pub fn crds_yaml() -> String {
+    crds().iter().map(crd_yaml).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// k8s/crds/ holds what the types generate; `WEFT_UPDATE_CRDS=1`
+    /// rewrites it.
+    #[test]
+    fn checked_in_crds_are_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace holds control-plane/")
+            .join("k8s/crds");
+        let update = std::env::var_os("WEFT_UPDATE_CRDS").is_some_and(|v| v == "1");
+        for crd in crds() {
+            let file = dir.join(crd_file_name(&crd));
+            let want = crd_yaml(&crd);
+            if update {
+                std::fs::create_dir_all(&dir).expect("creating k8s/crds");
+                std::fs::write(&file, &want)
+                    .unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+                continue;
+            }
+            let Ok(have) = std::fs::read_to_string(&file) else {
+                panic!(
+                    "{} is missing; generate it with `WEFT_UPDATE_CRDS=1 cargo test -p \
+                     weft-control crds` and commit it",
+                    file.display()
+                );
+            };
+            let line = first_difference(&have, &want);
+            assert!(
+                have == want,
+                "{} is not what the types in control-plane/src/discovery/crds.rs generate; \
+                 regenerate it with `WEFT_UPDATE_CRDS=1 cargo test -p weft-control crds` and \
+                 commit it. The first difference, line {}:\n  checked in: {:?}\n  generated:  {:?}",
+                file.display(),
+                line + 1,
+                have.lines().nth(line),
+                want.lines().nth(line),
+            );
+        }
+    }
+
+    #[test]
+    fn durations_follow_the_gateway_api_grammar() {
+        for (s, ms) in [
+            ("0s", 0),
+            ("500ms", 500),
+            ("10s", 10_000),
+            ("1m", 60_000),
+            ("1h30m", 5_400_000),
+            ("1h1m1s1ms", 3_661_001),
+            ("99999ms", 99_999),
+        ] {
+            assert_eq!(duration_ms(s), Ok(ms), "{s}");
+        }
+        // What the CRDs' pattern refuses: spaces, other units, fractions,
+        // signs, 6 digits, 5 parts, nothing.
+        for s in [
+            "5 seconds",
+            "5 s",
+            "1d",
+            "100us",
+            "1.5s",
+            "-1s",
+            "+1s",
+            "100000ms",
+            "1s1s1s1s1s",
+            "",
+            "s",
+            "10",
+            "1H",
+            " 1s",
+        ] {
+            assert!(duration_ms(s).is_err(), "`{s}` was taken");
+        }
+        // The longest the grammar allows is read, at most u32::MAX ms.
+        assert_eq!(duration_ms("99999h99999h99999h99999h"), Ok(u32::MAX));
+        assert_eq!(gateway_duration("99999h"), Ok(99_999 * 3_600_000));
+    }
+
+    #[test]
+    fn the_grpc_code_pattern_lists_the_codes() {
+        assert_eq!(
+            GRPC_CODE_PATTERN,
+            format!("^({})$", GRPC_CODES.join("|")),
+            "the schema's pattern and grpc_code() know the same names"
+        );
+        assert_eq!(grpc_code("UNAVAILABLE"), Some(14));
+        assert_eq!(
+            grpc_code("unavailable"),
+            None,
+            "the schema's pattern is exact"
+        );
+    }
+
+    fn spec(yaml: &str) -> TrafficPolicySpec {
+        serde_norway::from_str(&format!(
+            "targetRef: {{group: \"\", kind: Service, name: web}}\n{yaml}"
+        ))
+        .unwrap_or_else(|e| panic!("{yaml}: {e}"))
+    }
+
+    /// validate() refuses what the CRD schema refuses, naming the field as
+    /// the API server does (tests/tests/kube_crds.rs checks the same cases
+    /// against a real API server).
+    #[test]
+    fn validate_refuses_what_the_schema_refuses() {
+        assert_eq!(spec("").validate(), Ok(()));
+        for (yaml, field) in [
+            ("timeouts: {request: 5 seconds}", "spec.timeouts.request"),
+            (
+                "timeouts: {request: 1s, backendRequest: 2s}",
+                "spec.timeouts.backendRequest",
+            ),
+            ("retryBudget: {ratio: 20}", "spec.retryBudget.ratio"),
+            ("retryBudget: {ratio: -0.5}", "spec.retryBudget.ratio"),
+            ("retryBudget: {window: 1d}", "spec.retryBudget.window"),
+            (
+                "outlierDetection: {maxEjectionPercent: 150}",
+                "spec.outlierDetection.maxEjectionPercent",
+            ),
+            (
+                "outlierDetection: {consecutiveFailures: 0}",
+                "spec.outlierDetection.consecutiveFailures",
+            ),
+            (
+                "outlierDetection: {baseEjectionTime: 1.5s}",
+                "spec.outlierDetection.baseEjectionTime",
+            ),
+            (
+                "retryOn: {grpcCodes: [UNAVAILABLE, NOPE]}",
+                "spec.retryOn.grpcCodes[1]",
+            ),
+            (
+                "retryOn: {grpcCodes: [unavailable]}",
+                "spec.retryOn.grpcCodes[0]",
+            ),
+            (
+                "limits: {maxConcurrentRequests: 0}",
+                "spec.limits.maxConcurrentRequests",
+            ),
+            ("limits: {maxConnections: 0}", "spec.limits.maxConnections"),
+            ("limits: {queueTimeout: 100us}", "spec.limits.queueTimeout"),
+            ("retry: {attempts: 11}", "spec.retry.attempts"),
+            ("retry: {codes: [503, 200]}", "spec.retry.codes[1]"),
+            ("retry: {backoff: 25}", "spec.retry.backoff"),
+            ("idleTimeout: 30 s", "spec.idleTimeout"),
+        ] {
+            let got = spec(yaml).validate();
+            assert_eq!(
+                got.as_ref().map_err(|(f, _)| f.as_str()),
+                Err(field),
+                "{yaml}: {got:?}"
+            );
+        }
+        for (target, field) in [
+            ("{kind: Deployment, name: web}", "spec.targetRef.kind"),
+            (
+                "{group: apps, kind: Service, name: web}",
+                "spec.targetRef.group",
+            ),
+            ("{kind: Service, name: \"\"}", "spec.targetRef.name"),
+            ("{kind: Service, name: web, port: 0}", "spec.targetRef.port"),
+        ] {
+            let s: TrafficPolicySpec = serde_norway::from_str(&format!("targetRef: {target}"))
+                .unwrap_or_else(|e| panic!("{target}: {e}"));
+            let got = s.validate();
+            assert_eq!(
+                got.as_ref().map_err(|(f, _)| f.as_str()),
+                Err(field),
+                "{target}: {got:?}"
+            );
+        }
+        // What the schema takes, validate() takes: a request timeout of 0s
+        // is none, so any backendRequest goes; the longest durations.
+        for yaml in [
+            "timeouts: {request: 0s, backendRequest: 2s}",
+            "timeouts: {request: 2s, backendRequest: 2000ms}",
+            "idleTimeout: 99999h99999h99999h99999h",
+            "retryBudget: {ratio: 10, minPerSecond: 4294967295}",
+            "retry: {attempts: 10, codes: [400, 599]}",
+            "outlierDetection: {maxEjectionPercent: 100}",
+        ] {
+            assert_eq!(spec(yaml).validate(), Ok(()), "{yaml}");
+        }
+    }
+
+    fn first_difference(a: &str, b: &str) -> usize {
+        a.lines()
+            .zip(b.lines())
+            .position(|(x, y)| x != y)
+            .unwrap_or_else(|| a.lines().count().min(b.lines().count()))
+    }
 }
