@@ -40,10 +40,17 @@ enum Command {
     /// with a live table of golden metrics. Run as root. Exits 1 when the
     /// client's success rate fell below 99%.
     Demo(weft_control::demo::Args),
+    /// Weft's CustomResourceDefinitions, generated from the control plane's
+    /// types, as YAML for `kubectl apply -f -` (k8s/crds/ holds the same).
+    Crds,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Crds = cli.command {
+        print!("{}", weft_control::discovery::crds::crds_yaml());
+        return ExitCode::SUCCESS;
+    }
     if let Command::Demo(args) = cli.command {
         return match weft_control::demo::run(args) {
             Ok(true) => ExitCode::SUCCESS,
@@ -100,6 +107,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         // Handled in main: the demo makes runtimes of its own.
         Command::Demo(_) => anyhow::bail!("the demo runs outside this runtime"),
+        // Handled in main: printing needs no runtime.
+        Command::Crds => anyhow::bail!("the CRDs print outside this runtime"),
     }
 }
 
