@@ -232,7 +232,8 @@ fn classify(detail: String) -> TokenError {
         }
     } else if lower.contains("expired") {
         TokenError::Expired(detail)
-    } else if lower.contains("not found")
+    } else if lower.contains("invalidated")
+        || lower.contains("not found")
         || lower.contains("has been deleted")
         || lower.contains("does not match")
     {
@@ -266,6 +267,10 @@ mod tests {
         assert!(matches!(
             classify("[invalid bearer token, square/go-jose/jwt: validation failed, token is expired (exp)]".into()),
             TokenError::Expired(_)
+        ));
+        assert!(matches!(
+            classify("[invalid bearer token, service account token has been invalidated]".into()),
+            TokenError::BoundPodGone(_)
         ));
         assert!(matches!(classify("garbage".into()), TokenError::Invalid(_)));
     }
