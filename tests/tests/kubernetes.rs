@@ -747,3 +747,75 @@ fn a_new_leader_takes_over() {
         || spread(&frontend, &vip, 5).get(&v2_name) == Some(&5),
     );
 }
+
+/// Not a pass/fail test: measures the time from `kubectl apply` of an
+/// HTTPRoute change to every one of 100 real sidecars acknowledging the new
+/// snapshot, and prints the figures. Run it by hand:
+/// `cargo test -p weft-e2e --test kubernetes -- --ignored --nocapture push_latency`.
+#[test]
+#[ignore = "a measurement: 100 sidecars, about two minutes"]
+fn push_latency_with_100_proxies() {
+    const N: usize = 100;
+    const CHANGES: usize = 30;
+    let m = Mesh::start("kubernetes_latency");
+    let cp = ControlReplica::start(&m.cluster, &m.node, "control-0", &[]);
+    let addr = cp.grpc_addr();
+    m.cluster.apply(APP);
+    let fleet = APP
+        .split("---")
+        .find(|d| d.contains("name: backend-v1, namespace: shop") && d.contains("Deployment"))
+        .expect("the backend-v1 Deployment")
+        .replace("replicas: 2", &format!("replicas: {N}"));
+    m.cluster.apply(&fleet);
+    let pods = m
+        .kubelet
+        .wait_pods(NS, "app=backend,version=v1", N, Duration::from_secs(120));
+    let started = Instant::now();
+    for (name, pod) in &pods {
+        weft::start_sidecar(&m.cluster, pod, name, NS, "backend", &addr);
+    }
+    eprintln!(
+        "{N} sidecars ready in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let status = || cp.admin_json("/status");
+    let all_current = |s: &serde_json::Value| {
+        let proxies = s["proxies"].as_array().cloned().unwrap_or_default();
+        proxies.iter().filter(|p| p["current"] == true).count() >= N
+    };
+    eventually("every sidecar runs the current version", WAIT, || {
+        all_current(&status())
+    });
+    let mut took = Vec::new();
+    for i in 0..CHANGES {
+        let before = status()["version"].as_u64().unwrap_or(0);
+        let t0 = Instant::now();
+        m.cluster.apply(&route(if i % 2 == 0 { 90 } else { 10 }));
+        loop {
+            let s = status();
+            if s["version"].as_u64().unwrap_or(0) > before && all_current(&s) {
+                break;
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "the change never reached every proxy: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        took.push(t0.elapsed());
+        // Let the leader's status write (its own version) settle first.
+        std::thread::sleep(Duration::from_millis(500));
+        eventually("settled", WAIT, || all_current(&status()));
+    }
+    took.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
+    eprintln!(
+        "kubectl apply of an HTTPRoute change -> all {N} sidecars acknowledged: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {CHANGES} changes (each includes kubectl's own start, about 100 ms)",
+        ms(p(0.5)),
+        ms(p(0.9)),
+        ms(p(0.99)),
+        ms(took[took.len() - 1])
+    );
+}

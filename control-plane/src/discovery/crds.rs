@@ -50,6 +50,7 @@ UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS|UNAUTHENTICATED)$";
     version = "v1alpha1",
     kind = "TrafficPolicy",
     namespaced,
+    derive = "PartialEq",
     status = "TrafficPolicyStatus",
     shortname = "tp",
     category = "weft",

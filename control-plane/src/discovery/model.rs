@@ -215,7 +215,7 @@ pub fn stricter(a: MtlsMode, b: MtlsMode) -> MtlsMode {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Model {
     pub services: Vec<ServiceModel>,
     pub pods: Vec<PodModel>,

@@ -64,7 +64,7 @@ impl Publisher {
             &trust_anchors_der,
             &metrics,
             version,
-            objects,
+            Model::build(objects, &settings.opaque_ports),
             errors,
             SystemTime::now(),
             None,
@@ -82,13 +82,26 @@ impl Publisher {
         )
     }
 
-    /// Publishes a new version. False once nobody listens any more.
+    /// Publishes a new version, unless nothing the proxies or `/errors` see
+    /// changed (a Pod's status heartbeat, a route's status written by the
+    /// leader): a new version every proxy must acknowledge for nothing would
+    /// make `weftctl status` show them behind. False once nobody listens.
     pub fn publish(
         &mut self,
         objects: &BTreeMap<ObjectKey, Object>,
         errors: Vec<ManifestError>,
         changed_at: SystemTime,
     ) -> bool {
+        let model = Model::build(objects, &self.settings.opaque_ports);
+        {
+            let current = self.tx.borrow();
+            if current.model == model
+                && current.errors == errors
+                && current.shared.trust_anchors_der == self.trust_anchors_der
+            {
+                return !self.tx.is_closed();
+            }
+        }
         self.version = next_version(self.version);
         let prev = self.tx.borrow().shared.clone();
         let state = build(
@@ -96,7 +109,7 @@ impl Publisher {
             &self.trust_anchors_der,
             &self.metrics,
             self.version,
-            objects,
+            model,
             errors,
             changed_at,
             Some(&prev),
@@ -120,12 +133,11 @@ fn build(
     anchors: &[Vec<u8>],
     metrics: &Metrics,
     version: u64,
-    objects: &BTreeMap<ObjectKey, Object>,
+    model: Model,
     errors: Vec<ManifestError>,
     changed_at: SystemTime,
     prev: Option<&Shared>,
 ) -> Arc<State> {
-    let model = Model::build(objects, &settings.opaque_ports);
     let shared = snapshot::shared(version, &model, settings, anchors, prev);
     metrics.set_manifest_errors(errors.len());
     info!(

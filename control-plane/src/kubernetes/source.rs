@@ -366,7 +366,12 @@ impl Builder {
         }
         for r in stores.routes.state() {
             // Routes of Gateways are not the mesh's business.
-            let Some(mesh) = mesh_route(&r) else { continue };
+            let Some(mut mesh) = mesh_route(&r) else {
+                continue;
+            };
+            // The model reads the spec: a status write is no change.
+            volatile(&mut mesh.metadata);
+            mesh.status = None;
             let check = manifests::validate_route(&mesh);
             add(
                 key(Kind::HttpRoute, &*r, false),
@@ -376,9 +381,12 @@ impl Builder {
         }
         for p in stores.policies.state() {
             let check = manifests::validate_policy(&p);
+            let mut spec_only = (*p).clone();
+            volatile(&mut spec_only.metadata);
+            spec_only.status = None;
             add(
                 key(Kind::TrafficPolicy, &*p, false),
-                Object::TrafficPolicy(p),
+                Object::TrafficPolicy(Arc::new(spec_only)),
                 check,
             );
         }
@@ -401,6 +409,13 @@ impl Builder {
         }
         (objects, errors)
     }
+}
+
+/// Clears what changes with every write but means nothing to the model.
+fn volatile(meta: &mut kube::api::ObjectMeta) {
+    meta.resource_version = None;
+    meta.managed_fields = None;
+    meta.generation = None;
 }
 
 fn key<K: Resource>(kind: Kind, obj: &K, cluster_scoped: bool) -> ObjectKey {
