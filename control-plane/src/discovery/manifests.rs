@@ -367,12 +367,14 @@ pub fn validate_service(s: &Service) -> Result<(), (String, String)> {
                 format!("{} is not a port (1-65535)", p.port),
             ));
         }
+        // UDP and SCTP ports are valid (a DNS Service has them); the mesh
+        // passes them by, as a cluster's Services do.
         if let Some(proto) = &p.protocol
-            && proto != "TCP"
+            && !matches!(proto.as_str(), "TCP" | "UDP" | "SCTP")
         {
             return Err((
                 format!("spec.ports[{i}].protocol"),
-                format!("{proto} is not proxied; only TCP"),
+                format!("`{proto}` is not a protocol (TCP, UDP or SCTP)"),
             ));
         }
         if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(t)) =

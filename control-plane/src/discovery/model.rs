@@ -432,3 +432,134 @@ fn from_slices(slices: &[&EndpointSlice], port_name: &str) -> Vec<EndpointModel>
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::manifests::Kind;
+
+    fn objects(yaml: &str) -> BTreeMap<ObjectKey, Object> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+        let mut store = crate::discovery::Store::new(dir.path());
+        store.refresh();
+        let (objects, errors) = store.objects();
+        assert!(errors.is_empty(), "{errors:?}");
+        objects
+    }
+
+    const MESH: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  annotations: {weft.dev/mtls-mode: strict, weft.dev/opaque-ports: \"9000\"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop, annotations: {weft.dev/opaque-ports: \"81\"}}
+spec:
+  clusterIP: 10.96.0.5
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: raw, port: 81}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: shop, labels: {app: web}}
+spec:
+  serviceAccountName: web
+  containers: [{name: app, image: x, ports: [{name: http, containerPort: 8080}]}]
+status: {podIP: 198.18.0.20}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: shop
+  labels: {app: web}
+  annotations: {weft.dev/mtls-mode: permissive}
+spec:
+  serviceAccountName: web
+  containers: [{name: app, image: x, ports: [{name: http, containerPort: 8080}]}]
+  initContainers: [{name: weft-proxy, image: weft}]
+status: {podIP: 198.18.0.21}
+";
+
+    #[test]
+    fn settings_come_from_the_most_specific_place() {
+        let m = Model::build(&objects(MESH), &[6379]);
+        let web0 = m.pod("shop", "web-0").unwrap();
+        let web1 = m.pod("shop", "web-1").unwrap();
+        // The Namespace's mode, unless the Pod says otherwise.
+        assert_eq!(m.mtls_mode(web0, MtlsMode::Permissive), MtlsMode::Strict);
+        assert_eq!(m.mtls_mode(web1, MtlsMode::Strict), MtlsMode::Permissive);
+        // A sidecar container marks a Pod meshed, as the annotation does.
+        assert!(!web0.meshed && web1.meshed);
+        // Opaque: the Service's own port, and the Namespace's list inbound.
+        let svc = &m.services[0];
+        let proto = |name: &str| svc.ports.iter().find(|p| p.name == name).unwrap().protocol;
+        assert_eq!(proto("raw"), Protocol::Opaque);
+        assert_eq!(proto("http"), Protocol::Unspecified);
+        assert!(m.pod_opaque_ports(web0).contains(&9000));
+        // UDP is not proxied.
+        assert!(svc.ports.iter().all(|p| p.name != "dns"));
+        // Without EndpointSlices, the selector picks the endpoints.
+        let http = svc.ports.iter().find(|p| p.name == "http").unwrap();
+        assert_eq!(http.endpoints.len(), 2);
+        assert!(http.endpoints.iter().all(|e| e.port == 8080));
+    }
+
+    #[test]
+    fn a_services_mode_applies_to_the_pods_it_selects() {
+        let yaml = MESH.replace(
+            "annotations: {weft.dev/opaque-ports: \"81\"}",
+            "annotations: {weft.dev/mtls-mode: permissive}",
+        );
+        let m = Model::build(&objects(&yaml), &[]);
+        let web0 = m.pod("shop", "web-0").unwrap();
+        assert_eq!(m.mtls_mode(web0, MtlsMode::Strict), MtlsMode::Permissive);
+    }
+
+    #[test]
+    fn endpoint_slices_win_over_selectors() {
+        let slice = "
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: raw, port: 81}]
+endpoints:
+- addresses: [198.18.0.21]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: web-1, namespace: shop}
+- addresses: [198.18.0.20]
+  conditions: {ready: false}
+  targetRef: {kind: Pod, name: web-0, namespace: shop}
+- addresses: [198.18.0.99]
+";
+        let objs = objects(&format!("{MESH}{slice}"));
+        assert!(objs.keys().any(|k| k.kind == Kind::EndpointSlice));
+        let m = Model::build(&objs, &[]);
+        let http = m.services[0].ports.iter().find(|p| p.name == "http").unwrap();
+        let got: Vec<(String, u16, Option<&str>)> = http
+            .endpoints
+            .iter()
+            .map(|e| (e.ip.to_string(), e.port, e.pod.as_deref()))
+            .collect();
+        // Not-ready endpoints are left out; one without a pod is kept.
+        assert_eq!(
+            got,
+            [
+                ("198.18.0.21".to_string(), 8080, Some("web-1")),
+                ("198.18.0.99".to_string(), 8080, None)
+            ]
+        );
+    }
+}
