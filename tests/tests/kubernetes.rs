@@ -819,3 +819,129 @@ fn push_latency_with_100_proxies() {
         ms(took[took.len() - 1])
     );
 }
+
+/// Kills the sidecar of `pod` (the newest one), as a crash or a restart would.
+fn kill_sidecar(pod: &Pod) {
+    let pid = nix::unistd::Pid::from_raw(pod.proxy_pid() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// The certificates in a PEM bundle.
+fn pem_count(pem: &str) -> usize {
+    pem.matches("BEGIN CERTIFICATE").count()
+}
+
+#[test]
+fn the_root_rotates_with_an_overlap() {
+    let mut m = Mesh::start("kubernetes_rotation");
+    let cp = ControlReplica::start(&m.cluster, &m.node, "control-0", &[]);
+    let addr = cp.grpc_addr();
+    m.cluster.apply(APP);
+    m.cluster.apply(&route(100));
+    let frontend = m.mesh("app=frontend", 1, "frontend", &addr);
+    let (front_name, front) = frontend[0].clone();
+    let v1 = m.mesh("app=backend,version=v1", 2, "backend", &addr);
+    m.mesh("app=backend,version=v2", 1, "backend", &addr);
+    wait_endpoint_count(&front, "backend-v1.shop:80", 2);
+    let vip = cluster_ip(&m.cluster, "backend-v1");
+    let all_v1 = |seen: &BTreeMap<String, usize>| {
+        seen.len() == 2 && v1.iter().all(|(n, _)| seen.contains_key(n))
+    };
+    assert!(all_v1(&spread(&front, &vip, 20)));
+
+    // A new root, issued beside the old one: the Secret lists both anchors.
+    let old_root = weft::bundle(&m.cluster, NS);
+    assert_eq!(pem_count(&old_root), 1);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("a key");
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "weft rotated root");
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let new_root = params.self_signed(&key).expect("a root").pem();
+    let dir = m.cluster.dir().join("rotation");
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let write_secret = |anchors: &str| {
+        std::fs::write(dir.join("tls.crt"), &new_root).expect("tls.crt");
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("tls.key");
+        std::fs::write(dir.join("ca.crt"), anchors).expect("ca.crt");
+        let f = |n: &str| format!("--from-file={n}={}", dir.join(n).display());
+        let yaml = m.cluster.kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "weft-ca",
+            "-n",
+            SYSTEM,
+            "--type",
+            "kubernetes.io/tls",
+            &f("tls.crt"),
+            &f("tls.key"),
+            &f("ca.crt"),
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ]);
+        m.cluster.apply(&yaml);
+    };
+    let version = front.metric("discovery_snapshot_version");
+    write_secret(&format!("{old_root}{new_root}"));
+
+    // The bundle and every proxy's snapshot carry both anchors.
+    eventually(
+        "the bundle lists both roots",
+        Duration::from_secs(40),
+        || pem_count(&weft::bundle(&m.cluster, NS)) == 2,
+    );
+    front.wait_config(version);
+
+    // A sidecar that restarts gets a certificate from the new root, and the
+    // frontend (still on the old root's certificate) talks to it both ways.
+    let issued = certify(
+        &m.cluster,
+        &front,
+        &addr,
+        m.cluster
+            .token(NS, "frontend", "weft.dev", Some(&front_name), "1h"),
+        "spiffe://cluster.local/ns/shop/sa/frontend",
+    )
+    .expect("Certify with the new CA");
+    let (_, leaf) = x509_parser::parse_x509_certificate(&issued.leaf_der).expect("a leaf");
+    assert!(
+        leaf.issuer().to_string().contains("weft rotated root"),
+        "issued by {}",
+        leaf.issuer()
+    );
+    assert_eq!(issued.trust_anchors_der.len(), 2);
+    let (restarted, restarted_pod) = &v1[0];
+    kill_sidecar(restarted_pod);
+    weft::start_sidecar(&m.cluster, restarted_pod, restarted, NS, "backend", &addr);
+    let seen = spread(&front, &vip, 20);
+    assert!(all_v1(&seen) && !seen.contains_key("failed"), "{seen:?}");
+
+    // The overlap ends: only the new root. Once the frontend has a new
+    // certificate too, traffic flows on the new root alone.
+    write_secret(&new_root);
+    eventually(
+        "the bundle lists the new root alone",
+        Duration::from_secs(40),
+        || pem_count(&weft::bundle(&m.cluster, NS)) == 1,
+    );
+    kill_sidecar(&front);
+    weft::start_sidecar(&m.cluster, &front, &front_name, NS, "frontend", &addr);
+    let (other, other_pod) = &v1[1];
+    kill_sidecar(other_pod);
+    weft::start_sidecar(&m.cluster, other_pod, other, NS, "backend", &addr);
+    let seen = spread(&front, &vip, 20);
+    assert!(all_v1(&seen) && !seen.contains_key("failed"), "{seen:?}");
+    assert!(
+        cp.log().contains("signing with the new CA"),
+        "the control plane never took the new CA"
+    );
+}

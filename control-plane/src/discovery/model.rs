@@ -547,7 +547,11 @@ endpoints:
         let objs = objects(&format!("{MESH}{slice}"));
         assert!(objs.keys().any(|k| k.kind == Kind::EndpointSlice));
         let m = Model::build(&objs, &[]);
-        let http = m.services[0].ports.iter().find(|p| p.name == "http").unwrap();
+        let http = m.services[0]
+            .ports
+            .iter()
+            .find(|p| p.name == "http")
+            .unwrap();
         let got: Vec<(String, u16, Option<&str>)> = http
             .endpoints
             .iter()
