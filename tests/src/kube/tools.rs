@@ -1,5 +1,6 @@
 //! Finding the Kubernetes binaries (etcd, kube-apiserver,
-//! kube-controller-manager, kubectl) that `scripts/kube-tools` builds.
+//! kube-controller-manager, kubectl) that `scripts/kube-tools` builds, and
+//! the Jaeger that `scripts/jaeger-tool` builds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,21 +43,30 @@ fn find() -> PathBuf {
 }
 
 fn from_script() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kube-tools");
+    script_folder("kube-tools", "WEFT_KUBE_TOOLS", &format!("a bin/ folder holding {BINARIES:?}"))
+        .join("bin")
+}
+
+/// Runs `scripts/<script>` (which builds what is missing) and returns the
+/// folder it prints; `env` is the variable that would have spared it, and
+/// `what` what that variable names, for the messages.
+fn script_folder(script: &str, env: &str, what: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(script);
     let out = Command::new(&script)
         .stderr(std::process::Stdio::inherit())
         .output()
         .unwrap_or_else(|e| {
             panic!(
-                "WEFT_KUBE_TOOLS is not set and {} could not run ({e}); build the Kubernetes \
-                 binaries with scripts/kube-tools or point WEFT_KUBE_TOOLS at their bin/ folder",
+                "{env} is not set and {} could not run ({e}); run it by hand or point {env} at \
+                 {what}",
                 script.display()
             )
         });
     assert!(
         out.status.success(),
-        "WEFT_KUBE_TOOLS is not set and {} failed ({}); see its messages above, or point \
-         WEFT_KUBE_TOOLS at a bin/ folder holding {BINARIES:?}",
+        "{env} is not set and {} failed ({}); see its messages above, or point {env} at {what}",
         script.display(),
         out.status
     );
@@ -66,5 +76,31 @@ fn from_script() -> PathBuf {
         "{} printed no folder on stdout",
         script.display()
     );
-    PathBuf::from(folder).join("bin")
+    PathBuf::from(folder)
+}
+
+/// The Jaeger binary (v2, `cmd/jaeger`, all-in-one with in-memory storage
+/// when given no `--config`): `$WEFT_JAEGER_BIN` when set, else the
+/// `bin/jaeger` of the folder `scripts/jaeger-tool` prints (which builds it
+/// the first time, taking minutes). It listens where `JAEGER_LISTEN_HOST`
+/// says (default `localhost`; a pod sets `0.0.0.0`): OTLP/gRPC on 4317,
+/// OTLP/HTTP on 4318; the query HTTP API (`/api/traces?service=NAME`) on
+/// 16686 on every address. The UI's assets are not built: a placeholder
+/// page answers instead, the API does not need them.
+pub fn jaeger() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = match std::env::var_os("WEFT_JAEGER_BIN") {
+            Some(bin) => PathBuf::from(bin),
+            None => script_folder("jaeger-tool", "WEFT_JAEGER_BIN", "the jaeger binary it builds")
+                .join("bin/jaeger"),
+        };
+        assert!(
+            bin.is_file(),
+            "{} is not a file; WEFT_JAEGER_BIN must name the jaeger binary `scripts/jaeger-tool` \
+             builds",
+            bin.display()
+        );
+        bin
+    })
 }
