@@ -43,8 +43,12 @@ fn find() -> PathBuf {
 }
 
 fn from_script() -> PathBuf {
-    script_folder("kube-tools", "WEFT_KUBE_TOOLS", &format!("a bin/ folder holding {BINARIES:?}"))
-        .join("bin")
+    script_folder(
+        "kube-tools",
+        "WEFT_KUBE_TOOLS",
+        &format!("a bin/ folder holding {BINARIES:?}"),
+    )
+    .join("bin")
 }
 
 /// Runs `scripts/<script>` (which builds what is missing) and returns the
@@ -92,8 +96,12 @@ pub fn jaeger() -> &'static Path {
     BIN.get_or_init(|| {
         let bin = match std::env::var_os("WEFT_JAEGER_BIN") {
             Some(bin) => PathBuf::from(bin),
-            None => script_folder("jaeger-tool", "WEFT_JAEGER_BIN", "the jaeger binary it builds")
-                .join("bin/jaeger"),
+            None => script_folder(
+                "jaeger-tool",
+                "WEFT_JAEGER_BIN",
+                "the jaeger binary it builds",
+            )
+            .join("bin/jaeger"),
         };
         assert!(
             bin.is_file(),
