@@ -6,6 +6,7 @@ pub mod demo;
 pub mod discovery;
 pub mod grpc;
 pub mod identity;
+pub mod inject;
 pub mod kubernetes;
 pub mod metrics;
 pub mod server;

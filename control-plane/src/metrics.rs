@@ -72,8 +72,14 @@ pub struct Metrics {
     watch_last_event: Family<KindLabels, Gauge>,
     leader: Gauge,
     status_writes: Family<KindLabels, Counter>,
+    injections: Family<OutcomeLabels, Counter>,
     /// The control plane's own spans: exported and dropped.
     pub spans: weft_api::trace::ExportMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -177,9 +183,16 @@ impl Default for Metrics {
             "Status updates written to the Kubernetes API, by kind",
             status_writes.clone(),
         );
+        let injections = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "injector_reviews",
+            "Pod admission reviews the injector answered, by outcome (injected, already_injected, opted_out, skipped, not_wanted, error)",
+            injections.clone(),
+        );
         let spans = weft_api::trace::ExportMetrics::default();
         spans.register(&mut registry);
         Metrics {
+            injections,
             watch_events,
             watch_restarts,
             watch_failures,
@@ -272,6 +285,12 @@ impl Metrics {
 
     pub fn status_written(&self, kind: &'static str) {
         self.status_writes.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn injection(&self, outcome: &'static str) {
+        self.injections
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     pub fn render(&self) -> String {

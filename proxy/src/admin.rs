@@ -46,6 +46,8 @@ pub struct Admin {
     pub cert: Option<weft_api::tls::CertSlot>,
     /// The mesh configuration from the control plane, for `/config`.
     pub mesh: Option<crate::discovery::Mesh>,
+    /// The app's probes, forwarded from `/app-probe/...`.
+    pub probes: Arc<crate::probes::AppProbes>,
 }
 
 type Body = Full<Bytes>;
@@ -65,9 +67,16 @@ impl Admin {
             };
             let this = self.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
+                let svc = service_fn(move |req: Request<Incoming>| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.route(req, peer)) }
+                    async move {
+                        if req.method() == Method::GET
+                            && let Some(res) = this.probes.forward(req.uri().path()).await
+                        {
+                            return Ok::<_, Infallible>(res);
+                        }
+                        Ok::<_, Infallible>(this.route(req, peer))
+                    }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -163,6 +172,7 @@ mod tests {
             shutdown: Shutdown::new(),
             cert: None,
             mesh: None,
+            probes: Default::default(),
         };
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

@@ -218,6 +218,11 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
     pub trace_sample_ratio: f64,
 
+    /// The app's HTTP probes the admin port forwards (JSON, written by the
+    /// injector: admin path -> port, path, headers on the pod's loopback).
+    #[arg(long, env = "WEFT_APP_PROBES", hide_env_values = true)]
+    pub app_probes: Option<String>,
+
     /// Write an access log, one JSON line per HTTP request, to this file
     /// (`-`: stdout). Off by default.
     #[arg(long, env = "WEFT_ACCESS_LOG")]

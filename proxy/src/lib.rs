@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod init;
 pub mod ports;
+pub mod probes;
 pub mod run;
 pub mod shutdown;
 pub mod telemetry;

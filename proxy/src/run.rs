@@ -57,12 +57,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
+    let probes = match &args.app_probes {
+        Some(json) => crate::probes::AppProbes::parse(json)?,
+        None => Default::default(),
+    };
     let admin = Admin {
         metrics: metrics.clone(),
         ready: ready.clone(),
         shutdown: shutdown.clone(),
         cert: identity.as_ref().map(|i| i.cert.clone()),
         mesh: mesh.clone(),
+        probes: Arc::new(probes),
     };
     for l in bind_all(&args.admin_listen, "admin")? {
         tokio::spawn(admin.clone().serve(l));

@@ -43,6 +43,64 @@ enum Command {
     /// Weft's CustomResourceDefinitions, generated from the control plane's
     /// types, as YAML for `kubectl apply -f -` (k8s/crds/ holds the same).
     Crds,
+    /// Adds the sidecar to every pod template in YAML (Pods, Deployments,
+    /// StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs, Lists), exactly
+    /// as the injector webhook would; everything else passes through.
+    /// `weftctl inject -f app.yaml | kubectl apply -f -`.
+    Inject {
+        /// The YAML to read, `-` for standard input.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: String,
+        #[command(flatten)]
+        flags: weft_control::inject::Flags,
+        /// The mesh's trust domain.
+        #[arg(long, default_value = weft_api::defaults::TRUST_DOMAIN)]
+        trust_domain: String,
+        /// The control plane's identity, which proxies check.
+        #[arg(
+            long,
+            default_value = "spiffe://cluster.local/ns/weft-system/sa/weft-control"
+        )]
+        control_plane_identity: String,
+    },
+    /// Removes what `inject` (or the webhook) added and restores the app's
+    /// probes.
+    Uninject {
+        /// The YAML to read, `-` for standard input.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: String,
+    },
+}
+
+/// `weftctl inject` / `uninject`: YAML in, YAML out, a line per object on
+/// stderr.
+fn rewrite(file: &str, cfg: &weft_control::inject::Config, remove: bool) -> anyhow::Result<()> {
+    use std::io::Read;
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    let (out, reports) = weft_control::inject::workloads::rewrite(&text, cfg, remove)
+        .with_context(|| format!("in {file}"))?;
+    print!("{out}");
+    use weft_control::inject::Outcome;
+    for r in reports {
+        let what = match (&r.outcome, remove) {
+            (Outcome::Injected, false) => "injected".to_string(),
+            (Outcome::Injected, true) => "uninjected".to_string(),
+            (Outcome::AlreadyInjected, false) => "already injected".to_string(),
+            (Outcome::AlreadyInjected, true) => "not injected".to_string(),
+            (Outcome::OptedOut, _) => "skipped: weft.dev/inject is disabled".to_string(),
+            (Outcome::Skipped(why), _) => format!("skipped: {why}"),
+        };
+        eprintln!("{} {what}", r.object);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -50,6 +108,33 @@ fn main() -> ExitCode {
     if let Command::Crds = cli.command {
         print!("{}", weft_control::discovery::crds::crds_yaml());
         return ExitCode::SUCCESS;
+    }
+    let injected = match &cli.command {
+        Command::Inject {
+            file,
+            flags,
+            trust_domain,
+            control_plane_identity,
+        } => Some(rewrite(
+            file,
+            &flags.config(trust_domain, control_plane_identity, "weft-system"),
+            false,
+        )),
+        Command::Uninject { file } => Some(rewrite(
+            file,
+            &weft_control::inject::Config::default(),
+            true,
+        )),
+        _ => None,
+    };
+    if let Some(res) = injected {
+        return match res {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weftctl: {e:#}");
+                ExitCode::from(2)
+            }
+        };
     }
     if let Command::Demo(args) = cli.command {
         return match weft_control::demo::run(args) {
@@ -108,7 +193,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         // Handled in main: the demo makes runtimes of its own.
         Command::Demo(_) => anyhow::bail!("the demo runs outside this runtime"),
         // Handled in main: printing needs no runtime.
-        Command::Crds => anyhow::bail!("the CRDs print outside this runtime"),
+        Command::Crds | Command::Inject { .. } | Command::Uninject { .. } => {
+            anyhow::bail!("this command runs outside the runtime")
+        }
     }
 }
 

@@ -332,6 +332,39 @@ impl Ca {
         Ok((self.issued(cert), key))
     }
 
+    /// Issues an HTTPS serving certificate and key for DNS names and IP
+    /// addresses (the injector webhook's: the API server checks names, not
+    /// SPIFFE IDs).
+    pub fn issue_server(
+        &self,
+        dns: &[String],
+        ips: &[std::net::IpAddr],
+        lifetime: Duration,
+    ) -> Result<(Issued, KeyPair), SignError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let now = OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        if let Some(first) = dns.first() {
+            dn.push(DnType::CommonName, first.clone());
+        }
+        params.distinguished_name = dn;
+        params.subject_alt_names = dns
+            .iter()
+            .map(|d| Ok(SanType::DnsName(d.clone().try_into()?)))
+            .chain(ips.iter().map(|ip| Ok(SanType::IpAddress(*ip))))
+            .collect::<Result<_, rcgen::Error>>()?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        params.not_before = now - BACKDATE;
+        params.not_after = (now + lifetime).min(OffsetDateTime::from(self.not_after));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((self.issued(cert), key))
+    }
+
     fn issued(&self, leaf: rcgen::Certificate) -> Issued {
         let not_after = x509_parser::parse_x509_certificate(leaf.der())
             .map(|(_, c)| system_time(c.validity().not_after.to_datetime()))
