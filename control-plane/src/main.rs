@@ -107,6 +107,32 @@ struct Cli {
     #[arg(long, env = "WEFT_TOKEN_CACHE", default_value = "30s", value_parser = duration)]
     token_cache: Duration,
 
+    /// The injector webhook (HTTPS), with `--source kubernetes`; `off` turns
+    /// it off.
+    #[arg(long, env = "WEFT_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
+    webhook_listen: String,
+
+    /// The Service the API server reaches the webhook through: its DNS names
+    /// go into the webhook's certificate (with POD_IP, when set).
+    #[arg(long, env = "WEFT_WEBHOOK_SERVICE", default_value = "weft-control")]
+    webhook_service: String,
+
+    /// The MutatingWebhookConfiguration whose caBundle the leader keeps equal
+    /// to the mesh's trust anchors.
+    #[arg(
+        long,
+        env = "WEFT_WEBHOOK_CONFIGURATION",
+        default_value = "weft-injector"
+    )]
+    webhook_configuration: String,
+
+    /// This pod's IP (downward API), added to the webhook's certificate.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<std::net::IpAddr>,
+
+    #[command(flatten)]
+    inject: weft_control::inject::Flags,
+
     /// The mesh-wide inbound mTLS mode; a Pod's `weft.dev/mtls-mode`
     /// annotation overrides it.
     #[arg(long, env = "WEFT_MTLS_MODE", value_enum, default_value_t = Mode::Permissive)]
@@ -159,6 +185,9 @@ fn main() -> ExitCode {
         },
         _ => CaSource::Dir(cli.ca_dir),
     };
+    let inject_cfg =
+        cli.inject
+            .config(&cli.trust_domain, &cli.identity.to_string(), &cli.namespace);
     let cfg = Config {
         trust_domain: cli.trust_domain,
         ca,
@@ -180,6 +209,20 @@ fn main() -> ExitCode {
                 replica: cli.replica.unwrap_or_else(hostname),
                 ca_secret: cli.ca_secret,
                 token_cache: cli.token_cache,
+                webhook: (cli.webhook_listen != "off")
+                    .then(|| cli.webhook_listen.parse())
+                    .transpose()
+                    .unwrap_or_else(|e| {
+                        eprintln!(
+                            "weft-control: --webhook-listen `{}` is not an address (or `off`): {e}",
+                            cli.webhook_listen
+                        );
+                        std::process::exit(2)
+                    }),
+                webhook_service: cli.webhook_service,
+                webhook_configuration: cli.webhook_configuration,
+                pod_ip: cli.pod_ip,
+                inject: inject_cfg,
             }),
         },
         mtls_mode: match cli.mtls_mode {

@@ -49,6 +49,13 @@ pub struct KubeConfig {
     pub ca_secret: String,
     /// How long an accepted ServiceAccount token is remembered.
     pub token_cache: Duration,
+    /// Where the injector webhook listens; none: no webhook.
+    pub webhook: Option<SocketAddr>,
+    pub webhook_service: String,
+    pub webhook_configuration: String,
+    pub pod_ip: Option<std::net::IpAddr>,
+    /// What the injector puts into pods.
+    pub inject: crate::inject::Config,
 }
 
 /// Where the CA comes from.
@@ -272,6 +279,32 @@ async fn start_kubernetes(
         leader.clone(),
         metrics.clone(),
     );
+    if let Some(addr) = k.webhook {
+        let (dns, ips) =
+            crate::inject::webhook::serving_names(&k.webhook_service, &k.namespace, k.pod_ip);
+        let cert =
+            crate::inject::webhook::spawn_certificate(ca.clone(), dns, ips, cfg.cert_lifetime)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the injector webhook to {addr}"))?;
+        let webhook = crate::inject::webhook::Webhook {
+            cfg: Arc::new(k.inject.clone()),
+            namespaces: stores.namespaces.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = webhook.serve(listener, cert).await {
+                warn!(error = %e, "the injector webhook stopped");
+            }
+        });
+        kubernetes::ca::spawn_webhook_bundle(
+            client.clone(),
+            k.webhook_configuration.clone(),
+            ca.clone(),
+            leader.clone(),
+            metrics.clone(),
+        );
+    }
     kubernetes::ca::spawn_bundles(client, stores, ca.clone(), leader, metrics.clone());
     Ok((ca, tokens, state, Some(anchors_rx)))
 }

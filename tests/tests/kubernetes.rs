@@ -945,3 +945,161 @@ fn the_root_rotates_with_an_overlap() {
         "the control plane never took the new CA"
     );
 }
+
+/// The injector registered by URL on the control plane's pod (the API server
+/// reaches it there; `weftctl install` registers it through its Service).
+fn webhook_configuration(cp: &ControlReplica) -> String {
+    format!(
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {{name: weft-injector}}
+webhooks:
+- name: inject.weft.dev
+  clientConfig: {{url: "https://{ip}:9443/inject"}}
+  rules: [{{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}}]
+  namespaceSelector:
+    matchExpressions: [{{key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system, weft-system]}}]
+  sideEffects: None
+  admissionReviewVersions: [v1]
+  failurePolicy: Ignore
+  timeoutSeconds: 5
+"#,
+        ip = cp.pod.ip
+    )
+}
+
+#[test]
+fn the_webhook_injects_pods_on_the_api_server() {
+    let m = Mesh::start("kubernetes_webhook");
+    let cp = ControlReplica::start(&m.cluster, &m.node, "control-0", &[]);
+    m.cluster.apply(&webhook_configuration(&cp));
+    // The leader fills in the caBundle.
+    eventually("the webhook's caBundle is the mesh CA", WAIT, || {
+        let w = json(
+            &m.cluster,
+            &["get", "mutatingwebhookconfiguration", "weft-injector"],
+        );
+        w["webhooks"][0]["clientConfig"]["caBundle"]
+            .as_str()
+            .is_some_and(|b| !b.is_empty())
+    });
+    let injected = |ns: &str, name: &str| {
+        let pod = json(&m.cluster, &["get", "pod", name, "-n", ns]);
+        let inits: Vec<String> = pod["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect();
+        (inits, pod)
+    };
+
+    // A Deployment in a labelled namespace: its pods come back injected.
+    m.cluster.apply(APP);
+    let pods = m.kubelet.wait_pods(NS, "app=frontend", 1, WAIT);
+    let (inits, pod) = injected(NS, &pods[0].0);
+    assert_eq!(inits, ["weft-init", "weft-proxy"], "{pod}");
+    assert_eq!(pod["spec"]["initContainers"][1]["restartPolicy"], "Always");
+    assert_eq!(
+        pod["metadata"]["annotations"]["weft.dev/injected"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        pod["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == "weft-identity")
+            .map(|v| v["projected"]["sources"][0]["serviceAccountToken"]["audience"].clone()),
+        Some(serde_json::json!("weft.dev"))
+    );
+
+    // Elsewhere: the annotation asks for it; disabled and hostNetwork pods
+    // are left alone (the latter says why).
+    let pod = |name: &str, ns: &str, annotation: Option<&str>, host: bool| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n{}spec:\n  hostNetwork: {host}\n  containers: [{{name: app, image: weft-test-app}}]\n",
+            annotation
+                .map(|a| format!("  annotations: {{weft.dev/inject: {a}}}\n"))
+                .unwrap_or_default()
+        )
+    };
+    m.cluster
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n");
+    m.cluster
+        .apply(&pod("asks", "plain", Some("enabled"), false));
+    m.cluster.apply(&pod("quiet", "plain", None, false));
+    m.cluster
+        .apply(&pod("declines", NS, Some("disabled"), false));
+    m.cluster.apply(&pod("host", NS, None, true));
+    assert_eq!(injected("plain", "asks").0, ["weft-init", "weft-proxy"]);
+    assert!(injected("plain", "quiet").0.is_empty());
+    assert!(injected(NS, "declines").0.is_empty());
+    let (inits, host) = injected(NS, "host");
+    assert!(inits.is_empty());
+    assert!(
+        host["metadata"]["annotations"]["weft.dev/inject-skipped"]
+            .as_str()
+            .is_some_and(|r| r.contains("hostNetwork")),
+        "{host}"
+    );
+    let metrics = cp.metrics();
+    for outcome in ["injected", "opted_out", "skipped", "not_wanted"] {
+        assert!(
+            metrics.contains(&format!(r#"injector_reviews_total{{outcome="{outcome}"}}"#)),
+            "{outcome}: {metrics}"
+        );
+    }
+
+    // weftctl inject makes what the API server accepts, and uninject undoes it.
+    let app = m.cluster.dir().join("app.yaml");
+    std::fs::write(&app, APP).expect("writing app.yaml");
+    let out = std::process::Command::new(weft_e2e::bins::weftctl())
+        .args(["inject", "-f"])
+        .arg(&app)
+        .output()
+        .expect("weftctl inject");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("deployment/backend-v1 injected"),
+        "{stderr}"
+    );
+    let injected_yaml = String::from_utf8_lossy(&out.stdout).into_owned();
+    let dry = m.cluster.kubectl_with(
+        &m.cluster.kubeconfig(),
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&injected_yaml),
+    );
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let mut un = std::process::Command::new(weft_e2e::bins::weftctl())
+        .args(["uninject", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("weftctl uninject");
+    use std::io::Write;
+    un.stdin
+        .take()
+        .expect("stdin")
+        .write_all(injected_yaml.as_bytes())
+        .expect("writing to weftctl");
+    let back = un.wait_with_output().expect("weftctl uninject");
+    assert!(back.status.success());
+    let parse = |y: &str| -> Vec<serde_json::Value> {
+        y.split("\n---\n")
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| serde_norway::from_str(d).expect("YAML"))
+            .collect()
+    };
+    assert_eq!(parse(&String::from_utf8_lossy(&back.stdout)), parse(APP));
+}

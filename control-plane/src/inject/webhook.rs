@@ -143,6 +143,7 @@ impl Webhook {
                     async move { Ok::<_, Infallible>(this.handle(req).await) }
                 });
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(TokioIo::new(tls), svc)
                     .await
@@ -253,6 +254,9 @@ impl Webhook {
             .get("object")
             .cloned()
             .ok_or("the request has no object")?;
+        if before["metadata"]["annotations"][keys::INJECT] == "disabled" {
+            return Ok((Some(Outcome::OptedOut), None));
+        }
         if !self.wanted(&before, namespace) {
             return Ok((None, None));
         }

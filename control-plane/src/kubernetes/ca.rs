@@ -291,3 +291,59 @@ async fn ensure_bundle(
         }
     }
 }
+
+/// While this replica leads: keeps every webhook's `caBundle` in the
+/// MutatingWebhookConfiguration `name` equal to the mesh's trust anchors, so
+/// the API server trusts the webhook's certificate across CA rotations.
+pub fn spawn_webhook_bundle(
+    client: Client,
+    name: String,
+    ca: SharedCa,
+    leader: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    tokio::spawn(async move {
+        let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+        let mut missing_said = false;
+        loop {
+            tokio::time::sleep(BUNDLES).await;
+            if !*leader.borrow() {
+                continue;
+            }
+            let pem = ByteString(ca.load().roots_pem().into_bytes());
+            let mut mwc = match api.get_opt(&name).await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    if !missing_said {
+                        info!(name = %name, "no MutatingWebhookConfiguration yet; the injector is not called");
+                        missing_said = true;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    warn!(name = %name, error = %e, "reading the MutatingWebhookConfiguration");
+                    continue;
+                }
+            };
+            missing_said = false;
+            let mut changed = false;
+            for w in mwc.webhooks.iter_mut().flatten() {
+                if w.client_config.ca_bundle.as_ref() != Some(&pem) {
+                    w.client_config.ca_bundle = Some(pem.clone());
+                    changed = true;
+                }
+            }
+            if !changed {
+                continue;
+            }
+            match api.replace(&name, &PostParams::default(), &mwc).await {
+                Ok(_) => {
+                    metrics.status_written("MutatingWebhookConfiguration");
+                    info!(name = %name, "webhook caBundle set to the mesh's trust anchors");
+                }
+                Err(e) => warn!(name = %name, error = %e, "updating the webhook's caBundle"),
+            }
+        }
+    });
+}

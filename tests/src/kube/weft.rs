@@ -88,6 +88,7 @@ impl ControlReplica {
         let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
         let mut cmd = self.pod.ns.command("env");
         cmd.arg(format!("KUBECONFIG={kubeconfig}"))
+            .arg(format!("POD_IP={}", self.pod.ip))
             .arg(bins::control())
             .args([
                 "--source",
