@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod grpc;
 pub mod identity;
 pub mod inject;
+pub mod install;
 pub mod kubernetes;
 pub mod metrics;
 pub mod server;

@@ -73,14 +73,14 @@ fn crds_and_examples_on_a_real_api_server() {
 
     // Server-side apply: the Gateway API CRD is larger than the
     // last-applied annotation kubectl's client-side apply would add.
-    let out = cluster.kubectl(&["apply", "--server-side", "-f", &path("k8s/crds")]);
+    let out = cluster.kubectl(&["apply", "--server-side", "-k", &path("k8s/crds")]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "applying k8s/crds: {stderr}{stdout}");
     assert!(
         !stderr.contains("Warning"),
         "the API server warned about Weft's CRDs: {stderr}"
     );
-    cluster.kubectl_ok(&["apply", "--server-side", "-f", &path("k8s/gateway-api")]);
+    cluster.kubectl_ok(&["apply", "--server-side", "-k", &path("k8s/gateway-api")]);
     cluster.kubectl_ok(&[
         "wait",
         "--for=condition=Established",

@@ -70,6 +70,11 @@ enum Command {
         #[arg(short = 'f', long = "filename", default_value = "-")]
         file: String,
     },
+    /// Everything a cluster needs (CRDs, namespace, RBAC, the control plane,
+    /// the injector's registration, and add-ons), as YAML:
+    /// `weftctl install | kubectl apply --server-side -f -`. The same objects
+    /// as `kubectl kustomize k8s/base` (or `k8s/addons/jaeger`).
+    Install(weft_control::install::InstallArgs),
 }
 
 /// `weftctl inject` / `uninject`: YAML in, YAML out, a line per object on
@@ -108,6 +113,18 @@ fn main() -> ExitCode {
     if let Command::Crds = cli.command {
         print!("{}", weft_control::discovery::crds::crds_yaml());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Install(args) = &cli.command {
+        return match weft_control::install::render(args) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weftctl install: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     let injected = match &cli.command {
         Command::Inject {
@@ -193,7 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         // Handled in main: the demo makes runtimes of its own.
         Command::Demo(_) => anyhow::bail!("the demo runs outside this runtime"),
         // Handled in main: printing needs no runtime.
-        Command::Crds | Command::Inject { .. } | Command::Uninject { .. } => {
+        Command::Crds | Command::Inject { .. } | Command::Uninject { .. } | Command::Install(_) => {
             anyhow::bail!("this command runs outside the runtime")
         }
     }

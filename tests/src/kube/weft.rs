@@ -34,11 +34,11 @@ pub fn repo_path(rel: &str) -> String {
 /// Applies Weft's CRDs and the Gateway API HTTPRoute CRD and waits until
 /// they are served; then the namespace and RBAC of `k8s/base`.
 pub fn install(cluster: &Cluster) {
-    cluster.kubectl_ok(&["apply", "-f", &repo_path("k8s/crds")]);
+    cluster.kubectl_ok(&["apply", "--server-side", "-k", &repo_path("k8s/crds")]);
     cluster.kubectl_ok(&[
         "apply",
         "--server-side",
-        "-f",
+        "-k",
         &repo_path("k8s/gateway-api"),
     ]);
     cluster.kubectl_ok(&[
