@@ -1,5 +1,7 @@
-//! The Weft control plane: the mesh CA and the Identity API so far;
-//! discovery, the Watch push API and the injector come with later issues.
+//! The Weft control plane: the mesh CA and the Identity API, discovery and
+//! the Watch push API (from a manifest directory or the Kubernetes API),
+//! route and policy status, the sidecar injector, and what `weftctl` runs
+//! (`install`, `inject`, `status`, `demo`).
 
 pub mod admin;
 pub mod demo;
