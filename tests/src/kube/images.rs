@@ -158,12 +158,20 @@ mod tests {
 
     #[test]
     fn names_ignore_registry_tag_and_digest() {
-        assert_eq!(lookup("jaegertracing/jaeger:2.13.0").unwrap().name, "jaeger");
         assert_eq!(
-            lookup("ghcr.io/weft/weft-proxy:0.1.0@sha256:00").unwrap().name,
+            lookup("jaegertracing/jaeger:2.13.0").unwrap().name,
+            "jaeger"
+        );
+        assert_eq!(
+            lookup("ghcr.io/weft/weft-proxy:0.1.0@sha256:00")
+                .unwrap()
+                .name,
             "weft-proxy"
         );
-        assert_eq!(lookup("localhost:5000/weft-init").unwrap().name, "weft-init");
+        assert_eq!(
+            lookup("localhost:5000/weft-init").unwrap().name,
+            "weft-init"
+        );
         assert!(lookup("nginx:1.27").unwrap_err().contains("nginx"));
     }
 

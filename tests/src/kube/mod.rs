@@ -6,8 +6,9 @@
 //!
 //! There is no kubelet and no container runtime: [`NodeStandIn`] is a test
 //! fixture that stands in for one (it gives each API pod a harness network
-//! namespace and reports it Running), so that the real controllers
-//! (ReplicaSet, EndpointSlice, ...) do their real work.
+//! namespace and reports it Running, or, made with
+//! [`Cluster::stand_in_running`], runs its containers for real), so that
+//! the real controllers (ReplicaSet, EndpointSlice, ...) do their real work.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -19,9 +20,19 @@
 //! ```
 
 mod cluster;
+mod container;
+mod env;
+mod hosts;
+mod images;
+mod kube_proxy;
 pub mod pki;
+mod probes;
+mod runner;
+mod services;
 mod stand_in;
+mod status;
 pub mod tools;
+mod volumes;
 pub mod weft;
 
 pub use cluster::{API_PORT, Cluster, ISSUER};

@@ -1,11 +1,38 @@
 //! [`NodeStandIn`]: a test fixture that stands in for a kubelet. It is not a
-//! kubelet: it runs no containers, pulls no images and probes nothing. It
-//! registers one Node, gives every API pod scheduled to it (or left
-//! unscheduled: there is no scheduler either) a harness network namespace on
-//! the test bridge, and reports that pod Running and Ready with the
-//! namespace's IP, so that the real controllers (ReplicaSet, EndpointSlice,
-//! ...) see what they would see on a real node. What runs in a pod is up to
-//! the test: it starts processes in the harness pod itself.
+//! kubelet. It registers one Node and gives every API pod scheduled to it
+//! (or left unscheduled: there is no scheduler either) a harness network
+//! namespace on the test bridge, binds it to the Node, and writes its
+//! status, so that the real controllers (ReplicaSet, EndpointSlice, ...) see
+//! what they would see on a real node. It comes in two kinds:
+//!
+//! - [`Cluster::stand_in`] runs nothing: it reports each pod Running and
+//!   Ready with its namespace's IP, and what runs in a pod is up to the
+//!   test, which starts processes in the harness pod itself.
+//! - [`Cluster::stand_in_running`] runs the pods for real, as a kubelet
+//!   would, in the smallest honest way (see `runner.rs` and the files beside
+//!   it): images map to binaries of this machine by a fixed table
+//!   (`weft-proxy`, `weft-init`, `weft-control`, `weft-test-app`, `jaeger`);
+//!   `command`/`args` with `$(VAR)` expansion; the environment (`value`,
+//!   `fieldRef`, `resourceFieldRef`, ConfigMap and Secret keys, `envFrom`,
+//!   Service links); volumes (`emptyDir`, `configMap`, `secret`,
+//!   `downwardAPI`, `projected` with pod-bound TokenRequest tokens, which
+//!   includes the automatic ServiceAccount token) bind-mounted at their
+//!   `mountPath` in a private mount namespace per container; the user and
+//!   groups (`runAsUser`, `runAsGroup`, `fsGroup`, `supplementalGroups`);
+//!   init containers in order, native sidecars and their startup probes,
+//!   readiness probes from the node, restarts, the pod's status, and
+//!   SIGTERM, grace and SIGKILL on deletion. The node plays its part too: a
+//!   kube-proxy stand-in (iptables DNAT of ClusterIPs to ready endpoints in
+//!   the bridge's namespace) and Service names in every container's
+//!   `/etc/hosts`.
+//!
+//!   Not done: images (the host's filesystem is every container's root),
+//!   cgroups and resource limits, PID and user namespaces, capabilities,
+//!   seccomp and `readOnlyRootFilesystem` (not enforced), liveness probes
+//!   (not run), exec and gRPC probes (counted as passing, with an error),
+//!   volume refreshes (ConfigMaps, Secrets and tokens are written once),
+//!   hostPath and persistent volumes (they fail the pod), a DNS server
+//!   (names come from the hosts file), NodePorts, and events.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -29,7 +56,11 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 use super::Cluster;
+use super::runner::{Runner, Stop};
+use super::services::{self, Network};
+use super::status::{ContainerRun, PodRun};
 use crate::node::{Node, Pod, SUBNET_PREFIX};
+use crate::process::Process;
 
 /// The Node object the stand-in registers and binds pods to.
 pub const NODE_NAME: &str = "weft-e2e-node";
@@ -51,24 +82,62 @@ pub struct NodeStandIn {
 type Key = (String, String);
 
 #[derive(Debug)]
-struct Shared {
-    node: Arc<Node>,
+pub(super) struct Shared {
+    pub(super) node: Arc<Node>,
     /// API pods running in a harness pod, with the API pod's UID.
     running: Mutex<HashMap<Key, (String, Arc<Pod>)>>,
     next: AtomicU32,
     /// What went wrong, for the messages of failing waits.
     errors: Mutex<Vec<String>>,
+    /// Whether it runs the pods' containers ([`Cluster::stand_in_running`]).
+    runs_containers: bool,
+    /// The pods it runs: UID, how to stop the runner, the runner's state.
+    workers: Mutex<HashMap<Key, Worker>>,
+    /// Services and EndpointSlices, and what the node makes of them.
+    pub(super) network: Mutex<Network>,
+    /// True once Services and EndpointSlices were listed.
+    pub(super) synced: tokio::sync::watch::Sender<bool>,
+}
+
+/// A pod's runner, as the stand-in sees it.
+#[derive(Debug)]
+struct Worker {
+    uid: String,
+    stop: tokio::sync::watch::Sender<Option<Stop>>,
+    state: Arc<Mutex<PodRun>>,
 }
 
 impl Cluster {
     /// Registers the Node [`NODE_NAME`] and starts a [`NodeStandIn`] that
-    /// runs this cluster's pods in harness pods of `node`.
+    /// gives this cluster's pods harness pods of `node` and reports them
+    /// running, without running anything in them (the test does).
     pub fn stand_in(&self, node: Arc<Node>) -> NodeStandIn {
+        self.start_stand_in(node, false)
+    }
+
+    /// Like [`Cluster::stand_in`], but the stand-in runs the pods'
+    /// containers for real (see the module docs), probes them, and plays
+    /// kube-proxy and cluster DNS for them on the node.
+    pub fn stand_in_running(&self, node: Arc<Node>) -> NodeStandIn {
+        self.start_stand_in(node, true)
+    }
+
+    fn start_stand_in(&self, node: Arc<Node>, runs_containers: bool) -> NodeStandIn {
+        if runs_containers {
+            // The node forwards (for the ClusterIP DNAT) and starts with
+            // an empty nat table.
+            super::kube_proxy::enable_forwarding(node.bridge())
+                .unwrap_or_else(|e| panic!("the kubelet stand-in's node: {e}"));
+        }
         let shared = Arc::new(Shared {
             node,
             running: Mutex::new(HashMap::new()),
             next: AtomicU32::new(0),
             errors: Mutex::new(Vec::new()),
+            runs_containers,
+            workers: Mutex::new(HashMap::new()),
+            network: Mutex::new(Network::default()),
+            synced: tokio::sync::watch::channel(false).0,
         });
         let kube = self.pod().clone();
         let kubeconfig = self.kubeconfig();
@@ -95,9 +164,11 @@ impl Cluster {
                             let ok = registered.is_ok();
                             let _ = ready_tx.send(registered);
                             if ok {
+                                let network = shared.watch_network(client.clone());
                                 tokio::select! {
                                     _ = stopped => {}
-                                    () = shared.run(client) => {}
+                                    () = shared.clone().run(client) => {}
+                                    () = network => {}
                                 }
                             }
                         });
@@ -202,6 +273,30 @@ impl NodeStandIn {
         self.shared.errors.lock().expect("errors lock").clone()
     }
 
+    /// The current (or last) process of container `container` of pod
+    /// `namespace/name`, init containers included, when the stand-in runs
+    /// containers ([`Cluster::stand_in_running`]): its PID, its log. Note
+    /// that `/proc/<pid>/root/…` shows the container's view of files, but
+    /// an absolute symlink on the way (`/var/run`) resolves in the
+    /// reader's view: name the target (`/run/…`).
+    pub fn process(&self, namespace: &str, name: &str, container: &str) -> Option<Arc<Process>> {
+        let workers = self.shared.workers.lock().expect("workers lock");
+        let w = workers.get(&(namespace.to_string(), name.to_string()))?;
+        let st = w.state.lock().expect("pod state");
+        st.containers
+            .iter()
+            .find(|c| c.spec.name == container)
+            .and_then(|c| c.process.clone())
+    }
+
+    /// The log of container `container` of pod `namespace/name` (its
+    /// current process's), or an empty string.
+    pub fn logs(&self, namespace: &str, name: &str, container: &str) -> String {
+        self.process(namespace, name, container)
+            .map(|p| p.log())
+            .unwrap_or_default()
+    }
+
     fn with_client<F, Fut, R>(&self, f: F) -> R
     where
         F: FnOnce(::kube::Client) -> Fut + Send,
@@ -275,8 +370,24 @@ async fn register_node(client: &::kube::Client) -> Result<(), ::kube::Error> {
 }
 
 impl Shared {
+    /// Watches Services and EndpointSlices for the node's kube-proxy and
+    /// hosts files (only when it runs containers; else never returns).
+    async fn watch_network(&self, client: ::kube::Client) {
+        if !self.runs_containers {
+            return std::future::pending().await;
+        }
+        services::watch(
+            client,
+            &self.network,
+            self.node.bridge(),
+            &self.synced,
+            |e| self.error(e),
+        )
+        .await;
+    }
+
     /// Watches every pod until the stand-in stops.
-    async fn run(&self, client: ::kube::Client) {
+    async fn run(self: Arc<Self>, client: ::kube::Client) {
         let pods = Api::<ApiPod>::all(client.clone());
         let events = watcher::watcher(pods, watcher::Config::default());
         let mut events = std::pin::pin!(StreamBackoff::new(events, Steady));
@@ -313,11 +424,21 @@ impl Shared {
     }
 
     /// What a kubelet does when a pod changes: start it, or finish deleting it.
-    async fn apply(&self, client: &::kube::Client, pod: ApiPod) {
+    async fn apply(self: &Arc<Self>, client: &::kube::Client, pod: ApiPod) {
         let k = key(&pod);
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let api = Api::<ApiPod>::namespaced(client.clone(), &k.0);
         if pod.metadata.deletion_timestamp.is_some() {
+            // A pod this stand-in runs: its runner terminates it and
+            // finishes the deletion.
+            let grace = pod
+                .metadata
+                .deletion_grace_period_seconds
+                .unwrap_or(30)
+                .max(0) as u64;
+            if self.tell(&k, &uid, Stop::Delete(Duration::from_secs(grace))) {
+                return;
+            }
             self.stop(&k, Some(&uid));
             // This pod and no later one of the same name.
             let dp = DeleteParams {
@@ -371,10 +492,103 @@ impl Shared {
         self.running
             .lock()
             .expect("running lock")
-            .insert(k.clone(), (uid.clone(), harness));
+            .insert(k.clone(), (uid.clone(), harness.clone()));
+        if self.runs_containers {
+            let bind = assigned.is_none();
+            self.spawn_runner(client, pod, harness, bind);
+            return;
+        }
         if let Err(e) = self.start(&api, &pod, assigned.is_none(), ip).await {
             self.error(format!("starting pod {}/{}: {e}", k.0, k.1));
             self.stop(&k, Some(&uid));
+        }
+    }
+
+    /// Starts a [`Runner`] for the pod, which runs it in `harness`.
+    fn spawn_runner(
+        self: &Arc<Self>,
+        client: &::kube::Client,
+        pod: ApiPod,
+        harness: Arc<Pod>,
+        bind: bool,
+    ) {
+        let k = key(&pod);
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut containers: Vec<ContainerRun> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| ContainerRun::new(c.clone(), true))
+            .collect();
+        containers.extend(
+            spec.containers
+                .iter()
+                .map(|c| ContainerRun::new(c.clone(), false)),
+        );
+        let state = Arc::new(Mutex::new(PodRun {
+            namespace: k.0.clone(),
+            name: k.1.clone(),
+            ip: harness.ip,
+            host_ip: host_ip(),
+            phase: "Pending",
+            reason: None,
+            message: None,
+            start_time: now(),
+            initialized: false,
+            containers,
+            transitions: Default::default(),
+        }));
+        let (stop, stopped) = tokio::sync::watch::channel(None);
+        self.workers.lock().expect("workers lock").insert(
+            k.clone(),
+            Worker {
+                uid: uid.clone(),
+                stop,
+                state: state.clone(),
+            },
+        );
+        let dir = self.node.logs().join("pods").join(format!(
+            "{}_{}_{}",
+            k.0,
+            k.1,
+            uid.chars().take(8).collect::<String>()
+        ));
+        let runner = Runner {
+            shared: self.clone(),
+            client: client.clone(),
+            pod,
+            harness,
+            state,
+            stop: stopped,
+            bind,
+            dir,
+            volumes: Default::default(),
+            last: Value::Null,
+            reported: Default::default(),
+        };
+        tokio::spawn(runner.run());
+    }
+
+    /// Tells the runner of pod `k` (if it is the pod `uid`) to stop; false
+    /// when there is none.
+    fn tell(&self, k: &Key, uid: &str, stop: Stop) -> bool {
+        let workers = self.workers.lock().expect("workers lock");
+        match workers.get(k) {
+            Some(w) if w.uid == uid => {
+                w.stop.send_if_modified(|s| {
+                    // A kill overrides a graceful stop; nothing undoes one.
+                    let new = match (*s, stop) {
+                        (None, s) | (Some(Stop::Delete(_)), s @ Stop::Kill) => Some(s),
+                        (old, _) => old,
+                    };
+                    let changed = new != *s;
+                    *s = new;
+                    changed
+                });
+                true
+            }
+            _ => false,
         }
     }
 
@@ -409,7 +623,19 @@ impl Shared {
     /// bridge (the [`Node`] keeps the namespace until it is dropped, and
     /// never hands its address out again). With `uid`, only if the entry is
     /// that pod.
-    fn stop(&self, k: &Key, uid: Option<&str>) {
+    pub(super) fn stop(&self, k: &Key, uid: Option<&str>) {
+        {
+            // A runner still going is told to kill what it runs (it calls
+            // this again when done).
+            let workers = self.workers.lock().expect("workers lock");
+            if let Some(w) = workers.get(k)
+                && uid.is_none_or(|u| u == w.uid)
+            {
+                let u = w.uid.clone();
+                drop(workers);
+                self.tell(k, &u, Stop::Kill);
+            }
+        }
         let mut running = self.running.lock().expect("running lock");
         if uid.is_some_and(|u| running.get(k).is_some_and(|(have, _)| have != u)) {
             return;
@@ -426,7 +652,7 @@ impl Shared {
             .output();
     }
 
-    fn error(&self, e: String) {
+    pub(super) fn error(&self, e: String) {
         eprintln!("weft-e2e kubelet stand-in: {e}");
         self.errors.lock().expect("errors lock").push(e);
     }
@@ -524,7 +750,7 @@ fn host_ip() -> Ipv4Addr {
     Ipv4Addr::new(SUBNET_PREFIX[0], SUBNET_PREFIX[1], SUBNET_PREFIX[2], 1)
 }
 
-fn now() -> Value {
+pub(super) fn now() -> Value {
     json!(Time(Timestamp::now()))
 }
 
@@ -541,7 +767,7 @@ fn phase(pod: &ApiPod) -> Option<&str> {
 
 /// Retries a broken watch every quarter second (an API server restart
 /// should not leave pods unstarted for the default backoff's 30 s).
-struct Steady;
+pub(super) struct Steady;
 
 impl Iterator for Steady {
     type Item = Duration;

@@ -154,7 +154,11 @@ fn items(
                 let bytes = data
                     .remove(&i.key)
                     .ok_or_else(|| format!("{source} has no key {}", i.key))?;
-                Ok((i.path.clone(), bytes, i.mode.map(|m| m as u32).unwrap_or(mode)))
+                Ok((
+                    i.path.clone(),
+                    bytes,
+                    i.mode.map(|m| m as u32).unwrap_or(mode),
+                ))
             })
             .collect(),
     }
@@ -170,13 +174,23 @@ fn downward(
     let value = if let Some(r) = &f.field_ref {
         env::field(pod, ip, host_ip, &r.field_path)?
     } else if let Some(r) = &f.resource_field_ref {
-        let c = r
-            .container_name
-            .as_deref()
-            .ok_or_else(|| format!("downwardAPI {}: resourceFieldRef needs a containerName", f.path))?;
-        env::resource(pod, c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()))?
+        let c = r.container_name.as_deref().ok_or_else(|| {
+            format!(
+                "downwardAPI {}: resourceFieldRef needs a containerName",
+                f.path
+            )
+        })?;
+        env::resource(
+            pod,
+            c,
+            &r.resource,
+            r.divisor.as_ref().map(|d| d.0.as_str()),
+        )?
     } else {
-        return Err(format!("downwardAPI {}: no fieldRef or resourceFieldRef", f.path));
+        return Err(format!(
+            "downwardAPI {}: no fieldRef or resourceFieldRef",
+            f.path
+        ));
     };
     Ok((
         f.path.clone(),
@@ -225,7 +239,9 @@ pub async fn token(
 fn write(dir: &Path, rel: &str, bytes: &[u8], mode: u32) -> Result<(), String> {
     let relp = Path::new(rel);
     if rel.is_empty() || !relp.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(format!("volume path {rel:?} must be relative, without `..`"));
+        return Err(format!(
+            "volume path {rel:?} must be relative, without `..`"
+        ));
     }
     let path = dir.join(relp);
     if let Some(parent) = path.parent() {
