@@ -38,6 +38,9 @@ pub enum Stop {
 const MAX_GRACE: Duration = Duration::from_secs(5);
 /// How often the runner looks at its containers.
 const TICK: Duration = Duration::from_millis(100);
+/// How long volumes may wait for what they need (a ConfigMap that a
+/// controller writes soon, say) before that counts as an error.
+const MOUNT_PATIENCE: Duration = Duration::from_secs(15);
 /// The (fixed) back-off before a container restarts.
 const BACKOFF: Duration = Duration::from_secs(1);
 
@@ -202,29 +205,33 @@ impl Runner {
     }
 
     /// Materializes the volumes, retrying (as a kubelet does) while
-    /// something they need is missing; false when stopped first.
+    /// something they need is missing (the reason is in the pod's status
+    /// message, and an error once it lasted [`MOUNT_PATIENCE`]); false when
+    /// stopped first.
     async fn mount_volumes(&mut self) -> bool {
         let (ip, host_ip) = {
             let st = self.state.lock().expect("pod state");
             (st.ip, st.host_ip)
         };
+        let since = Instant::now();
         loop {
             let dir = self.dir.join("volumes");
             match volumes::materialize(&self.client, &self.pod, ip, host_ip, &dir).await {
                 Ok(v) => {
                     self.volumes = v;
+                    self.state.lock().expect("pod state").message = None;
                     return true;
                 }
                 Err(e) => {
-                    {
-                        let mut st = self.state.lock().expect("pod state");
-                        st.message = Some(format!("FailedMount: {e}"));
-                    }
+                    self.state.lock().expect("pod state").message =
+                        Some(format!("FailedMount: {e}"));
                     self.patch().await;
-                    self.error(format!("volumes (retrying): {e}"));
+                    if since.elapsed() > MOUNT_PATIENCE {
+                        self.error(format!("volumes (still retrying): {e}"));
+                    }
                 }
             }
-            self.sleep(BACKOFF).await;
+            self.sleep(Duration::from_millis(250)).await;
             if self.stopping().is_some() {
                 return false;
             }
