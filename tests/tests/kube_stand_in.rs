@@ -143,6 +143,25 @@ spec:
   - {name: app, image: weft-test-app, args: [get, "http://127.0.0.1:9000/"]}
 "#;
 
+/// Pods the stand-in cannot run: an image not in its table, a volume type
+/// it does not make.
+const UNKNOWN_IMAGE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unknown, namespace: demo}
+spec:
+  containers: [{name: web, image: "nginx:1.27"}]
+"#;
+
+const UNKNOWN_VOLUME: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unknown-volume, namespace: demo}
+spec:
+  containers: [{name: app, image: weft-test-app, args: [http]}]
+  volumes: [{name: host, hostPath: {path: /etc}}]
+"#;
+
 const JAEGER: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -236,7 +255,7 @@ fn assert_no_errors(kubelet: &NodeStandIn) {
     let errors: Vec<String> = kubelet
         .errors()
         .into_iter()
-        .filter(|e| !e.starts_with("watching") && !e.starts_with("pod demo/unknown:"))
+        .filter(|e| !e.starts_with("watching") && !e.starts_with("pod demo/unknown"))
         .collect();
     assert!(errors.is_empty(), "the stand-in failed: {errors:?}");
 }
@@ -473,10 +492,7 @@ fn the_stand_in_runs_pods_for_real() {
 
     // An image that is not in the stand-in's table: the pod does not
     // start, says why, and the test can see it.
-    cluster.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: unknown, namespace: demo}\n\
-         spec:\n  containers:\n  - {name: web, image: nginx:1.27}\n",
-    );
+    cluster.apply(UNKNOWN_IMAGE);
     eventually("the unknown image is reported", WAIT, || {
         let p = json(&cluster, &["get", "pod", "unknown", "-n", NS]);
         p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImagePull"
@@ -489,7 +505,31 @@ fn the_stand_in_runs_pods_for_real() {
         "{:?}",
         kubelet.errors()
     );
-    cluster.kubectl_ok(&["delete", "pod", "unknown", "-n", NS, "--timeout=30s"]);
+    // So is a volume type it does not make.
+    cluster.apply(UNKNOWN_VOLUME);
+    eventually("the unsupported volume is reported", WAIT, || {
+        let p = json(&cluster, &["get", "pod", "unknown-volume", "-n", NS]);
+        p["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("FailedMount: volume host"))
+    });
+    assert!(
+        kubelet
+            .errors()
+            .iter()
+            .any(|e| e.starts_with("pod demo/unknown-volume:")),
+        "{:?}",
+        kubelet.errors()
+    );
+    cluster.kubectl_ok(&[
+        "delete",
+        "pod",
+        "unknown",
+        "unknown-volume",
+        "-n",
+        NS,
+        "--timeout=30s",
+    ]);
 
     // Jaeger, from its image name, takes a span over OTLP/gRPC at its
     // ClusterIP and shows it in its query API.

@@ -213,6 +213,12 @@ impl Runner {
             let st = self.state.lock().expect("pod state");
             (st.ip, st.host_ip)
         };
+        if let Err(e) = volumes::check(&self.pod) {
+            self.state.lock().expect("pod state").message = Some(format!("FailedMount: {e}"));
+            self.patch().await;
+            self.error(e);
+            return false;
+        }
         let since = Instant::now();
         loop {
             let dir = self.dir.join("volumes");

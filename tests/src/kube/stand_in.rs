@@ -27,12 +27,16 @@
 //!   `/etc/hosts`.
 //!
 //!   Not done: images (the host's filesystem is every container's root),
-//!   cgroups and resource limits, PID and user namespaces, capabilities,
-//!   seccomp and `readOnlyRootFilesystem` (not enforced), liveness probes
-//!   (not run), exec and gRPC probes (counted as passing, with an error),
-//!   volume refreshes (ConfigMaps, Secrets and tokens are written once),
-//!   hostPath and persistent volumes (they fail the pod), a DNS server
-//!   (names come from the hosts file), NodePorts, and events.
+//!   cgroups and resource limits, PID, UTS and user namespaces (the
+//!   hostname is only `$HOSTNAME`), `hostNetwork` (every pod gets its own
+//!   network namespace), capabilities, seccomp and `readOnlyRootFilesystem`
+//!   (not enforced), liveness probes (not run), exec and gRPC probes
+//!   (counted as passing, with an error), lifecycle hooks and termination
+//!   messages, volume refreshes (ConfigMaps, Secrets and tokens are written
+//!   once), hostPath and persistent volumes (they leave the pod Pending with
+//!   an error), a DNS server (names come from the hosts file), NodePorts,
+//!   image pull back-off (an unknown image is `ErrImagePull` at once, with
+//!   an error), exponential restart back-off (a fixed second), and events.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -246,7 +250,8 @@ impl NodeStandIn {
 
     /// Sets the pod's Ready and ContainersReady conditions (and its
     /// containers' `ready`), as a kubelet would after a readiness probe
-    /// failed (`false`) or passed again (`true`).
+    /// failed (`false`) or passed again (`true`). For [`Cluster::stand_in`]:
+    /// a stand-in that runs containers writes what its probes find instead.
     pub fn set_ready(&self, namespace: &str, name: &str, ready: bool) {
         let ip = {
             let running = self.shared.running.lock().expect("running lock");

@@ -7,7 +7,7 @@
 //! volume (`kube-api-access-…`) unless `automountServiceAccountToken` is
 //! false. Files are written once, when the pod starts: ConfigMaps, Secrets
 //! and tokens are not refreshed later, unlike on a kubelet. Other volume
-//! types (hostPath, PVCs, CSI, …) fail the pod.
+//! types (hostPath, PVCs, CSI, …) leave the pod Pending, with an error.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -60,6 +60,35 @@ pub async fn materialize(
         out.insert(v.name.clone(), Materialized { dir: vdir });
     }
     Ok(out)
+}
+
+/// Refuses a pod with a volume of a type the stand-in does not make.
+pub fn check(pod: &ApiPod) -> Result<(), String> {
+    let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
+    for v in volumes {
+        let projected_ok = v.projected.as_ref().is_none_or(|p| {
+            p.sources.iter().flatten().all(|s| {
+                s.service_account_token.is_some()
+                    || s.config_map.is_some()
+                    || s.secret.is_some()
+                    || s.downward_api.is_some()
+            })
+        });
+        let known = v.empty_dir.is_some()
+            || v.config_map.is_some()
+            || v.secret.is_some()
+            || v.downward_api.is_some()
+            || v.projected.is_some();
+        if !known || !projected_ok {
+            return Err(format!(
+                "volume {}: only emptyDir, configMap, secret, downwardAPI and projected \
+                 (serviceAccountToken, configMap, secret, downwardAPI) volumes are supported by \
+                 the kubelet stand-in",
+                v.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A file of a volume: relative path, contents, mode.
