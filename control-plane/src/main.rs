@@ -204,7 +204,7 @@ fn main() -> ExitCode {
             },
         ) {
             SourceKind::Manifests => SourceConfig::Manifests(cli.manifests),
-            SourceKind::Kubernetes => SourceConfig::Kubernetes(KubeConfig {
+            SourceKind::Kubernetes => SourceConfig::Kubernetes(Box::new(KubeConfig {
                 namespace: cli.namespace,
                 replica: cli.replica.unwrap_or_else(hostname),
                 ca_secret: cli.ca_secret,
@@ -223,7 +223,7 @@ fn main() -> ExitCode {
                 webhook_configuration: cli.webhook_configuration,
                 pod_ip: cli.pod_ip,
                 inject: inject_cfg,
-            }),
+            })),
         },
         mtls_mode: match cli.mtls_mode {
             Mode::Permissive => weft_api::v1::MtlsMode::Permissive,

@@ -36,7 +36,7 @@ pub enum SourceConfig {
     Manifests(PathBuf),
     /// The Kubernetes API (kubeconfig from `KUBECONFIG` or the pod's
     /// ServiceAccount).
-    Kubernetes(KubeConfig),
+    Kubernetes(Box<KubeConfig>),
 }
 
 #[derive(Clone, Debug)]
