@@ -338,11 +338,9 @@ fn the_control_plane_follows_the_cluster() {
                     })
             })
     });
-    let errors = cp.admin_json("/errors");
-    assert!(
-        errors.to_string().contains("retry.attempts"),
-        "/errors lacks the bad route: {errors}"
-    );
+    eventually("/errors lists the bad route", WAIT, || {
+        cp.admin_json("/errors").to_string().contains("retry.attempts")
+    });
     assert_eq!(
         spread(&frontend, &vip, 5).get(&v2_name),
         Some(&5),
