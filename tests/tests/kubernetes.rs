@@ -339,7 +339,9 @@ fn the_control_plane_follows_the_cluster() {
             })
     });
     eventually("/errors lists the bad route", WAIT, || {
-        cp.admin_json("/errors").to_string().contains("retry.attempts")
+        cp.admin_json("/errors")
+            .to_string()
+            .contains("retry.attempts")
     });
     assert_eq!(
         spread(&frontend, &vip, 5).get(&v2_name),
