@@ -4,6 +4,7 @@
 //! (`install`, `inject`, `status`, `demo`).
 
 pub mod admin;
+pub mod check;
 pub mod demo;
 pub mod discovery;
 pub mod grpc;

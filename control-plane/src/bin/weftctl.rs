@@ -75,6 +75,12 @@ enum Command {
     /// `weftctl install | kubectl apply --server-side -f -`. The same objects
     /// as `kubectl kustomize k8s/base` (or `k8s/addons/jaeger`).
     Install(weft_control::install::InstallArgs),
+    /// Checks a cluster, one line per check (`✔` or `✘` with the fix):
+    /// with `--pre`, that Weft can be installed (API server, version, this
+    /// user's permissions); without, that the installed Weft is healthy
+    /// (CRDs, control plane, webhook and its caBundle, CA, leader, every
+    /// proxy current). Exits 1 when a check fails, 2 when none could run.
+    Check(weft_control::check::Args),
 }
 
 /// `weftctl inject` / `uninject`: YAML in, YAML out, a line per object on
@@ -206,6 +212,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 print!("{}", table(&status));
             }
             Ok(healthy)
+        }
+        Command::Check(args) => {
+            Ok(weft_control::check::run(&args, &mut |line| println!("{line}")).await?)
         }
         // Handled in main: the demo makes runtimes of its own.
         Command::Demo(_) => anyhow::bail!("the demo runs outside this runtime"),
