@@ -138,7 +138,7 @@ pub struct RetryOn {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
-    #[schemars(range(min = 1))]
+    /// Failures in a row that eject an endpoint; 0 turns ejection off.
     pub consecutive_failures: Option<u32>,
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub base_ejection_time: Option<String>,
@@ -306,10 +306,6 @@ impl TrafficPolicySpec {
             }
         }
         if let Some(o) = &self.outlier_detection {
-            at_least_1(
-                "spec.outlierDetection.consecutiveFailures",
-                o.consecutive_failures,
-            )?;
             dur(
                 "spec.outlierDetection.baseEjectionTime",
                 &o.base_ejection_time,
@@ -579,10 +575,6 @@ mod tests {
             (
                 "outlierDetection: {maxEjectionPercent: 150}",
                 "spec.outlierDetection.maxEjectionPercent",
-            ),
-            (
-                "outlierDetection: {consecutiveFailures: 0}",
-                "spec.outlierDetection.consecutiveFailures",
             ),
             (
                 "outlierDetection: {baseEjectionTime: 1.5s}",
