@@ -244,3 +244,142 @@ fn weftctl_check_after_an_install() {
     );
     assert_eq!(code, 1, "{text}");
 }
+
+const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {weft.dev/inject: enabled}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: app
+        image: weft-test-app:latest
+        args: [http, --listen, "0.0.0.0:8080", --service, web, --pod, $(POD_NAME)]
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+"#;
+
+/// The whole install running: the kubelet stand-in runs the control
+/// plane's pods from the install's Deployment and an injected app pod, so
+/// every check passes, the dry-run injection and each proxy's config
+/// (read from each replica through the API server's pod proxy) included.
+#[test]
+fn weftctl_check_passes_on_a_running_mesh() {
+    require_root();
+    let node = Arc::new(Node::new("kube_check_running"));
+    let cluster = Cluster::start(&node);
+    let kubelet = cluster.stand_in_running(node.clone());
+    let out = std::process::Command::new(bins::weftctl())
+        .arg("install")
+        .output()
+        .expect("running weftctl install");
+    assert!(out.status.success(), "{out:?}");
+    let out = cluster.kubectl_with(
+        &cluster.kubeconfig(),
+        &["apply", "--server-side", "-f", "-"],
+        Some(&String::from_utf8_lossy(&out.stdout)),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wait = Duration::from_secs(90);
+    kubelet.wait_pods(
+        "weft-system",
+        "app.kubernetes.io/name=weft-control",
+        2,
+        wait,
+    );
+    weft_e2e::eventually("the webhook's caBundle is set", wait, || {
+        let out = cluster.kubectl_ok(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            "weft-injector",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ]);
+        !out.trim().is_empty()
+    });
+    cluster.apply(APP);
+    let web = kubelet.wait_pods("shop", "app=web", 1, wait).remove(0).0;
+
+    let deadline = Instant::now() + wait;
+    let (code, health) = loop {
+        let (code, health) = lines(&check(&cluster, &cluster.kubeconfig(), &[]));
+        if code == 0 || Instant::now() > deadline {
+            break (code, health);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let text = health.join("\n");
+    eprintln!("weftctl check on a running mesh:\n{text}");
+    assert_eq!(code, 0, "{text}");
+    assert!(health.iter().all(|l| l.starts_with('✔')), "{text}");
+    assert!(
+        line(&health, "✔ injection: ").ends_with("came back with the weft-proxy sidecar"),
+        "{text}"
+    );
+    let proxies = line(&health, "✔ proxies: ");
+    assert!(
+        proxies.starts_with("✔ proxies: 1 proxy(ies) run the current config"),
+        "{text}"
+    );
+    assert!(proxies.contains("asked weft-control-"), "{text}");
+    assert_eq!(
+        line(&health, "✔ control plane errors: "),
+        "✔ control plane errors: none"
+    );
+
+    // A sidecar that stops answering falls behind the next version (a new
+    // Service is one): the check names it, then passes once it catches up.
+    let sidecar = kubelet
+        .process("shop", &web, "weft-proxy")
+        .expect("the app's sidecar runs");
+    sidecar.signal(nix::sys::signal::Signal::SIGSTOP);
+    cluster.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web-2, namespace: shop}\n\
+         spec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n",
+    );
+    let stale = format!("✘ proxy shop/{web}: stale: behind on weft-control-");
+    let deadline = Instant::now() + wait;
+    let (code, health) = loop {
+        let (code, health) = lines(&check(&cluster, &cluster.kubeconfig(), &[]));
+        if health.iter().any(|l| l.starts_with(&stale)) || Instant::now() > deadline {
+            break (code, health);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    sidecar.signal(nix::sys::signal::Signal::SIGCONT);
+    let text = health.join("\n");
+    eprintln!("weftctl check with a stopped sidecar:\n{text}");
+    assert_eq!(code, 1, "{text}");
+    let l = line(&health, &stale);
+    assert!(
+        l.contains("acknowledged version ") && l.contains(" — a push is on its way"),
+        "{l}"
+    );
+    assert!(!text.contains("✔ proxies: "), "{text}");
+    weft_e2e::eventually("the sidecar catches up", wait, || {
+        check(&cluster, &cluster.kubeconfig(), &[]).status.code() == Some(0)
+    });
+}
