@@ -98,7 +98,7 @@ fn rewrite(file: &str, cfg: &weft_control::inject::Config, remove: bool) -> anyh
     };
     let (out, reports) = weft_control::inject::workloads::rewrite(&text, cfg, remove)
         .with_context(|| format!("in {file}"))?;
-    print!("{out}");
+    emit(&out);
     use weft_control::inject::Outcome;
     for r in reports {
         let what = match (&r.outcome, remove) {
@@ -114,16 +114,24 @@ fn rewrite(file: &str, cfg: &weft_control::inject::Config, remove: bool) -> anyh
     Ok(())
 }
 
+/// Writes to stdout; a reader that went away (`weftctl install | head`) ends
+/// the output quietly rather than with a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Crds = cli.command {
-        print!("{}", weft_control::discovery::crds::crds_yaml());
+        emit(&weft_control::discovery::crds::crds_yaml());
         return ExitCode::SUCCESS;
     }
     if let Command::Install(args) = &cli.command {
         return match weft_control::install::render(args) {
             Ok(yaml) => {
-                print!("{yaml}");
+                emit(&yaml);
                 ExitCode::SUCCESS
             }
             Err(e) => {
