@@ -216,10 +216,12 @@ fn connections_survive_a_control_plane_outage_and_updates_resume() {
 #[test]
 fn a_malformed_manifest_is_reported_and_the_old_config_keeps_serving() {
     let m = mesh("disc_bad", 2);
-    // Settled first: the client runs the control plane's current version.
+    // Settled first: the control plane has seen every pod's manifest (the
+    // client's too) and the client runs that version.
     eventually("the client is current", Duration::from_secs(10), || {
-        m.cp.admin_json("/proxies")["version"].as_f64()
-            == Some(m.client.metric("discovery_snapshot_version"))
+        m.client.config()["workloads"].as_array().map(Vec::len) == Some(3)
+            && m.cp.admin_json("/proxies")["version"].as_f64()
+                == Some(m.client.metric("discovery_snapshot_version"))
     });
     let v = m.client.metric("discovery_snapshot_version");
     let good = service_yaml("db", DB_VIP, "db", &[(DB_PORT, DB_PORT, "tcp")]);
