@@ -304,6 +304,7 @@ fn proxy_container(
         field_env("WEFT_POD_NAME", "metadata.name"),
         field_env("WEFT_POD_NAMESPACE", "metadata.namespace"),
         field_env("WEFT_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        field_env("WEFT_POD_IP", "status.podIP"),
         env(
             "WEFT_IDENTITY",
             format!(
