@@ -430,16 +430,7 @@ pub fn validate_annotations(
 
 /// What a TrafficPolicy must be beyond its schema.
 pub fn validate_policy(p: &TrafficPolicy) -> Result<(), (String, String)> {
-    let t = &p.spec.target_ref;
-    if t.kind != "Service" || !t.group.is_empty() {
-        return Err((
-            "spec.targetRef.kind".into(),
-            format!(
-                "a TrafficPolicy targets a Service (group \"\"), not `{}`",
-                t.kind
-            ),
-        ));
-    }
+    // The spec's own checks name the field (targetRef.kind or .group).
     p.spec.validate()
 }
 

@@ -121,10 +121,6 @@ impl Publisher {
     pub fn set_trust_anchors(&mut self, anchors: Vec<Vec<u8>>) {
         self.trust_anchors_der = anchors;
     }
-
-    pub fn trust_anchors(&self) -> &[Vec<u8>] {
-        &self.trust_anchors_der
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
