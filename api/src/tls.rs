@@ -128,8 +128,21 @@ impl TrustAnchors {
 
 /// This workload's certificate and key, swapped in place on renewal: new
 /// handshakes use the new one at once, open connections are untouched.
-#[derive(Clone, Debug, Default)]
-pub struct CertSlot(Arc<ArcSwapOption<CertifiedKey>>);
+#[derive(Clone, Debug)]
+pub struct CertSlot {
+    key: Arc<ArcSwapOption<CertifiedKey>>,
+    /// True once a certificate is in: waiters are woken, not polling.
+    ready: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for CertSlot {
+    fn default() -> Self {
+        CertSlot {
+            key: Arc::default(),
+            ready: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+}
 
 impl CertSlot {
     pub fn set(
@@ -143,17 +156,25 @@ impl CertSlot {
             .map_err(TlsError::Key)?;
         let ck = CertifiedKey::new(chain, signer);
         ck.keys_match().map_err(TlsError::Key)?;
-        self.0.store(Some(Arc::new(ck)));
+        self.key.store(Some(Arc::new(ck)));
+        self.ready.send_replace(true);
         Ok(())
     }
 
     pub fn is_set(&self) -> bool {
-        self.0.load().is_some()
+        self.key.load().is_some()
+    }
+
+    /// Returns once a certificate is in.
+    pub async fn ready(&self) {
+        let mut rx = self.ready.subscribe();
+        // The sender lives as long as `self`: this cannot fail while we wait.
+        let _ = rx.wait_for(|ready| *ready).await;
     }
 
     /// The current leaf, DER.
     pub fn leaf(&self) -> Option<CertificateDer<'static>> {
-        self.0
+        self.key
             .load()
             .as_ref()
             .and_then(|ck| ck.cert.first().cloned())
@@ -162,7 +183,7 @@ impl CertSlot {
 
 impl ResolvesServerCert for CertSlot {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.load_full()
+        self.key.load_full()
     }
 }
 
@@ -172,7 +193,7 @@ impl ResolvesClientCert for CertSlot {
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        self.0.load_full()
+        self.key.load_full()
     }
 
     fn has_certs(&self) -> bool {

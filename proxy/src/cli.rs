@@ -7,8 +7,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use weft_api::defaults;
 
+use crate::destination::PeerIdentity;
 use crate::ports::PortList;
-use crate::tls::{MtlsMode, PeerIdentity};
+use crate::tls::MtlsMode;
 use weft_api::SpiffeId;
 use weft_api::log::LogFormat;
 

@@ -216,8 +216,13 @@ mod tests {
             }],
             ..Default::default()
         };
-        let cfg =
-            MeshConfig::from_snapshot(&snap, "cluster.local", &MeshConfig::default()).unwrap();
+        let cfg = MeshConfig::from_snapshot(
+            &snap,
+            "cluster.local",
+            &MeshConfig::default(),
+            &crate::balance::Registry::default(),
+        )
+        .unwrap();
         let mesh: Mesh = Arc::new(arc_swap::ArcSwap::from_pointee(cfg));
         DnsServer::new(Some(mesh), None, "shop".into())
     }

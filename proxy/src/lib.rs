@@ -6,18 +6,27 @@
 //! admin server ([`admin`]) for probes, metrics and shutdown.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod admin;
+pub(crate) mod admin;
+pub(crate) mod balance;
+pub(crate) mod breaker;
 pub mod cli;
-pub mod discovery;
-pub mod dns;
-pub mod forward;
-pub mod http;
-pub mod identity;
+pub(crate) mod connect;
+pub(crate) mod destination;
+pub(crate) mod discovery;
+pub(crate) mod dns;
+pub(crate) mod forward;
+pub(crate) mod http;
+pub(crate) mod identity;
 pub mod init;
-pub mod ports;
-pub mod probes;
+pub(crate) mod limits;
+pub(crate) mod policy;
+pub(crate) mod ports;
+pub(crate) mod probes;
+pub(crate) mod routes;
 pub mod run;
-pub mod shutdown;
-pub mod telemetry;
-pub mod tls;
-pub mod transport;
+pub(crate) mod shutdown;
+pub(crate) mod telemetry;
+#[cfg(test)]
+mod test_pki;
+pub(crate) mod tls;
+pub(crate) mod transport;

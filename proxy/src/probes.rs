@@ -101,10 +101,6 @@ impl AppProbes {
         Ok(AppProbes(out))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The app's answer to the probe at `admin_path`; `None` when no probe
     /// has that path.
     pub async fn forward(&self, admin_path: &str) -> Option<Response<Full<Bytes>>> {

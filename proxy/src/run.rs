@@ -10,9 +10,11 @@ use weft_api::tls::TrustAnchors;
 
 use crate::admin::{Admin, Readiness};
 use crate::cli::{IdentityArgs, RunArgs};
+use crate::connect::Connector;
+use crate::destination::Destinations;
 use crate::discovery::{DiscoveryMetrics, Mesh, MeshConfig, Watcher};
 use crate::dns;
-use crate::forward::{Forwarder, HttpSide, Target, TlsSide};
+use crate::forward::{Forwarder, Inbound, Outbound, Side, Target};
 use crate::http::access_log::AccessLog;
 use crate::http::inbound::HttpInbound;
 use crate::http::outbound::HttpOutbound;
@@ -91,57 +93,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         if disabled {
             continue;
         }
-        let (tls, http) = match (&identity, direction) {
-            (None, _) => (TlsSide::None, HttpSide::None),
-            (Some(id), Direction::Inbound) => (
-                TlsSide::Inbound(Arc::new(InboundTls::new(
-                    id,
-                    mesh.clone(),
-                    args.identity.inbound_mtls_mode,
-                    args.identity.detect_timeout,
-                )?)),
-                HttpSide::Inbound(Arc::new(HttpInbound::new(
-                    args.idle_timeout,
-                    metrics.requests.clone(),
-                    access_log.clone(),
-                    tracing_export.clone(),
-                ))),
+        let target = target.map_or(Target::OriginalDst, Target::Fixed);
+        let side = match direction {
+            Direction::Inbound => inbound_side(
+                &args,
+                identity.as_ref(),
+                &mesh,
+                &metrics,
+                &access_log,
+                &tracing_export,
+            )?,
+            Direction::Outbound => outbound_side(
+                &args,
+                identity.as_ref(),
+                &mesh,
+                &metrics,
+                &access_log,
+                &tracing_export,
+                target,
             ),
-            (Some(id), Direction::Outbound) => {
-                let tls = Arc::new(OutboundTls::new(
-                    id.clone(),
-                    mesh.clone(),
-                    args.identity.peer_identities.clone(),
-                    args.identity.outbound_target_identity.clone(),
-                ));
-                let pool = Arc::new(PeerPool::new(
-                    tls.clone(),
-                    metrics.tls.clone(),
-                    args.connect_timeout,
-                    args.idle_timeout,
-                ));
-                tokio::spawn(pool.clone().reap_idle());
-                (
-                    TlsSide::Outbound(tls),
-                    HttpSide::Outbound(Arc::new(HttpOutbound::new(
-                        mesh.clone(),
-                        pool,
-                        args.idle_timeout,
-                        metrics.http.clone(),
-                        metrics.requests.clone(),
-                        access_log.clone(),
-                        tracing_export.clone(),
-                    ))),
-                )
-            }
         };
         let fwd = Arc::new(Forwarder {
-            direction,
-            target: target.map_or(Target::OriginalDst, Target::Fixed),
-            connect_timeout: args.connect_timeout,
-            tls,
-            http,
-            detect_timeout: args.identity.detect_timeout,
+            target,
+            side,
             metrics: metrics.tcp.clone(),
             tls_metrics: metrics.tls.clone(),
             shutdown: shutdown.clone(),
@@ -203,6 +177,76 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The inbound listener's side: mTLS and HTTP when the proxy has an
+/// identity, bytes as they are otherwise.
+fn inbound_side(
+    args: &RunArgs,
+    identity: Option<&Identity>,
+    mesh: &Option<Mesh>,
+    metrics: &Metrics,
+    access_log: &Option<AccessLog>,
+    tracing: &Option<Arc<Tracing>>,
+) -> anyhow::Result<Side> {
+    let tls = match identity {
+        Some(id) => Some((
+            Arc::new(InboundTls::new(id, args.identity.detect_timeout)?),
+            Arc::new(HttpInbound::new(
+                args.idle_timeout,
+                metrics.requests.clone(),
+                access_log.clone(),
+                tracing.clone(),
+            )),
+        )),
+        None => None,
+    };
+    Ok(Side::Inbound(Inbound::new(
+        tls,
+        mesh.clone(),
+        args.identity.inbound_mtls_mode,
+        Connector::new(args.connect_timeout, None, metrics.tls.clone()),
+    )))
+}
+
+/// The outbound listener's side: where connections go, and HTTP proxying
+/// over a shared peer pool when the proxy has an identity.
+fn outbound_side(
+    args: &RunArgs,
+    identity: Option<&Identity>,
+    mesh: &Option<Mesh>,
+    metrics: &Metrics,
+    access_log: &Option<AccessLog>,
+    tracing: &Option<Arc<Tracing>>,
+    target: Target,
+) -> Side {
+    let tls = identity.map(|id| Arc::new(OutboundTls::new(id.clone())));
+    let connector = Connector::new(args.connect_timeout, tls, metrics.tls.clone());
+    let fixed = match target {
+        Target::Fixed(addr) => Some((addr, args.identity.outbound_target_identity.clone())),
+        Target::OriginalDst => None,
+    };
+    let destinations =
+        Destinations::new(mesh.clone(), args.identity.peer_identities.clone(), fixed);
+    let http = identity.map(|_| {
+        let pool = Arc::new(PeerPool::new(connector.clone(), args.idle_timeout));
+        tokio::spawn(pool.clone().reap_idle());
+        Arc::new(HttpOutbound::new(
+            mesh.clone(),
+            pool,
+            args.idle_timeout,
+            metrics.http.clone(),
+            metrics.requests.clone(),
+            access_log.clone(),
+            tracing.clone(),
+        ))
+    });
+    Side::Outbound(Outbound::new(
+        destinations,
+        connector,
+        http,
+        args.identity.detect_timeout,
+    ))
+}
+
 /// Starts watching the control plane for this pod's snapshot, when the proxy
 /// has a control plane and knows its pod.
 fn start_discovery(
@@ -231,6 +275,7 @@ fn start_discovery(
         pod,
         mesh: mesh.clone(),
         metrics,
+        endpoints: Default::default(),
     };
     tokio::spawn(watcher.run());
     Ok(Some(mesh))

@@ -24,7 +24,8 @@ impl Shutdown {
         self.token.cancel();
     }
 
-    pub fn is_triggered(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_triggered(&self) -> bool {
         self.token.is_cancelled()
     }
 

@@ -6,8 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,8 +18,6 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 use weft_api::SpiffeId;
 use weft_api::tls::{self as wtls, ForeignIdentity, IdentityMismatch};
 
-use crate::discovery::config_guard::ActiveGuard;
-use crate::discovery::{Destination, Mesh, ServicePort};
 use crate::identity::Identity;
 
 /// Whether the inbound side accepts plaintext. Meshed clients always speak
@@ -33,36 +30,6 @@ pub enum MtlsMode {
     Permissive,
     /// Only mTLS from a workload of this trust domain.
     Strict,
-}
-
-/// The workload expected at a destination: `IP=ID` or `IP:PORT=ID`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerIdentity {
-    pub ip: IpAddr,
-    pub port: Option<u16>,
-    pub id: SpiffeId,
-}
-
-impl FromStr for PeerIdentity {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (dst, id) = s
-            .split_once('=')
-            .ok_or_else(|| format!("`{s}` is not DESTINATION=SPIFFE_ID"))?;
-        let id: SpiffeId = id.parse().map_err(|e| format!("{e}"))?;
-        if let Ok(sa) = dst.parse::<SocketAddr>() {
-            return Ok(PeerIdentity {
-                ip: sa.ip(),
-                port: Some(sa.port()),
-                id,
-            });
-        }
-        let ip = dst
-            .parse::<IpAddr>()
-            .map_err(|_| format!("`{dst}` is not an IP address or IP:PORT"))?;
-        Ok(PeerIdentity { ip, port: None, id })
-    }
 }
 
 /// Why a TLS connection failed, as a metric label and a log field.
@@ -147,113 +114,21 @@ impl Alpn {
     }
 }
 
-/// Where one outbound connection goes, and who must answer there.
-#[derive(Debug)]
-pub struct Plan {
-    pub addr: SocketAddr,
-    /// None: an un-meshed destination, reached in plaintext.
-    pub identity: Option<SpiffeId>,
-    /// The Service port it was balanced for, if any.
-    pub service: Option<Arc<ServicePort>>,
-    /// Counts the connection against the endpoint's load while it lives.
-    pub _load: Option<ActiveGuard>,
-    /// Holds one of the Service's connection permits (maxConnections).
-    pub _permit: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
 /// The client side of sidecar-to-sidecar mTLS.
 #[derive(Debug)]
 pub struct OutboundTls {
     identity: Identity,
-    mesh: Option<Mesh>,
-    peers: Vec<PeerIdentity>,
-    /// Expected identity of an explicit-mode target.
-    target: Option<SpiffeId>,
     /// One client config per expected identity, built once: the certificate
     /// and the anchors inside are swapped in place, so configs never go stale.
     configs: Mutex<HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>>,
 }
 
 impl OutboundTls {
-    pub fn new(
-        identity: Identity,
-        mesh: Option<Mesh>,
-        peers: Vec<PeerIdentity>,
-        target: Option<SpiffeId>,
-    ) -> Self {
+    pub fn new(identity: Identity) -> Self {
         OutboundTls {
             identity,
-            mesh,
-            peers,
-            target,
             configs: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Decides where a connection to `dst` goes: a Service's virtual IP is
-    /// balanced over its endpoints, a meshed pod gets mTLS, anything else
-    /// passes through. Err names a Service with no endpoints.
-    pub fn plan(&self, dst: SocketAddr, fixed_target: bool) -> Result<Plan, String> {
-        let direct = |identity| Plan {
-            addr: dst,
-            identity,
-            service: None,
-            _load: None,
-            _permit: None,
-        };
-        if fixed_target {
-            return Ok(direct(self.target.clone()));
-        }
-        let destination = self
-            .mesh
-            .as_ref()
-            .map_or(Destination::Passthrough, |m| m.load().destination(dst));
-        match destination {
-            Destination::Service(sp) => {
-                let permit = match &sp.policy.connections {
-                    Some(s) => Some(
-                        s.clone()
-                            .try_acquire_owned()
-                            .map_err(|_| format!("{} is at its connection limit", sp.name))?,
-                    ),
-                    None => None,
-                };
-                let ep = sp
-                    .pick()
-                    .ok_or_else(|| format!("{} has no endpoints", sp.name))?;
-                Ok(Plan {
-                    addr: ep.addr,
-                    identity: ep.identity.clone(),
-                    _load: Some(ep.track()),
-                    _permit: permit,
-                    service: Some(sp),
-                })
-            }
-            Destination::Pod(id) => Ok(direct(Some(id))),
-            Destination::Passthrough => Ok(direct(self.static_peer(dst))),
-        }
-    }
-
-    /// What the mesh says `dst` is.
-    pub fn mesh_destination(&self, dst: SocketAddr) -> Destination {
-        self.mesh
-            .as_ref()
-            .map_or(Destination::Passthrough, |m| m.load().destination(dst))
-    }
-
-    /// The identity `--peer-identity` gives `dst`, if any.
-    fn static_peer(&self, dst: SocketAddr) -> Option<SpiffeId> {
-        let exact = self
-            .peers
-            .iter()
-            .find(|p| p.ip == dst.ip() && p.port == Some(dst.port()));
-        exact
-            .or_else(|| {
-                self.peers
-                    .iter()
-                    .find(|p| p.ip == dst.ip() && p.port.is_none())
-            })
-            .map(|p| p.id.clone())
     }
 
     fn config(&self, expected: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, io::Error> {
@@ -278,15 +153,7 @@ impl OutboundTls {
         Ok(cfg)
     }
 
-    /// The identity `--peer-identity` or the explicit target gives `dst`.
-    pub fn direct_identity(&self, dst: SocketAddr, fixed_target: bool) -> Option<SpiffeId> {
-        if fixed_target {
-            self.target.clone()
-        } else {
-            self.static_peer(dst)
-        }
-    }
-
+    /// Opens TLS 1.3 over `tcp` and checks the server is `expected`.
     pub async fn connect(
         &self,
         tcp: TcpStream,
@@ -312,16 +179,12 @@ pub enum Accepted {
 /// The server side of sidecar-to-sidecar mTLS.
 pub struct InboundTls {
     acceptor: TlsAcceptor,
-    mesh: Option<Mesh>,
-    /// The local setting; the control plane can make it stricter, not looser.
-    mode: MtlsMode,
     detect_timeout: Duration,
 }
 
 impl fmt::Debug for InboundTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InboundTls")
-            .field("mode", &self.mode)
             .field("detect_timeout", &self.detect_timeout)
             .finish_non_exhaustive()
     }
@@ -331,12 +194,7 @@ impl fmt::Debug for InboundTls {
 const TLS_HANDSHAKE: u8 = 0x16;
 
 impl InboundTls {
-    pub fn new(
-        identity: &Identity,
-        mesh: Option<Mesh>,
-        mode: MtlsMode,
-        detect_timeout: Duration,
-    ) -> Result<Self, wtls::TlsError> {
+    pub fn new(identity: &Identity, detect_timeout: Duration) -> Result<Self, wtls::TlsError> {
         let cfg = wtls::server_config(
             identity.cert.clone(),
             identity.anchors.clone(),
@@ -346,8 +204,6 @@ impl InboundTls {
         )?;
         Ok(InboundTls {
             acceptor: TlsAcceptor::from(Arc::new(cfg)),
-            mesh,
-            mode,
             detect_timeout,
         })
     }
@@ -355,25 +211,15 @@ impl InboundTls {
     /// Peeks at the first byte: a TLS handshake is terminated (client
     /// certificate required), anything else is plaintext, served only in
     /// permissive mode. A client that says nothing within the detect timeout
-    /// is plaintext too (a server-speaks-first protocol). On an opaque port a
-    /// client that is not a meshed pod is not peeked at at all, so a
-    /// server-speaks-first protocol never waits.
+    /// is plaintext too (a server-speaks-first protocol). With
+    /// `skip_detection` (an opaque port, a client that is not a meshed pod)
+    /// nothing is peeked at, so a server-speaks-first protocol never waits.
     pub async fn accept(
         &self,
         tcp: TcpStream,
-        dst: SocketAddr,
+        mode: MtlsMode,
+        skip_detection: bool,
     ) -> Result<Accepted, (TlsFailure, io::Error)> {
-        let cfg = self.mesh.as_ref().map(|m| m.load_full());
-        // The stricter of the local setting and the control plane's: a proxy
-        // pinned to strict cannot be downgraded from afar.
-        let mode = match (self.mode, cfg.as_ref().and_then(|c| c.mtls_mode)) {
-            (MtlsMode::Strict, _) | (_, Some(weft_api::v1::MtlsMode::Strict)) => MtlsMode::Strict,
-            _ => MtlsMode::Permissive,
-        };
-        let peer_meshed = tcp
-            .peer_addr()
-            .is_ok_and(|p| cfg.as_ref().is_some_and(|c| c.is_meshed(p.ip())));
-        let skip_detection = cfg.as_ref().is_some_and(|c| c.is_opaque(dst.port())) && !peer_meshed;
         let mut first = [0u8; 1];
         let peeked = match mode {
             _ if skip_detection => None,
@@ -428,27 +274,5 @@ impl InboundTls {
                 ),
             )),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peer_identities_parse_with_and_without_port() {
-        let p: PeerIdentity = "10.0.0.1=spiffe://cluster.local/ns/a/sa/b".parse().unwrap();
-        assert_eq!((p.port, p.id.service_account()), (None, "b"));
-        let p: PeerIdentity = "10.0.0.1:80=spiffe://cluster.local/ns/a/sa/b"
-            .parse()
-            .unwrap();
-        assert_eq!(p.port, Some(80));
-        assert!("10.0.0.1".parse::<PeerIdentity>().is_err());
-        assert!(
-            "host=spiffe://cluster.local/ns/a/sa/b"
-                .parse::<PeerIdentity>()
-                .is_err()
-        );
-        assert!("10.0.0.1=spiffe://x/y".parse::<PeerIdentity>().is_err());
     }
 }

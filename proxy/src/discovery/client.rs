@@ -19,6 +19,7 @@ use weft_api::v1::discovery_client::DiscoveryClient;
 use weft_api::v1::{self, AckRequest, WatchRequest};
 
 use super::config::{Mesh, MeshConfig};
+use crate::balance;
 use crate::identity::{ControlPlane, Identity};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +63,8 @@ pub struct Watcher {
     pub namespace: String,
     pub mesh: Mesh,
     pub metrics: DiscoveryMetrics,
+    /// The endpoints' live state, carried from one snapshot to the next.
+    pub endpoints: balance::Registry,
 }
 
 /// The largest snapshot accepted (about 400,000 pods).
@@ -73,9 +76,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 impl Watcher {
     pub async fn run(self) {
         // Watch authenticates with the workload certificate: wait for it.
-        while !self.identity.cert.is_set() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.identity.cert.ready().await;
         let config = match tls::client_config(
             self.identity.cert.clone(),
             self.identity.anchors.clone(),
@@ -135,7 +136,7 @@ impl Watcher {
             received = true;
             let snap = super::delta::merge(current.as_ref(), snap).map_err(|e| {
                 warn!(error = %e, "cannot place a change; reconnecting for a complete snapshot");
-                tonic::Status::data_loss(e)
+                tonic::Status::data_loss(e.to_string())
             })?;
             let version = snap.version;
             let now = std::time::SystemTime::now()
@@ -144,8 +145,14 @@ impl Watcher {
                 .unwrap_or_default();
             self.metrics.last_update.set(now);
             let prev = self.mesh.load_full();
-            let error = match MeshConfig::from_snapshot(&snap, self.identity.trust_domain(), &prev)
-            {
+            let built = MeshConfig::from_snapshot(
+                &snap,
+                self.identity.trust_domain(),
+                &prev,
+                &self.endpoints,
+            );
+            drop(prev);
+            let error = match built {
                 Ok(cfg) => {
                     let anchors: Vec<CertificateDer<'static>> = cfg
                         .trust_anchors_der
@@ -158,6 +165,7 @@ impl Watcher {
                         warn!(error = %e, "trust anchors in the snapshot are not usable; keeping ours");
                     }
                     self.mesh.store(Arc::new(cfg));
+                    self.endpoints.prune();
                     self.metrics.version.set(version as i64);
                     self.metrics
                         .updates
@@ -172,7 +180,7 @@ impl Watcher {
                         .get_or_create(&ResultLabels { result: "rejected" })
                         .inc();
                     warn!(version, error = %e, "snapshot rejected; keeping the previous one");
-                    e
+                    e.to_string()
                 }
             };
             let mut ack = tonic::Request::new(AckRequest {

@@ -8,22 +8,37 @@ use std::collections::HashMap;
 
 use weft_api::v1;
 
+/// A change that cannot be placed on what this stream holds.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error(
+        "version {version} carries changes since {base}, and this stream has no complete snapshot"
+    )]
+    NoBase { version: u64, base: u64 },
+    #[error("version {version} carries changes since {base}, but this stream holds {held}")]
+    OtherBase { version: u64, base: u64, held: u64 },
+}
+
 /// The complete snapshot `next` describes, given the complete one before it.
-pub fn merge(current: Option<&v1::Snapshot>, next: v1::Snapshot) -> Result<v1::Snapshot, String> {
+pub fn merge(
+    current: Option<&v1::Snapshot>,
+    next: v1::Snapshot,
+) -> Result<v1::Snapshot, DeltaError> {
     if next.base_version == 0 {
         return Ok(next);
     }
     let Some(current) = current else {
-        return Err(format!(
-            "version {} carries changes since {}, and this stream has no complete snapshot",
-            next.version, next.base_version
-        ));
+        return Err(DeltaError::NoBase {
+            version: next.version,
+            base: next.base_version,
+        });
     };
     if current.version != next.base_version {
-        return Err(format!(
-            "version {} carries changes since {}, but this stream holds {}",
-            next.version, next.base_version, current.version
-        ));
+        return Err(DeltaError::OtherBase {
+            version: next.version,
+            base: next.base_version,
+            held: current.version,
+        });
     }
     let key = |s: &v1::Service| format!("{}/{}", s.namespace, s.name);
     let mut services: HashMap<String, v1::Service> = current
@@ -124,7 +139,7 @@ mod tests {
             ..Default::default()
         };
         let err = merge(Some(&full()), next.clone()).unwrap_err();
-        assert!(err.contains("holds 1"), "{err}");
+        assert!(err.to_string().contains("holds 1"), "{err}");
         assert!(merge(None, next).is_err());
         // A complete snapshot needs no base.
         assert_eq!(merge(None, full()).unwrap(), full());

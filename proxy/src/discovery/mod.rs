@@ -8,9 +8,4 @@ mod config;
 mod delta;
 
 pub use client::{DiscoveryMetrics, Watcher};
-pub use config::{Destination, Endpoint, Mesh, MeshConfig, ServicePort};
-
-/// The load guard handed out with a balanced endpoint.
-pub mod config_guard {
-    pub use super::config::ActiveGuard;
-}
+pub use config::{Address, Mesh, MeshConfig, ServicePort};

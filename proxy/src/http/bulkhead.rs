@@ -2,26 +2,24 @@
 //! fast with 503 (`weft-error: overloaded`) instead of queueing without end,
 //! so a slow Service cannot take the caller's memory with it.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
-use super::{Body, ProxyError};
+use super::{Body, BoxFuture, ProxyError};
+use crate::policy::ServicePolicy;
 
 #[derive(Clone, Debug)]
 pub struct BulkheadLayer {
-    /// None: unlimited.
-    permits: Option<Arc<Semaphore>>,
+    /// Its caps count every request to the Service, whatever the route.
+    policy: Arc<ServicePolicy>,
 }
 
 impl BulkheadLayer {
-    pub fn new(permits: Option<Arc<Semaphore>>) -> Self {
-        BulkheadLayer { permits }
+    pub fn new(policy: Arc<ServicePolicy>) -> Self {
+        BulkheadLayer { policy }
     }
 }
 
@@ -31,7 +29,7 @@ impl<S> Layer<S> for BulkheadLayer {
     fn layer(&self, inner: S) -> Bulkhead<S> {
         Bulkhead {
             inner,
-            permits: self.permits.clone(),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -39,33 +37,30 @@ impl<S> Layer<S> for BulkheadLayer {
 #[derive(Clone, Debug)]
 pub struct Bulkhead<S> {
     inner: S,
-    permits: Option<Arc<Semaphore>>,
+    policy: Arc<ServicePolicy>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S> Service<Request<Body>> for Bulkhead<S>
+impl<S, E> Service<Request<Body>> for Bulkhead<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = E>,
     S::Future: Send + 'static,
+    E: From<ProxyError> + Send + 'static,
 {
     type Response = Response<Body>;
-    type Error = ProxyError;
-    type Future = BoxFuture<Result<Response<Body>, ProxyError>>;
+    type Error = E;
+    type Future = BoxFuture<Result<Response<Body>, E>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let permit = match &self.permits {
-            None => None,
-            Some(s) => match s.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => return Box::pin(async { Err(ProxyError::Overloaded) }),
-            },
+        let Ok(permit) = self.policy.limits.request() else {
+            return Box::pin(async { Err(ProxyError::Overloaded.into()) });
         };
-        let fut: BoxFuture<Result<Response<Body>, ProxyError>> = Box::pin(self.inner.call(req));
+        // Boxed before the async block: works around rustc's "Send is not
+        // general enough" with associated futures.
+        let fut: BoxFuture<Result<Response<Body>, E>> = Box::pin(self.inner.call(req));
         Box::pin(async move {
             // Held until the response headers are in.
             let _permit = permit;
@@ -79,6 +74,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use tower::ServiceExt;
+    use weft_api::v1;
 
     #[tokio::test(start_paused = true)]
     async fn the_request_beyond_the_cap_fails_fast() {
@@ -86,7 +82,14 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(1)).await;
             Ok::<_, ProxyError>(Response::new(super::super::full("ok")))
         });
-        let svc = BulkheadLayer::new(Some(Arc::new(Semaphore::new(2)))).layer(inner);
+        let policy = ServicePolicy::new(v1::TrafficPolicy {
+            limits: Some(v1::Limits {
+                max_concurrent_requests: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let svc = BulkheadLayer::new(Arc::new(policy)).layer(inner);
         let calls: Vec<_> = (0..3)
             .map(|_| svc.clone().oneshot(Request::new(super::super::full(""))))
             .collect();
@@ -99,7 +102,6 @@ mod tests {
         let third = calls.next().unwrap().await;
         assert!(matches!(third, Err(ProxyError::Overloaded)));
         assert!(a.await.unwrap().is_ok() && b.await.unwrap().is_ok());
-        // Capacity comes back once they are done.
         assert!(
             svc.oneshot(Request::new(super::super::full("")))
                 .await

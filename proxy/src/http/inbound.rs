@@ -9,34 +9,36 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 use weft_api::SpiffeId;
 
-use super::access_log::{AccessLog, Entry};
+use super::access_log::AccessLog;
 use super::headers::{self, CLIENT_ID, ORIG_PROTO};
-use super::pool::dial_tcp;
+use super::observe::{Observe, Observer, Scope};
 use super::upgrade;
-use super::{Body, ProxyError, boxed};
-use crate::telemetry::{Direction, HttpMetrics, RequestLabels};
-use opentelemetry::KeyValue;
-use opentelemetry::trace::SpanKind;
+use super::{Body, BoxFuture, ProxyError, boxed};
+use crate::connect::Connector;
+use crate::telemetry::{HttpMetrics, TlsMetrics};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use weft_api::trace::{HopSpan, Tracing};
+use weft_api::trace::Tracing;
 
 #[derive(Debug)]
 pub struct HttpInbound {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
-    metrics: HttpMetrics,
-    access_log: Option<AccessLog>,
-    tracing: Option<Arc<Tracing>>,
+    /// For upgrades, which take a connection of their own to the app.
+    connector: Connector,
+    observer: Arc<Observer>,
 }
+
+/// How long an upgrade may take to connect to the app.
+const UPGRADE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl HttpInbound {
     /// Pooled connections to the app close after `idle_timeout` unused.
@@ -56,9 +58,12 @@ impl HttpInbound {
         HttpInbound {
             h1: builder().build(connector.clone()),
             h2: builder().http2_only(true).build(connector),
-            metrics,
-            access_log,
-            tracing,
+            connector: Connector::new(UPGRADE_CONNECT_TIMEOUT, None, TlsMetrics::default()),
+            observer: Arc::new(Observer {
+                metrics,
+                access_log,
+                tracing,
+            }),
         }
     }
 
@@ -67,17 +72,19 @@ impl HttpInbound {
         self: Arc<Self>,
         dst: SocketAddr,
         peer: SpiffeId,
-    ) -> impl hyper::service::Service<
-        Request<Incoming>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
-    > + Clone {
-        let peer = HeaderValue::from_str(&peer.to_string()).ok();
-        service_fn(move |req| {
-            let (this, peer) = (self.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(this.handle(req, dst, peer).await) }
-        })
+    ) -> TowerToHyperService<Observe<AppService>> {
+        let peer = peer.to_string();
+        let scope = Scope::Inbound {
+            dst,
+            peer: peer.clone(),
+        };
+        let observer = self.observer.clone();
+        let app = AppService {
+            inbound: self,
+            dst,
+            peer: HeaderValue::from_str(&peer).ok(),
+        };
+        TowerToHyperService::new(Observe::new(app, scope, observer))
     }
 
     /// Serves one peer's HTTP/2 connection; every request goes to the app at
@@ -115,50 +122,11 @@ impl HttpInbound {
 
     async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Body>,
         dst: SocketAddr,
         peer: Option<HeaderValue>,
     ) -> Response<Body> {
-        let started = std::time::Instant::now();
-        let peer_identity = peer
-            .as_ref()
-            .and_then(|p| p.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let labels = RequestLabels {
-            direction: Direction::Inbound,
-            service: dst.port().to_string(),
-            route: String::new(),
-            tls: "true",
-            peer_identity,
-        };
-        self.metrics.request(&labels);
-        let span = self.tracing.as_ref().map(|t| {
-            let name = format!("{} :{}", req.method(), dst.port());
-            let attrs = vec![
-                KeyValue::new("http.request.method", req.method().to_string()),
-                KeyValue::new("url.path", req.uri().path().to_string()),
-                KeyValue::new("server.port", i64::from(dst.port())),
-                KeyValue::new("weft.peer_identity", labels.peer_identity.clone()),
-            ];
-            t.start_hop(req.headers_mut(), name, SpanKind::Server, attrs)
-        });
-        let logged = self.access_log.as_ref().map(|_| {
-            let authority = req
-                .uri()
-                .authority()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            (
-                req.method().to_string(),
-                authority,
-                req.uri().path().to_string(),
-            )
-        });
-        let request_bytes = super::LateCounter::default();
-        request_bytes.bind(self.metrics.request_bytes_counter(&labels));
-        let req = req.map(|b| request_bytes.wrap(boxed(b)));
-        let res = match self.proxy(req, dst, peer).await {
+        match self.proxy(req, dst, peer).await {
             Ok(mut res) => {
                 if res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                     headers::strip_hop_by_hop(res.headers_mut());
@@ -171,35 +139,7 @@ impl HttpInbound {
                 debug!(error = %e, "app request failed");
                 e.response("", &dst.to_string())
             }
-        };
-        let grpc = res
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok());
-        let bytes = self
-            .metrics
-            .response(&labels, res.status(), grpc, started.elapsed());
-        if let Some(s) = &span {
-            let e = headers::error_of(res.headers());
-            s.finish(res.status().as_u16(), e);
         }
-        let trace_id = span.as_ref().map(HopSpan::trace_id).unwrap_or_default();
-        if let (Some(log), Some((method, authority, path))) = (&self.access_log, &logged) {
-            log.log(Entry {
-                direction: "inbound",
-                trace_id: &trace_id,
-                method,
-                authority,
-                path,
-                status: res.status().as_u16(),
-                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                peer_identity: &labels.peer_identity,
-                upstream: Some(dst),
-                retries: 0,
-                weft_error: headers::error_of(res.headers()).unwrap_or_default(),
-            });
-        }
-        super::outbound::count_response(&self.metrics, res, &labels, bytes)
     }
 
     async fn proxy(
@@ -246,9 +186,8 @@ impl HttpInbound {
                 parts.uri = Uri::from(pq);
             }
             parts.version = Version::HTTP_11;
-            let tcp = dial_tcp(dst, Duration::from_secs(3)).await?;
-            let res =
-                upgrade::send(tcp, Request::from_parts(parts, boxed(body)), on_upgrade).await?;
+            let tcp = self.connector.tcp(dst).await?;
+            let res = upgrade::send(tcp, Request::from_parts(parts, body), on_upgrade).await?;
             return Ok(res.map(boxed));
         }
         parts.uri = Uri::builder()
@@ -264,9 +203,32 @@ impl HttpInbound {
         };
         parts.version = version;
         let res = client
-            .request(Request::from_parts(parts, boxed(body)))
+            .request(Request::from_parts(parts, body))
             .await
             .map_err(ProxyError::Client)?;
         Ok(res.map(boxed))
+    }
+}
+
+/// Hands one peer connection's requests to the app.
+#[derive(Clone, Debug)]
+struct AppService {
+    inbound: Arc<HttpInbound>,
+    dst: SocketAddr,
+    peer: Option<HeaderValue>,
+}
+
+impl tower::Service<Request<Body>> for AppService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let (inbound, dst, peer) = (self.inbound.clone(), self.dst, self.peer.clone());
+        Box::pin(async move { Ok(inbound.handle(req, dst, peer).await) })
     }
 }

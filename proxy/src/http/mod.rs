@@ -3,15 +3,19 @@
 //! between sidecars over one multiplexed mTLS HTTP/2 connection per peer.
 
 pub mod access_log;
+pub mod balance;
+pub mod breaker;
 pub mod bulkhead;
 pub mod detect;
-pub mod endpoint;
 pub mod headers;
 pub mod inbound;
+pub mod observe;
 pub mod outbound;
 pub mod pool;
+pub mod replay;
 pub mod retry;
-pub mod routes;
+pub mod send;
+pub mod stack;
 pub mod timeout;
 pub mod upgrade;
 
@@ -21,6 +25,10 @@ use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 
+use weft_api::SpiffeId;
+
+use crate::balance::PickError;
+use crate::connect::ConnectError;
 use crate::tls::TlsFailure;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -150,49 +158,64 @@ pub fn watch_trailers(
     .boxed()
 }
 
-/// What the endpoint layer learned about a request, for metrics and the
-/// access log: the workload at the other end, the endpoint of the last
-/// attempt, and how many attempts there were.
-#[derive(Clone, Debug, Default)]
-pub struct PeerSlot(pub std::sync::Arc<std::sync::Mutex<PeerInfo>>);
+/// A boxed, sendable future: what the layers here return.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-#[derive(Debug, Default)]
-pub struct PeerInfo {
-    pub identity: Option<weft_api::SpiffeId>,
-    pub endpoint: Option<std::net::SocketAddr>,
+/// The endpoint an attempt went to, reported back up in the response's
+/// extensions (or in [`Failed`]): the retry layer avoids it next time, and
+/// metrics, spans and the access log name it.
+#[derive(Clone, Debug)]
+pub struct Served {
+    pub endpoint: SocketAddr,
+    pub identity: Option<SpiffeId>,
+}
+
+/// How many attempts a request took, in the response's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempts(pub u32);
+
+/// A request the stack could not complete: why, and where its last attempt
+/// went, if it got that far.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ProxyError,
+    /// Boxed: failures are rare, and a small error keeps results cheap.
+    pub served: Option<Box<Served>>,
     pub attempts: u32,
 }
 
-impl PeerSlot {
-    pub fn set(&self, id: Option<&weft_api::SpiffeId>) {
-        if let Ok(mut g) = self.0.lock() {
-            g.identity = id.cloned();
+impl From<ProxyError> for Failed {
+    fn from(error: ProxyError) -> Self {
+        Failed {
+            error,
+            served: None,
+            attempts: 0,
         }
     }
+}
 
-    /// Records one attempt to `endpoint`.
-    pub fn attempt(&self, endpoint: std::net::SocketAddr, id: Option<&weft_api::SpiffeId>) {
-        if let Ok(mut g) = self.0.lock() {
-            g.identity = id.cloned();
-            g.endpoint = Some(endpoint);
-            g.attempts += 1;
+impl From<ConnectError> for ProxyError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Timeout { addr, .. } => ProxyError::ConnectTimeout(addr),
+            ConnectError::Io { addr, source } => ProxyError::Connect(addr, source),
+            ConnectError::Tls {
+                addr,
+                reason,
+                detail,
+            } => ProxyError::Tls(addr, reason, detail),
+            ConnectError::NoIdentity { .. } => ProxyError::Internal("mTLS without an identity"),
         }
     }
+}
 
-    pub fn get(&self) -> String {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|g| g.identity.as_ref().map(ToString::to_string))
-            .unwrap_or_default()
-    }
-
-    /// (endpoint, attempts)
-    pub fn attempts(&self) -> (Option<std::net::SocketAddr>, u32) {
-        self.0
-            .lock()
-            .map(|g| (g.endpoint, g.attempts))
-            .unwrap_or_default()
+impl ProxyError {
+    /// Why no endpoint of `service` could take the request.
+    pub fn unpicked(service: &str, why: PickError) -> Self {
+        match why {
+            PickError::NoEndpoints => ProxyError::NoEndpoints(service.to_string()),
+            PickError::AllEjected => ProxyError::CircuitOpen,
+        }
     }
 }
 

@@ -1,73 +1,43 @@
 //! The outbound HTTP service: requests from the app are routed (HTTPRoute
-//! rules, weighted splits), balanced over the chosen Service's endpoints by
-//! latency, and sent to the endpoint's sidecar over the shared mTLS HTTP/2
-//! connection, or in plaintext to an endpoint outside the mesh.
+//! rules, filters, weighted splits) and handed to the stack built for the
+//! route and backend ([`super::stack`]); to a single meshed address they go
+//! straight to its sidecar.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tower::{Service, ServiceExt};
 use tracing::debug;
 use weft_api::SpiffeId;
 use weft_api::v1;
 
-use super::PeerSlot;
-use super::access_log::{AccessLog, Entry};
-use super::bulkhead::BulkheadLayer;
 use super::detect::Detected;
-use super::endpoint::Endpoints;
-use super::headers::{self, ORIG_PROTO};
-use super::pool::{PeerPool, dial_tcp};
-use super::retry::{self, OnRetry, RetryLayer, RetryPolicy};
-use super::routes::Rule;
-use super::timeout::TimeoutLayer;
-use super::upgrade;
-use super::{Body, ProxyError, boxed, full};
-use crate::discovery::{Mesh, ServicePort};
-use crate::telemetry::{Direction, HttpMetrics, RequestLabels, RetryMetrics};
+use super::observe::{Observe, Observer, Routed, Scope};
+use super::pool::PeerPool;
+use super::send::{Sender, authority_of};
+use super::stack::{RouteStack, ServiceStacks, StackCache, StackParts};
+use super::{Attempts, Body, BoxFuture, Failed, ProxyError, Served, boxed, full, headers, upgrade};
+use crate::destination::{Plan, Target};
+use crate::discovery::Mesh;
+use crate::routes::Rule;
+use crate::telemetry::{HttpMetrics, RetryMetrics};
 use crate::tls::Alpn;
-use opentelemetry::KeyValue;
-use opentelemetry::trace::SpanKind;
-use std::time::Duration;
-use tower::{ServiceBuilder, ServiceExt};
-use weft_api::trace::{HopSpan, Tracing};
-
-/// Where requests on one connection are headed.
-#[derive(Clone, Debug)]
-pub enum Target {
-    /// A Service port: routes, splits, balancing.
-    Service(Arc<ServicePort>),
-    /// One address (a meshed pod, or an explicit-mode target); mTLS when an
-    /// identity is expected there.
-    Direct(SocketAddr, Option<SpiffeId>),
-}
+use weft_api::trace::Tracing;
 
 #[derive(Debug)]
 pub struct HttpOutbound {
-    mesh: Option<Mesh>,
-    sender: Arc<Sender>,
-    metrics: RetryMetrics,
-    requests: HttpMetrics,
-    access_log: Option<AccessLog>,
-    tracing: Option<Arc<Tracing>>,
-}
-
-/// What the error response says about where a request was going.
-#[derive(Debug, Default)]
-struct ReqContext {
-    route: String,
-    service: String,
+    stacks: StackCache,
+    parts: StackParts,
+    observer: Arc<Observer>,
 }
 
 impl HttpOutbound {
@@ -77,16 +47,20 @@ impl HttpOutbound {
         idle_timeout: Duration,
         metrics: RetryMetrics,
         requests: HttpMetrics,
-        access_log: Option<AccessLog>,
+        access_log: Option<super::access_log::AccessLog>,
         tracing: Option<Arc<Tracing>>,
     ) -> Self {
         HttpOutbound {
-            mesh,
-            sender: Arc::new(Sender::new(pool, idle_timeout)),
-            metrics,
-            requests,
-            access_log,
-            tracing,
+            stacks: StackCache::new(mesh),
+            parts: StackParts {
+                sender: Arc::new(Sender::new(pool, idle_timeout)),
+                metrics,
+            },
+            observer: Arc::new(Observer {
+                metrics: requests,
+                access_log,
+                tracing,
+            }),
         }
     }
 
@@ -94,16 +68,23 @@ impl HttpOutbound {
     pub async fn serve<I>(
         self: Arc<Self>,
         io: I,
-        target: Target,
+        plan: Plan,
         proto: Detected,
     ) -> Result<(), hyper::Error>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let svc = service_fn(move |req| {
-            let (this, target) = (self.clone(), target.clone());
-            async move { Ok::<_, Infallible>(this.handle(req, target).await) }
-        });
+        let server = match &plan.target {
+            Target::Service(sp) => sp.name.clone(),
+            Target::Direct(addr, _) => addr.to_string(),
+        };
+        let observer = self.observer.clone();
+        let route = RouteService {
+            outbound: self,
+            plan: Arc::new(plan),
+        };
+        let svc =
+            TowerToHyperService::new(Observe::new(route, Scope::Outbound { server }, observer));
         match proto {
             Detected::Http2 => {
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -119,59 +100,31 @@ impl HttpOutbound {
         }
     }
 
-    async fn handle(&self, mut req: Request<Incoming>, target: Target) -> Response<Body> {
-        let started = std::time::Instant::now();
-        let peer = PeerSlot::default();
-        if let Target::Direct(_, id) = &target {
-            peer.set(id.as_ref());
-        }
-        req.extensions_mut().insert(peer.clone());
+    async fn handle(&self, req: Request<Body>, plan: &Plan) -> Response<Body> {
         let version = req.version();
-        let method = req.method().to_string();
-        let span = self.tracing.as_ref().map(|t| {
-            let server = match &target {
-                Target::Service(sp) => sp.name.clone(),
-                Target::Direct(addr, _) => addr.to_string(),
-            };
-            let name = format!("{} {server}", req.method());
-            let attrs = vec![
-                KeyValue::new("http.request.method", req.method().to_string()),
-                KeyValue::new("server.address", server),
-                KeyValue::new("url.path", req.uri().path().to_string()),
-            ];
-            t.start_hop(req.headers_mut(), name, SpanKind::Client, attrs)
-        });
-        let logged = self.access_log.as_ref().map(|_| {
-            let authority = req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri().authority().map(|a| a.as_str()))
-                .unwrap_or_default()
-                .to_string();
-            (
-                req.method().to_string(),
-                authority,
-                req.uri().path().to_string(),
-            )
-        });
         let grpc = req
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let mut ctx = ReqContext::default();
-        let request_bytes = super::LateCounter::default();
-        let req = req.map(|b| request_bytes.wrap(boxed(b)));
-        let mut res = match self.proxy(req, target, &mut ctx).await {
+        let mut routed = Routed::default();
+        let mut res = match self.proxy(req, plan, &mut routed).await {
             Ok(res) => res,
-            Err(e) => {
-                self.metrics.error(e.reason());
-                debug!(error = %e, reason = e.reason(), route = %ctx.route, service = %ctx.service, "answering for the upstream");
-                if grpc {
-                    e.grpc_response(&ctx.route, &ctx.service)
+            Err(f) => {
+                let e = &f.error;
+                self.parts.metrics.error(e.reason());
+                debug!(error = %e, reason = e.reason(), route = %routed.route, service = %routed.service, "answering for the upstream");
+                let mut r = if grpc {
+                    e.grpc_response(&routed.route, &routed.service)
                 } else {
-                    e.response(&ctx.route, &ctx.service)
+                    e.response(&routed.route, &routed.service)
+                };
+                if let Some(s) = f.served {
+                    r.extensions_mut().insert(*s);
                 }
+                if f.attempts > 0 {
+                    r.extensions_mut().insert(Attempts(f.attempts));
+                }
+                r
             }
         };
         // A 101's Connection/Upgrade headers are the handshake itself.
@@ -179,119 +132,71 @@ impl HttpOutbound {
             headers::strip_hop_by_hop(res.headers_mut());
         }
         *res.version_mut() = version;
-        let peer_identity = peer.get();
-        let labels = RequestLabels {
-            direction: Direction::Outbound,
-            service: ctx.service,
-            route: ctx.route,
-            tls: if peer_identity.is_empty() {
-                "false"
-            } else {
-                "true"
-            },
-            peer_identity,
-        };
-        request_bytes.bind(self.requests.request(&labels));
-        let grpc = res
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok());
-        let bytes = self
-            .requests
-            .response(&labels, res.status(), grpc, started.elapsed());
-        let (upstream, attempts) = peer.attempts();
-        let weft_error = headers::error_of(res.headers()).map(str::to_string);
-        if let Some(s) = &span {
-            if !labels.route.is_empty() {
-                s.rename(format!("{method} {}", labels.route));
-                s.set(KeyValue::new("http.route", labels.route.clone()));
-            }
-            s.set(KeyValue::new(
-                "weft.peer_identity",
-                labels.peer_identity.clone(),
-            ));
-            s.set(KeyValue::new(
-                "weft.retries",
-                i64::from(attempts.saturating_sub(1)),
-            ));
-            s.finish(res.status().as_u16(), weft_error.as_deref());
-        }
-        let trace_id = span.as_ref().map(HopSpan::trace_id).unwrap_or_default();
-        if let (Some(log), Some((method, authority, path))) = (&self.access_log, &logged) {
-            log.log(Entry {
-                direction: "outbound",
-                trace_id: &trace_id,
-                method,
-                authority,
-                path,
-                status: res.status().as_u16(),
-                duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-                peer_identity: &labels.peer_identity,
-                upstream,
-                retries: attempts.saturating_sub(1),
-                weft_error: weft_error.as_deref().unwrap_or_default(),
+        if let Target::Direct(addr, id) = &plan.target
+            && res.extensions().get::<Served>().is_none()
+        {
+            res.extensions_mut().insert(Served {
+                endpoint: *addr,
+                identity: id.clone(),
             });
         }
-        count_response(&self.requests, res, &labels, bytes)
+        res.extensions_mut().insert(routed);
+        res
     }
 
     async fn proxy(
         &self,
         mut req: Request<Body>,
-        target: Target,
-        ctx: &mut ReqContext,
-    ) -> Result<Response<Body>, ProxyError> {
+        plan: &Plan,
+        routed: &mut Routed,
+    ) -> Result<Response<Body>, Failed> {
         let client_upgrade =
             upgrade::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let upgrade_headers = upgrade::keep_headers(&parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::strip_reserved(&mut parts.headers);
-        let body = boxed(body);
 
-        let (called, rule_cfg, backend) = match target {
+        let sp = match &plan.target {
             Target::Direct(addr, id) => {
                 if let Some(on_upgrade) = client_upgrade {
                     return self
-                        .upgrade(addr, id, parts, upgrade_headers, body, on_upgrade)
+                        .upgrade(*addr, id.clone(), parts, upgrade_headers, body, on_upgrade)
                         .await;
                 }
                 let res = self
+                    .parts
                     .sender
-                    .send(addr, id.as_ref(), Request::from_parts(parts, body), None)
+                    .send(*addr, id.as_ref(), Request::from_parts(parts, body), None)
                     .await?;
                 return Ok(res.map(boxed));
             }
-            Target::Service(sp) => {
-                ctx.service = sp.name.clone();
-                if sp.routes.is_empty() {
-                    (sp.clone(), None, sp)
-                } else {
-                    let cfg = self.mesh.as_ref().map(|m| m.load_full());
-                    let rule = sp
-                        .routes
-                        .find(&parts.method, &parts.uri, &parts.headers)
-                        .ok_or(ProxyError::NoRoute)?;
-                    ctx.route = rule.route.clone();
-                    if let Some(r) = &rule.redirect {
-                        return Ok(redirect(r, rule, &parts));
-                    }
-                    apply_filters(rule, &mut parts)?;
-                    let backend = rule.pick_backend().ok_or(ProxyError::NoBackend)?;
-                    let backend = cfg
-                        .and_then(|c| c.service(backend.address))
-                        .ok_or(ProxyError::NoBackend)?;
-                    (
-                        sp.clone(),
-                        Some((rule.timeouts, rule.retry.clone())),
-                        backend,
-                    )
+            Target::Service(sp) => sp,
+        };
+        routed.service = sp.name.clone();
+        let stacks = self.stacks_for(plan.dst, sp);
+        let backend = match &stacks.direct {
+            Some(b) => b,
+            None => {
+                let routes = &stacks.service.routes;
+                let i = routes
+                    .position(&parts.method, &parts.uri, &parts.headers)
+                    .ok_or(ProxyError::NoRoute)?;
+                let rule = &routes.rules()[i];
+                routed.route = rule.route.clone();
+                if let Some(r) = &rule.redirect {
+                    return Ok(redirect(r, rule, &parts));
                 }
+                apply_filters(rule, &mut parts)?;
+                let b = rule.pick_backend_index().ok_or(ProxyError::NoBackend)?;
+                stacks.rules[i][b].as_ref().ok_or(ProxyError::NoBackend)?
             }
         };
-
         if let Some(on_upgrade) = client_upgrade {
-            let ep = backend.pick_request(None)?;
+            let ep = backend
+                .service
+                .pick_request(None)
+                .map_err(|why| ProxyError::unpicked(&backend.service.name, why))?;
             return self
                 .upgrade(
                     ep.addr,
@@ -303,68 +208,23 @@ impl HttpOutbound {
                 )
                 .await;
         }
-
-        self.resilient(&called, rule_cfg, backend, Request::from_parts(parts, body))
-            .await
+        call(&backend.stack, Request::from_parts(parts, body)).await
     }
 
-    /// Sends through the resilience stack: bulkhead → request timeout →
-    /// retries → per-try timeout → balanced endpoints. Route settings win
-    /// over the called Service's TrafficPolicy defaults. (A plain function
-    /// returning a boxed future: rustc cannot prove the stack's future Send
-    /// inside the async caller.)
-    fn resilient(
+    /// The current stacks of the Service port at `vip`; a Service the
+    /// snapshot no longer has is served as the connection first saw it.
+    fn stacks_for(
         &self,
-        called: &ServicePort,
-        rule_cfg: Option<(Option<v1::Timeouts>, Option<v1::RetryPolicy>)>,
-        backend: Arc<ServicePort>,
-        req: Request<Body>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>> {
-        let policy = &called.policy.spec;
-        let (timeouts, retry) = match rule_cfg {
-            Some((t, r)) => (t.or(policy.timeouts), r.or_else(|| policy.retry.clone())),
-            None => (policy.timeouts, policy.retry.clone()),
-        };
-        let ms = |v: u32| (v > 0).then(|| Duration::from_millis(u64::from(v)));
-        let request_timeout = timeouts.and_then(|t| ms(t.request_ms));
-        let try_timeout = timeouts.and_then(|t| ms(t.backend_request_ms));
-        let retry = retry.filter(|r| r.attempts > 1).map(|r| {
-            let on = policy.retry_on.clone().unwrap_or_default();
-            let metrics = self.metrics.clone();
-            Arc::new(RetryPolicy {
-                attempts: r.attempts,
-                backoff: ms(r.backoff_ms).unwrap_or(Duration::from_millis(25)),
-                codes: if r.codes.is_empty() {
-                    vec![503]
-                } else {
-                    r.codes
-                        .iter()
-                        .filter_map(|c| u16::try_from(*c).ok())
-                        .collect()
-                },
-                grpc_codes: on.grpc_codes,
-                connect_failure: on.connect_failure,
-                refused_stream: on.refused_stream,
-                reset: on.reset,
-                non_idempotent: on.non_idempotent,
-                budget: called.policy.budget.clone(),
-                max_replay: retry::DEFAULT_MAX_REPLAY,
-                on_retry: Some(OnRetry(Arc::new(move |why, allowed| {
-                    metrics.retry(why, allowed)
-                }))),
-            })
-        });
-        let stack = ServiceBuilder::new()
-            .layer(BulkheadLayer::new(called.policy.permits.clone()))
-            .layer(TimeoutLayer::new(request_timeout))
-            .layer(RetryLayer::new(retry))
-            .layer(TimeoutLayer::new(try_timeout))
-            .service(Endpoints::new(
-                backend,
-                self.sender.clone(),
-                self.metrics.clone(),
-            ));
-        Box::pin(stack.oneshot(req))
+        vip: SocketAddr,
+        sp: &Arc<crate::discovery::ServicePort>,
+    ) -> Arc<ServiceStacks> {
+        let current = self.stacks.current();
+        if let Some(s) = current.as_ref().and_then(|s| s.service(vip, &self.parts)) {
+            return s;
+        }
+        let empty = crate::discovery::MeshConfig::default();
+        let mesh = current.as_ref().map_or(&empty, |s| s.mesh.as_ref());
+        Arc::new(ServiceStacks::build(sp.clone(), mesh, &self.parts))
     }
 
     async fn upgrade(
@@ -375,7 +235,7 @@ impl HttpOutbound {
         upgrade_headers: Vec<(http::header::HeaderName, HeaderValue)>,
         body: Body,
         on_upgrade: hyper::upgrade::OnUpgrade,
-    ) -> Result<Response<Body>, ProxyError> {
+    ) -> Result<Response<Body>, Failed> {
         // A connection of its own, HTTP/1.1 end to end.
         for (n, v) in upgrade_headers {
             parts.headers.insert(n, v);
@@ -396,118 +256,57 @@ impl HttpOutbound {
             parts.headers.insert(header::HOST, v);
         }
         let req = Request::from_parts(parts, body);
-        let pool = &self.sender.pool;
+        let connector = self.parts.sender.pool().connector();
         let res = match &identity {
             Some(id) => {
-                upgrade::send(pool.dial(addr, id, Alpn::Http1).await?, req, on_upgrade).await?
+                let tls = connector
+                    .mtls(addr, id, Alpn::Http1)
+                    .await
+                    .map_err(ProxyError::from)?;
+                upgrade::send(tls, req, on_upgrade).await?
             }
             None => {
-                upgrade::send(
-                    dial_tcp(addr, pool.connect_timeout()).await?,
-                    req,
-                    on_upgrade,
-                )
-                .await?
+                let tcp = connector.tcp(addr).await.map_err(ProxyError::from)?;
+                upgrade::send(tcp, req, on_upgrade).await?
             }
         };
-        Ok(res.map(boxed))
+        let mut res = res.map(boxed);
+        res.extensions_mut().insert(Served {
+            endpoint: addr,
+            identity,
+        });
+        Ok(res)
     }
 }
 
-/// The request's authority: its Host header, else its URI's, else `addr`.
-fn authority_of(parts: &http::request::Parts, addr: SocketAddr) -> String {
-    parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<Authority>().ok())
-        .or_else(|| parts.uri.authority().cloned())
-        .map_or_else(|| addr.to_string(), |a| a.to_string())
+/// Sends through a route's stack. (A plain function returning a boxed
+/// future: rustc cannot prove the stack's future Send inside the async
+/// caller.)
+fn call(stack: &RouteStack, req: Request<Body>) -> BoxFuture<Result<Response<Body>, Failed>> {
+    Box::pin(stack.clone().oneshot(req))
 }
 
-/// Sends one request to one address: to a peer sidecar over the shared mTLS
-/// HTTP/2 connection when an identity is expected there, else plain HTTP/1.1.
-#[derive(Debug)]
-pub struct Sender {
-    pool: Arc<PeerPool>,
-    plain: Client<HttpConnector, Body>,
+/// Routes one connection's requests: the layer between observing and the
+/// route's stack.
+#[derive(Clone, Debug)]
+struct RouteService {
+    outbound: Arc<HttpOutbound>,
+    plan: Arc<Plan>,
 }
 
-impl Sender {
-    fn new(pool: Arc<PeerPool>, idle_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Sender {
-            pool,
-            plain: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(idle_timeout)
-                .build(connector),
-        }
+impl Service<Request<Body>> for RouteService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    /// `idle`: the idle timeout for a new peer connection (its Service's).
-    pub async fn send(
-        &self,
-        addr: SocketAddr,
-        identity: Option<&SpiffeId>,
-        req: Request<Body>,
-        idle: Option<Duration>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let (mut parts, body) = req.into_parts();
-        let authority = authority_of(&parts, addr);
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        match identity {
-            Some(id) => {
-                // To the peer sidecar: HTTP/2, whatever the app spoke.
-                parts.headers.insert(ORIG_PROTO, proto_value(parts.version));
-                parts.uri = uri(&authority, pq)?;
-                parts.version = Version::HTTP_2;
-                parts.headers.remove(header::HOST);
-                self.pool
-                    .send(addr, id, Request::from_parts(parts, body), idle)
-                    .await
-            }
-            None => {
-                // Outside the mesh: plain HTTP/1.1 to the address itself.
-                parts.uri = uri(&addr.to_string(), pq)?;
-                parts.version = Version::HTTP_11;
-                if !parts.headers.contains_key(header::HOST)
-                    && let Ok(v) = HeaderValue::from_str(&authority)
-                {
-                    parts.headers.insert(header::HOST, v);
-                }
-                let mut res = self
-                    .plain
-                    .request(Request::from_parts(parts, body))
-                    .await
-                    .map_err(ProxyError::Client)?;
-                // Nothing outside the mesh speaks for the mesh.
-                headers::strip_reserved(res.headers_mut());
-                Ok(res)
-            }
-        }
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let (outbound, plan) = (self.outbound.clone(), self.plan.clone());
+        Box::pin(async move { Ok(outbound.handle(req, &plan).await) })
     }
-}
-
-fn uri(authority: &str, pq: PathAndQuery) -> Result<Uri, ProxyError> {
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))
-}
-
-fn proto_value(v: Version) -> HeaderValue {
-    HeaderValue::from_static(if v == Version::HTTP_2 {
-        "HTTP/2"
-    } else {
-        "HTTP/1.1"
-    })
 }
 
 /// The path after a rule's filters: a full replacement, or the matched
@@ -616,39 +415,6 @@ fn redirect(r: &v1::Redirect, rule: &Rule, parts: &http::request::Parts) -> Resp
         res.headers_mut().insert(header::LOCATION, v);
     }
     res
-}
-
-/// Counts a response's body bytes and, for gRPC, its status (from the
-/// headers of a trailers-only answer, else from the trailers).
-pub fn count_response(
-    metrics: &HttpMetrics,
-    res: Response<Body>,
-    labels: &RequestLabels,
-    bytes: prometheus_client::metrics::counter::Counter,
-) -> Response<Body> {
-    let is_grpc = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !is_grpc {
-        return res.map(|b| super::counted(b, bytes));
-    }
-    if let Some(code) = res
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-    {
-        metrics.grpc_status(labels, code);
-        return res.map(|b| super::counted(b, bytes));
-    }
-    let (metrics, labels) = (metrics.clone(), labels.clone());
-    res.map(|b| {
-        super::watch_trailers(super::counted(b, bytes), move |t| {
-            if let Some(code) = t.get("grpc-status").and_then(|v| v.to_str().ok()) {
-                metrics.grpc_status(&labels, code);
-            }
-        })
-    })
 }
 
 #[cfg(test)]

@@ -1,23 +1,26 @@
-//! One multiplexed mTLS HTTP/2 connection per peer endpoint, shared by every
-//! request to it, whatever protocol the apps speak: handshakes stay rare and
-//! requests interleave on one connection.
+//! One multiplexed mTLS HTTP/2 connection per peer, shared by every request
+//! to it, whatever protocol the apps speak: handshakes stay rare and
+//! requests interleave on one connection. A connection is keyed by the
+//! address *and* the identity that was verified on it: when a pod IP is
+//! taken over by another workload, requests expecting the new identity
+//! never ride the connection authenticated as the old one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::debug;
 use weft_api::SpiffeId;
 
 use super::{Body, ProxyError};
-use crate::telemetry::{Direction, TlsMetrics};
-use crate::tls::{Alpn, OutboundTls, TlsFailure};
+use crate::connect::Connector;
+use crate::tls::Alpn;
 
 /// A peer connection and when it last carried a request.
 #[derive(Debug)]
@@ -30,55 +33,62 @@ struct Conn {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
 
+/// A peer: where, and who must be there.
+type Key = (SocketAddr, SpiffeId);
+
 #[derive(Debug)]
 pub struct PeerPool {
-    tls: Arc<OutboundTls>,
-    metrics: TlsMetrics,
-    connect_timeout: Duration,
+    connector: Connector,
     idle_timeout: Duration,
-    conns: Mutex<HashMap<SocketAddr, Slot>>,
+    conns: Mutex<HashMap<Key, Slot>>,
 }
 
 impl PeerPool {
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
-    }
-
-    pub fn new(
-        tls: Arc<OutboundTls>,
-        metrics: TlsMetrics,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> Self {
+    pub fn new(connector: Connector, idle_timeout: Duration) -> Self {
         PeerPool {
-            tls,
-            metrics,
-            connect_timeout,
+            connector,
             idle_timeout,
             conns: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Closes connections idle for longer than the idle timeout; run it in
-    /// the background. A connection still carrying a stream finishes it.
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// Closes idle connections, forever; run it in the background.
     pub async fn reap_idle(self: Arc<Self>) {
         loop {
             tokio::time::sleep((self.idle_timeout / 2).min(Duration::from_secs(1))).await;
-            let slots: Vec<(SocketAddr, Slot)> = match self.conns.lock() {
-                Ok(c) => c.iter().map(|(a, s)| (*a, s.clone())).collect(),
-                Err(_) => return,
-            };
-            for (addr, slot) in slots {
-                if let Ok(mut guard) = slot.try_lock()
-                    && guard
-                        .as_ref()
-                        .is_some_and(|c| c.last_used.elapsed() >= c.idle || c.sender.is_closed())
-                {
-                    *guard = None;
-                    debug!(%addr, "closed an idle peer connection");
-                }
+            if self.reap(Instant::now()).is_err() {
+                return;
             }
         }
+    }
+
+    /// Closes the connections idle (or closed) as of `now` and forgets their
+    /// slots; returns how many. A connection still carrying a stream
+    /// finishes it.
+    fn reap(&self, now: Instant) -> Result<usize, ProxyError> {
+        let mut conns = self
+            .conns
+            .lock()
+            .map_err(|_| ProxyError::Internal("pool poisoned"))?;
+        let before = conns.len();
+        conns.retain(|(addr, _), slot| {
+            // A slot in use (a handshake under way) stays.
+            let Ok(guard) = slot.try_lock() else {
+                return true;
+            };
+            let keep = guard.as_ref().is_some_and(|c| {
+                now.saturating_duration_since(c.last_used) < c.idle && !c.sender.is_closed()
+            });
+            if !keep {
+                debug!(%addr, "closed an idle peer connection");
+            }
+            keep
+        });
+        Ok(before - conns.len())
     }
 
     /// Sends `req` to the sidecar at `addr`, which must be `identity`. A new
@@ -95,7 +105,7 @@ impl PeerPool {
                 .conns
                 .lock()
                 .map_err(|_| ProxyError::Internal("pool poisoned"))?;
-            conns.entry(addr).or_default().clone()
+            conns.entry((addr, identity.clone())).or_default().clone()
         };
         let mut sender = {
             // One connection attempt at a time per peer: a burst of requests
@@ -121,33 +131,12 @@ impl PeerPool {
         sender.send_request(req).await.map_err(ProxyError::Upstream)
     }
 
-    /// A new mTLS connection to the sidecar at `addr` speaking `alpn`.
-    pub async fn dial(
-        &self,
-        addr: SocketAddr,
-        identity: &SpiffeId,
-        alpn: Alpn,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
-        let tcp = dial_tcp(addr, self.connect_timeout).await?;
-        let tls = self
-            .tls
-            .connect(tcp, addr, identity, alpn)
-            .await
-            .map_err(|e| {
-                let reason = TlsFailure::of(&e);
-                self.metrics.failure(Direction::Outbound, reason.as_str());
-                ProxyError::Tls(addr, reason, weft_api::tls::describe(&e))
-            })?;
-        self.metrics.session(Direction::Outbound, identity);
-        Ok(tls)
-    }
-
     async fn connect(
         &self,
         addr: SocketAddr,
         identity: &SpiffeId,
     ) -> Result<SendRequest<Body>, ProxyError> {
-        let tls = self.dial(addr, identity, Alpn::H2).await?;
+        let tls = self.connector.mtls(addr, identity, Alpn::H2).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(10))
@@ -165,12 +154,116 @@ impl PeerPool {
     }
 }
 
-/// A TCP connection with the proxy's connect timeout.
-pub async fn dial_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| ProxyError::ConnectTimeout(addr))?
-        .map_err(|e| ProxyError::Connect(addr, e))?;
-    let _ = tcp.set_nodelay(true);
-    Ok(tcp)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::TlsMetrics;
+    use crate::test_pki::Pki;
+    use crate::tls::{OutboundTls, TlsFailure};
+    use http_body_util::BodyExt;
+
+    /// An h2 server over mTLS as `id` at `addr` (port 0: any) answering with
+    /// its own identity; returns its address and the task serving it.
+    async fn peer(
+        pki: &Pki,
+        id: &str,
+        addr: SocketAddr,
+    ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let identity = pki.identity(id);
+        let cfg = weft_api::tls::server_config(
+            identity.cert.clone(),
+            identity.anchors.clone(),
+            "cluster.local",
+            true,
+            &[weft_api::tls::ALPN_H2],
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        let listener = socket.listen(16).unwrap();
+        let local = listener.local_addr().unwrap();
+        let name = id.to_string();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, name) = (acceptor.clone(), name.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        let name = name.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(super::super::full(
+                                name,
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        (local, task)
+    }
+
+    fn pool(pki: &Pki) -> PeerPool {
+        let tls = Arc::new(OutboundTls::new(
+            pki.identity("spiffe://cluster.local/ns/a/sa/client"),
+        ));
+        let connector = Connector::new(Duration::from_secs(2), Some(tls), TlsMetrics::default());
+        PeerPool::new(connector, Duration::from_secs(60))
+    }
+
+    fn get() -> Request<Body> {
+        Request::get("http://peer/")
+            .body(super::super::full(""))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reused_pod_ip_never_gets_a_request_over_the_old_identitys_connection() {
+        let pki = Pki::new();
+        let (old_id, new_id): (SpiffeId, SpiffeId) = (
+            "spiffe://cluster.local/ns/a/sa/old".parse().unwrap(),
+            "spiffe://cluster.local/ns/a/sa/new".parse().unwrap(),
+        );
+        let (addr, old) = peer(&pki, &old_id.to_string(), "127.0.0.1:0".parse().unwrap()).await;
+        let pool = pool(&pki);
+        let res = pool.send(addr, &old_id, get(), None).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, old_id.to_string());
+
+        // The old workload still holds the address (its pooled connection is
+        // open): a request expecting the new one must not go over it.
+        let err = pool.send(addr, &new_id, get(), None).await.unwrap_err();
+        assert!(
+            matches!(err, ProxyError::Tls(_, TlsFailure::IdentityMismatch, _)),
+            "{err}"
+        );
+
+        // The new workload takes the address over.
+        old.abort();
+        let _ = old.await;
+        let (_, _new) = peer(&pki, &new_id.to_string(), addr).await;
+        let res = pool.send(addr, &new_id, get(), None).await.unwrap();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, new_id.to_string());
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reaped() {
+        let pki = Pki::new();
+        let id: SpiffeId = "spiffe://cluster.local/ns/a/sa/server".parse().unwrap();
+        let (addr, _server) = peer(&pki, &id.to_string(), "127.0.0.1:0".parse().unwrap()).await;
+        let pool = pool(&pki);
+        let idle = Duration::from_secs(5);
+        pool.send(addr, &id, get(), Some(idle)).await.unwrap();
+        let now = Instant::now();
+        assert_eq!(pool.reap(now).unwrap(), 0, "a connection just used stays");
+        assert_eq!(pool.reap(now + idle).unwrap(), 1, "an idle one goes");
+        assert!(pool.conns.lock().unwrap().is_empty());
+    }
 }

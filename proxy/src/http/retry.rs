@@ -4,57 +4,30 @@
 //! exponential backoff and full jitter, on another endpoint when there is
 //! one, and only while the Service's retry budget allows: retries may add a
 //! share of recent requests plus a small floor per second, so a failing
-//! Service never sees a retry storm. Bodies up to a limit are buffered for
-//! replay; a request with a larger body is sent once.
+//! Service never sees a retry storm. The first attempt streams its body
+//! while a bounded copy is kept ([`ReplayBody`]); a request whose body
+//! outgrew the copy is not tried again.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
-use http_body_util::BodyExt;
-use hyper::body::Body as _;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service, ServiceExt};
 
-use super::{Body, ProxyError, full};
+use super::balance::Avoid;
+use super::replay::ReplayBody;
+use super::{Attempts, Body, BoxFuture, Failed, ProxyError, Served};
+use crate::policy::Retry as Conditions;
 
 /// Bodies up to this size are kept for replay.
 pub const DEFAULT_MAX_REPLAY: usize = 64 * 1024;
 
-/// The endpoint an attempt went to, so the next avoids it.
-#[derive(Clone, Debug, Default)]
-pub struct LastEndpoint(pub Arc<Mutex<Option<SocketAddr>>>);
-
-impl LastEndpoint {
-    pub fn set(&self, addr: SocketAddr) {
-        if let Ok(mut g) = self.0.lock() {
-            *g = Some(addr);
-        }
-    }
-
-    pub fn get(&self) -> Option<SocketAddr> {
-        self.0.lock().ok().and_then(|g| *g)
-    }
-}
-
-/// What is retried, and how often.
+/// What is retried, how often, and within what budget.
 #[derive(Debug)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub attempts: u32,
-    pub backoff: Duration,
-    pub codes: Vec<u16>,
-    pub grpc_codes: Vec<u32>,
-    pub connect_failure: bool,
-    /// An HTTP/2 stream the server refused before processing it.
-    pub refused_stream: bool,
-    pub reset: bool,
-    pub non_idempotent: bool,
+    pub conditions: Conditions,
     pub budget: Arc<TpsBudget>,
     pub max_replay: usize,
     /// Counts retries, by whether the budget allowed them.
@@ -84,10 +57,10 @@ impl RetryLayer {
 }
 
 impl<S> Layer<S> for RetryLayer {
-    type Service = Retry<S>;
+    type Service = RetryService<S>;
 
-    fn layer(&self, inner: S) -> Retry<S> {
-        Retry {
+    fn layer(&self, inner: S) -> RetryService<S> {
+        RetryService {
             inner,
             policy: self.policy.clone(),
         }
@@ -95,12 +68,10 @@ impl<S> Layer<S> for RetryLayer {
 }
 
 #[derive(Clone, Debug)]
-pub struct Retry<S> {
+pub struct RetryService<S> {
     inner: S,
     policy: Option<Arc<RetryPolicy>>,
 }
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 fn idempotent(m: &Method) -> bool {
     matches!(
@@ -116,9 +87,10 @@ impl RetryPolicy {
     fn wants_retry(
         &self,
         method: &Method,
-        res: &Result<Response<Body>, ProxyError>,
+        res: &Result<Response<Body>, Failed>,
     ) -> Option<&'static str> {
-        let may_rerun = idempotent(method) || self.non_idempotent;
+        let c = &self.conditions;
+        let may_rerun = idempotent(method) || c.non_idempotent;
         let (why, yes) = match res {
             Ok(r) => {
                 // The peer sidecar's own answer when it could not reach its
@@ -126,33 +98,33 @@ impl RetryPolicy {
                 let peer = super::headers::error_of(r.headers()).and_then(|v| v.split(';').next());
                 match peer {
                     Some("connect-refused" | "connect-failed" | "connect-timeout") => {
-                        ("connect", self.connect_failure)
+                        ("connect", c.connect_failure)
                     }
-                    Some("upstream-reset") => ("reset", self.reset && may_rerun),
-                    _ if self.codes.contains(&r.status().as_u16()) => ("status", true),
+                    Some("upstream-reset") => ("reset", c.reset && may_rerun),
+                    _ if c.codes.contains(&r.status().as_u16()) => ("status", true),
                     _ => (
                         "grpc-status",
-                        grpc_status(r.headers()).is_some_and(|c| self.grpc_codes.contains(&c)),
+                        grpc_status(r.headers()).is_some_and(|g| c.grpc_codes.contains(&g)),
                     ),
                 }
             }
-            Err(e) if e.never_sent() => ("connect", self.connect_failure),
-            Err(e @ (ProxyError::Upstream(_) | ProxyError::Client(_))) if refused(e) => {
-                ("refused-stream", self.refused_stream)
-            }
-            Err(ProxyError::Upstream(_) | ProxyError::Client(_)) => {
-                ("reset", self.reset && may_rerun)
-            }
-            // A per-try timeout: the request may have run; retry what may run twice.
-            Err(ProxyError::Timeout(_)) => ("timeout", may_rerun),
-            Err(_) => ("", false),
+            Err(f) => match &f.error {
+                e if e.never_sent() => ("connect", c.connect_failure),
+                e @ (ProxyError::Upstream(_) | ProxyError::Client(_)) if refused(e) => {
+                    ("refused-stream", c.refused_stream)
+                }
+                ProxyError::Upstream(_) | ProxyError::Client(_) => ("reset", c.reset && may_rerun),
+                // A per-try timeout: the request may have run; retry what may run twice.
+                ProxyError::Timeout(_) => ("timeout", may_rerun),
+                _ => ("", false),
+            },
         };
         yes.then_some(why)
     }
 
     /// Full jitter over an exponential backoff.
     fn backoff(&self, retry: u32) -> Duration {
-        let cap = self.backoff.saturating_mul(1 << retry.min(10));
+        let cap = self.conditions.backoff.saturating_mul(1 << retry.min(10));
         cap.mul_f64(rand::random::<f64>())
     }
 }
@@ -175,62 +147,76 @@ fn grpc_status(h: &HeaderMap) -> Option<u32> {
     h.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
-impl<S> Service<Request<Body>> for Retry<S>
+/// The endpoint an attempt went to, from its answer or its failure.
+fn served(res: &Result<Response<Body>, Failed>) -> Option<std::net::SocketAddr> {
+    match res {
+        Ok(r) => r.extensions().get::<Served>().map(|s| s.endpoint),
+        Err(f) => f.served.as_ref().map(|s| s.endpoint),
+    }
+}
+
+/// Marks the final outcome with the number of attempts.
+fn counted(res: Result<Response<Body>, Failed>, attempts: u32) -> Result<Response<Body>, Failed> {
+    match res {
+        Ok(mut r) => {
+            r.extensions_mut().insert(Attempts(attempts));
+            Ok(r)
+        }
+        Err(mut f) => {
+            f.attempts = attempts;
+            Err(f)
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for RetryService<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Failed> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
-    type Error = ProxyError;
-    type Future = BoxFuture<Result<Response<Body>, ProxyError>>;
+    type Error = Failed;
+    type Future = BoxFuture<Result<Response<Body>, Failed>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Failed>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let Some(policy) = self.policy.clone().filter(|p| p.attempts > 1) else {
+        let Some(policy) = self.policy.clone() else {
             return Box::pin(self.inner.call(req));
         };
         let inner = self.inner.clone();
         // Each attempt's future is boxed outside the async block below: works
         // around rustc's "Send is not general enough" with associated futures.
-        let send = move |req: Request<Body>| -> BoxFuture<Result<Response<Body>, ProxyError>> {
+        let send = move |req: Request<Body>| -> BoxFuture<Result<Response<Body>, Failed>> {
             Box::pin(inner.clone().oneshot(req))
         };
         Box::pin(async move {
             policy.budget.deposit();
             let (parts, body) = req.into_parts();
-            let small = body
-                .size_hint()
-                .upper()
-                .is_some_and(|n| n <= policy.max_replay as u64);
-            if !small {
-                // Too large (or of unknown size) to keep: one attempt.
-                return send(Request::from_parts(parts, body)).await;
-            }
-            let bytes: Bytes = body
-                .collect()
-                .await
-                .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?
-                .to_bytes();
-            let last = LastEndpoint::default();
+            // Never sent itself: each attempt's body is a replay of it.
+            let root = ReplayBody::new(body, policy.max_replay);
             let mut attempt = 1;
+            let mut avoid = None;
             loop {
-                let mut req = Request::new(full(bytes.clone()));
+                let Some(body) = root.try_replay() else {
+                    return Err(ProxyError::Internal("request body lost").into());
+                };
+                let mut req = Request::new(super::boxed(body));
                 *req.method_mut() = parts.method.clone();
                 *req.uri_mut() = parts.uri.clone();
                 *req.version_mut() = parts.version;
                 *req.headers_mut() = parts.headers.clone();
                 *req.extensions_mut() = parts.extensions.clone();
-                req.extensions_mut().insert(last.clone());
+                if let Some(addr) = avoid {
+                    req.extensions_mut().insert(Avoid(addr));
+                }
                 let res = send(req).await;
                 let why = match policy.wants_retry(&parts.method, &res) {
-                    Some(why) if attempt < policy.attempts => why,
-                    _ => return res,
+                    // Too large a body to have kept: the answer stands.
+                    Some(why) if attempt < policy.conditions.attempts && root.can_replay() => why,
+                    _ => return counted(res, attempt),
                 };
                 let allowed = policy.budget.withdraw();
                 if let Some(count) = &policy.on_retry {
@@ -238,8 +224,14 @@ where
                 }
                 if !allowed {
                     // A failed attempt's own answer goes back as it is.
-                    return res.map_err(|e| ProxyError::BudgetExhausted(Box::new(e)));
+                    let res = res.map_err(|mut f| {
+                        f.error = ProxyError::BudgetExhausted(Box::new(f.error));
+                        f
+                    });
+                    return counted(res, attempt);
                 }
+                avoid = served(&res).or(avoid);
+                drop(res);
                 tokio::time::sleep(policy.backoff(attempt - 1)).await;
                 attempt += 1;
             }
@@ -250,19 +242,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::full;
     use http::StatusCode;
+    use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn policy(attempts: u32, budget: TpsBudget) -> Arc<RetryPolicy> {
         Arc::new(RetryPolicy {
-            attempts,
-            backoff: Duration::from_millis(25),
-            codes: vec![503],
-            grpc_codes: vec![14],
-            connect_failure: true,
-            refused_stream: true,
-            reset: true,
-            non_idempotent: false,
+            conditions: Conditions {
+                attempts,
+                backoff: Duration::from_millis(25),
+                codes: vec![503],
+                grpc_codes: vec![14],
+                connect_failure: true,
+                refused_stream: true,
+                reset: true,
+                non_idempotent: false,
+            },
             budget: Arc::new(budget),
             max_replay: DEFAULT_MAX_REPLAY,
             on_retry: None,
@@ -284,8 +280,8 @@ mod tests {
         impl Service<
             Request<Body>,
             Response = Response<Body>,
-            Error = ProxyError,
-            Future = BoxFuture<Result<Response<Body>, ProxyError>>,
+            Error = Failed,
+            Future = BoxFuture<Result<Response<Body>, Failed>>,
         > + Clone
         + Send
         + 'static,
@@ -293,11 +289,11 @@ mod tests {
         let calls = Arc::new(AtomicU32::new(0));
         let c = calls.clone();
         let svc = tower::service_fn(
-            move |req: Request<Body>| -> BoxFuture<Result<Response<Body>, ProxyError>> {
+            move |req: Request<Body>| -> BoxFuture<Result<Response<Body>, Failed>> {
                 let k = c.fetch_add(1, Ordering::SeqCst);
                 Box::pin(async move {
                     if k < n {
-                        return fail();
+                        return fail().map_err(Failed::from);
                     }
                     let body = req
                         .into_body()
@@ -483,8 +479,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn large_bodies_are_sent_once() {
-        let (calls, svc) = flaky(1, unavailable);
+    async fn large_bodies_read_by_an_attempt_are_sent_once() {
+        // Reads the whole body, then fails.
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let svc = tower::service_fn(move |req: Request<Body>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let _ = req.into_body().collect().await;
+                unavailable().map_err(Failed::from)
+            }
+        });
         let big: &'static str = Box::leak("x".repeat(DEFAULT_MAX_REPLAY + 1).into_boxed_str());
         let res = RetryLayer::new(Some(policy(3, generous())))
             .layer(svc)
@@ -495,5 +500,82 @@ mod tests {
             (res.status().as_u16(), calls.load(Ordering::SeqCst)),
             (503, 1)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_body_not_yet_read_is_still_retried() {
+        // A refused connection reads nothing: the body can go again.
+        let (calls, svc) = flaky(1, refused);
+        let big: &'static str = Box::leak("x".repeat(DEFAULT_MAX_REPLAY + 1).into_boxed_str());
+        let res = RetryLayer::new(Some(policy(3, generous())))
+            .layer(svc)
+            .oneshot(req(Method::PUT, big))
+            .await
+            .unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes().len(), big.len());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+}
+
+#[cfg(test)]
+mod streaming {
+    use super::*;
+    use crate::http::full;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn chunked_bodies_are_streamed_then_replayed() {
+        // A body of unknown length, in three chunks.
+        let chunks = futures_util::stream::iter(
+            ["one ", "two ", "three"]
+                .map(|c| Ok::<_, crate::http::BoxError>(hyper::body::Frame::data(Bytes::from(c)))),
+        );
+        let body = crate::http::boxed(StreamBody::new(chunks));
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let svc = tower::service_fn(move |req: Request<Body>| {
+            let k = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let got = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|_| Failed::from(ProxyError::Internal("body")))?;
+                let got = got.to_bytes();
+                assert_eq!(got, "one two three", "attempt {k} got every byte");
+                let mut r = Response::new(full(got));
+                if k == 0 {
+                    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Ok::<_, Failed>(r)
+            }
+        });
+        let policy = Arc::new(RetryPolicy {
+            conditions: Conditions {
+                attempts: 2,
+                backoff: Duration::from_millis(1),
+                codes: vec![503],
+                grpc_codes: vec![],
+                connect_failure: true,
+                refused_stream: true,
+                reset: true,
+                non_idempotent: false,
+            },
+            budget: Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 1.0)),
+            max_replay: DEFAULT_MAX_REPLAY,
+            on_retry: None,
+        });
+        let mut req = Request::new(body);
+        *req.method_mut() = Method::POST;
+        let res = RetryLayer::new(Some(policy))
+            .layer(svc)
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.extensions().get::<Attempts>().map(|a| a.0), Some(2));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

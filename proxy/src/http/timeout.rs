@@ -1,15 +1,13 @@
 //! Timeout layer: a request (or one attempt) that takes longer than its
 //! deadline is answered with 504 (`weft-error: timeout`) right then.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::{Body, ProxyError};
+use super::{Body, BoxFuture, ProxyError};
 
 #[derive(Clone, Copy, Debug)]
 pub struct TimeoutLayer {
@@ -40,33 +38,31 @@ pub struct Timeout<S> {
     timeout: Option<Duration>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S> Service<Request<Body>> for Timeout<S>
+impl<S, E> Service<Request<Body>> for Timeout<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = E>,
     S::Future: Send + 'static,
+    E: From<ProxyError> + Send + 'static,
 {
     type Response = Response<Body>;
-    type Error = ProxyError;
-    type Future = BoxFuture<Result<Response<Body>, ProxyError>>;
+    type Error = E;
+    type Future = BoxFuture<Result<Response<Body>, E>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         // Boxed before the async block: works around rustc's "Send is not
         // general enough" with associated futures.
-        let fut: BoxFuture<Result<Response<Body>, ProxyError>> = Box::pin(self.inner.call(req));
-        let timeout = self.timeout;
+        let fut: BoxFuture<Result<Response<Body>, E>> = Box::pin(self.inner.call(req));
+        let Some(t) = self.timeout else {
+            return fut;
+        };
         Box::pin(async move {
-            match timeout {
-                None => fut.await,
-                Some(t) => tokio::time::timeout(t, fut)
-                    .await
-                    .unwrap_or(Err(ProxyError::Timeout(t))),
-            }
+            tokio::time::timeout(t, fut)
+                .await
+                .unwrap_or_else(|_| Err(ProxyError::Timeout(t).into()))
         })
     }
 }

@@ -409,11 +409,6 @@ impl HttpMetrics {
         );
     }
 
-    /// The request-body byte counter for `labels` (counting no request).
-    pub fn request_bytes_counter(&self, labels: &RequestLabels) -> Counter {
-        self.request_bytes.get_or_create(labels).clone()
-    }
-
     /// Counts a gRPC status.
     pub fn grpc_status(&self, labels: &RequestLabels, status: &str) {
         self.grpc

@@ -8,6 +8,21 @@ use http::{HeaderMap, Method, Uri};
 use regex::Regex;
 use weft_api::v1;
 
+/// What in a rule could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("regex `{pattern}`: {source}")]
+    Regex {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("method `{0}` is not an HTTP method")]
+    Method(String),
+    #[error("backend address `{0}` is not IP:PORT")]
+    Backend(String),
+}
+
 #[derive(Debug)]
 enum Value {
     Exact(String),
@@ -15,12 +30,9 @@ enum Value {
 }
 
 impl Value {
-    fn new(v: &v1::ValueMatch) -> Result<Self, String> {
+    fn new(v: &v1::ValueMatch) -> Result<Self, RouteError> {
         if v.regex {
-            // Anchored: a Gateway API regex must match the whole value.
-            Regex::new(&format!("^(?:{})$", v.value))
-                .map(Value::Regex)
-                .map_err(|e| format!("regex `{}`: {e}", v.value))
+            anchored(&v.value).map(Value::Regex)
         } else {
             Ok(Value::Exact(v.value.clone()))
         }
@@ -32,6 +44,14 @@ impl Value {
             Value::Regex(r) => r.is_match(s),
         }
     }
+}
+
+/// Anchored: a Gateway API regex must match the whole value.
+fn anchored(pattern: &str) -> Result<Regex, RouteError> {
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|source| RouteError::Regex {
+        pattern: pattern.to_string(),
+        source,
+    })
 }
 
 #[derive(Debug)]
@@ -66,17 +86,14 @@ struct Match {
 }
 
 impl Match {
-    fn new(m: &v1::RouteMatch) -> Result<Self, String> {
+    fn new(m: &v1::RouteMatch) -> Result<Self, RouteError> {
         use v1::route_match::PathKind;
         let path = match PathKind::try_from(m.path_kind).unwrap_or(PathKind::Prefix) {
             PathKind::Exact => PathMatch::Exact(m.path.clone()),
             PathKind::Prefix => PathMatch::Prefix(m.path.clone()),
-            PathKind::Regex => PathMatch::Regex(
-                Regex::new(&format!("^(?:{})$", m.path))
-                    .map_err(|e| format!("path regex `{}`: {e}", m.path))?,
-            ),
+            PathKind::Regex => PathMatch::Regex(anchored(&m.path)?),
         };
-        let values = |vs: &[v1::ValueMatch]| -> Result<Vec<(String, Value)>, String> {
+        let values = |vs: &[v1::ValueMatch]| -> Result<Vec<(String, Value)>, RouteError> {
             vs.iter()
                 .map(|v| Ok((v.name.clone(), Value::new(v)?)))
                 .collect()
@@ -88,7 +105,10 @@ impl Match {
             method: if m.method.is_empty() {
                 None
             } else {
-                Some(Method::from_bytes(m.method.as_bytes()).map_err(|e| e.to_string())?)
+                Some(
+                    Method::from_bytes(m.method.as_bytes())
+                        .map_err(|_| RouteError::Method(m.method.clone()))?,
+                )
             },
         })
     }
@@ -119,7 +139,6 @@ impl Match {
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub address: SocketAddr,
-    pub name: String,
     pub weight: u32,
 }
 
@@ -140,7 +159,7 @@ pub struct Rule {
 }
 
 impl Rule {
-    pub fn new(r: &v1::RouteRule) -> Result<Self, String> {
+    pub fn new(r: &v1::RouteRule) -> Result<Self, RouteError> {
         let backends: Vec<Backend> = r
             .backends
             .iter()
@@ -149,12 +168,11 @@ impl Rule {
                     address: b
                         .address
                         .parse()
-                        .map_err(|_| format!("backend address `{}`", b.address))?,
-                    name: b.name.clone(),
+                        .map_err(|_| RouteError::Backend(b.address.clone()))?,
                     weight: b.weight,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, RouteError>>()?;
         let prefix = r.matches.first().and_then(|m| {
             (m.path_kind == v1::route_match::PathKind::Prefix as i32).then(|| m.path.clone())
         });
@@ -177,15 +195,21 @@ impl Rule {
     }
 
     /// A backend by weight; None when every weight is zero (or there are none).
-    pub fn pick_backend(&self) -> Option<&Backend> {
+    #[cfg(test)]
+    fn pick_backend(&self) -> Option<&Backend> {
+        self.pick_backend_index().and_then(|i| self.backends.get(i))
+    }
+
+    /// The index of a backend by weight.
+    pub fn pick_backend_index(&self) -> Option<usize> {
         if self.total_weight == 0 {
             return None;
         }
         let mut n = rand::random_range(0..self.total_weight);
-        for b in &self.backends {
+        for (i, b) in self.backends.iter().enumerate() {
             let w = u64::from(b.weight);
             if n < w {
-                return Some(b);
+                return Some(i);
             }
             n -= w;
         }
@@ -200,7 +224,7 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(rules: &[v1::RouteRule]) -> Result<Self, String> {
+    pub fn new(rules: &[v1::RouteRule]) -> Result<Self, RouteError> {
         Ok(Routes {
             rules: rules.iter().map(Rule::new).collect::<Result<_, _>>()?,
         })
@@ -211,8 +235,20 @@ impl Routes {
     }
 
     /// The first rule that matches.
-    pub fn find(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<&Rule> {
+    #[cfg(test)]
+    fn find(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches(method, uri, headers))
+    }
+
+    /// The index of the first rule that matches.
+    pub fn position(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<usize> {
+        self.rules
+            .iter()
+            .position(|r| r.matches(method, uri, headers))
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
     }
 }
 
