@@ -512,7 +512,10 @@ mod tests {
             .oneshot(req(Method::PUT, big))
             .await
             .unwrap();
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes().len(), big.len());
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes().len(),
+            big.len()
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -23,7 +23,6 @@ impl<S> Counted<S> {
             written,
         }
     }
-
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
