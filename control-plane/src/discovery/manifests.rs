@@ -16,75 +16,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::annotations::validate_annotations;
 use super::crds::TrafficPolicy;
-
-/// The kinds Weft reads. Others are skipped (a directory may hold anything).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Namespace,
-    Service,
-    Pod,
-    EndpointSlice,
-    HttpRoute,
-    TrafficPolicy,
-}
-
-impl Kind {
-    fn of(api_version: &str, kind: &str) -> Option<Kind> {
-        match (api_version, kind) {
-            ("v1", "Service") => Some(Kind::Service),
-            ("v1", "Pod") => Some(Kind::Pod),
-            ("v1", "Namespace") => Some(Kind::Namespace),
-            ("discovery.k8s.io/v1", "EndpointSlice") => Some(Kind::EndpointSlice),
-            ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
-                Some(Kind::HttpRoute)
-            }
-            ("weft.dev/v1alpha1", "TrafficPolicy") => Some(Kind::TrafficPolicy),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::Namespace => "Namespace",
-            Kind::Service => "Service",
-            Kind::Pod => "Pod",
-            Kind::EndpointSlice => "EndpointSlice",
-            Kind::HttpRoute => "HTTPRoute",
-            Kind::TrafficPolicy => "TrafficPolicy",
-        })
-    }
-}
-
-/// Kind, namespace and name: what identifies an object.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectKey {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.namespace.is_empty() {
-            write!(f, "{} {}", self.kind, self.name)
-        } else {
-            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub enum Object {
-    Namespace(Arc<Namespace>),
-    Service(Arc<Service>),
-    Pod(Arc<Pod>),
-    EndpointSlice(Arc<EndpointSlice>),
-    HttpRoute(Arc<HttpRoute>),
-    TrafficPolicy(Arc<TrafficPolicy>),
-}
+use super::objects::{Kind, Object, ObjectKey};
 
 /// One problem in the manifests, precise enough to fix without searching.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -400,32 +334,6 @@ pub fn validate_pod(p: &Pod) -> Result<(), (String, String)> {
         ));
     }
     validate_annotations(p.metadata.annotations.as_ref())
-}
-
-/// Weft's annotations (`weft.dev/mtls-mode`, `weft.dev/opaque-ports`) on a
-/// Pod, Service or Namespace.
-pub fn validate_annotations(
-    annotations: Option<&BTreeMap<String, String>>,
-) -> Result<(), (String, String)> {
-    use super::model::{
-        MTLS_MODE_ANNOTATION, OPAQUE_PORTS_ANNOTATION, parse_mtls_mode, parse_ports,
-    };
-    let Some(a) = annotations else {
-        return Ok(());
-    };
-    if let Some(mode) = a.get(MTLS_MODE_ANNOTATION)
-        && parse_mtls_mode(mode).is_none()
-    {
-        return Err((
-            format!("metadata.annotations.{MTLS_MODE_ANNOTATION}"),
-            format!("`{mode}` is not an mTLS mode (strict or permissive)"),
-        ));
-    }
-    if let Some(ports) = a.get(OPAQUE_PORTS_ANNOTATION) {
-        parse_ports(ports)
-            .map_err(|e| (format!("metadata.annotations.{OPAQUE_PORTS_ANNOTATION}"), e))?;
-    }
-    Ok(())
 }
 
 /// What a TrafficPolicy must be beyond its schema.

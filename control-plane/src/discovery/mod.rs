@@ -8,9 +8,11 @@
 //! [`service::DiscoveryService`], which remembers what each proxy was sent and
 //! acknowledged ([`registry::Registry`]).
 
+pub mod annotations;
 pub mod crds;
 pub mod manifests;
 pub mod model;
+pub mod objects;
 pub mod registry;
 pub mod routes;
 pub mod service;

@@ -21,15 +21,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_api::SpiffeId;
 use weft_api::v1::{MtlsMode, Protocol};
 
-use super::manifests::{Object, ObjectKey};
+use super::annotations::{
+    INJECT, MTLS_MODE_ANNOTATION, OPAQUE_PORTS_ANNOTATION, parse_mtls_mode, parse_ports,
+};
+use super::objects::{Object, ObjectKey};
 
-/// A Pod with this annotation (or label) set to `enabled` runs a sidecar; a
-/// Namespace with this label has its pods injected.
-pub const INJECT: &str = "weft.dev/inject";
-/// mTLS mode override (`strict` or `permissive`) on a Pod, Service or Namespace.
-pub const MTLS_MODE_ANNOTATION: &str = "weft.dev/mtls-mode";
-/// Ports never sniffed (comma-separated numbers) on a Pod, Service or Namespace.
-pub const OPAQUE_PORTS_ANNOTATION: &str = "weft.dev/opaque-ports";
 /// The sidecar container the injector adds; its presence marks a Pod meshed.
 pub const PROXY_CONTAINER: &str = "weft-proxy";
 /// The label an EndpointSlice names its Service by.
@@ -173,27 +169,6 @@ pub fn resolve_target(target: &IntOrString, port: u16, pod: &PodModel) -> Option
         IntOrString::String(s) if s.is_empty() => Some(port),
         IntOrString::String(s) => pod.named_ports.get(s).copied().or_else(|| s.parse().ok()),
     }
-}
-
-/// An mTLS mode annotation's value (validated by the sources).
-pub fn parse_mtls_mode(v: &str) -> Option<MtlsMode> {
-    match v {
-        "strict" => Some(MtlsMode::Strict),
-        "permissive" => Some(MtlsMode::Permissive),
-        _ => None,
-    }
-}
-
-/// An opaque-ports annotation's value: `"25,3306"`. Errors name the item.
-pub fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| match s.parse::<u16>() {
-            Ok(p) if p > 0 => Ok(p),
-            _ => Err(format!("`{s}` is not a port (1-65535)")),
-        })
-        .collect()
 }
 
 fn mtls_mode(annotations: Option<&BTreeMap<String, String>>) -> Option<MtlsMode> {
@@ -436,7 +411,7 @@ fn from_slices(slices: &[&EndpointSlice], port_name: &str) -> Vec<EndpointModel>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::manifests::Kind;
+    use crate::discovery::objects::Kind;
 
     fn objects(yaml: &str) -> BTreeMap<ObjectKey, Object> {
         let dir = tempfile::tempdir().unwrap();

@@ -14,8 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::info;
 
-use super::manifests::{ManifestError, Object, ObjectKey, Store};
+use super::manifests::{ManifestError, Store};
 use super::model::Model;
+use super::objects::{Object, ObjectKey};
 use super::snapshot::{self, MeshSettings, Shared};
 use crate::metrics::Metrics;
 

@@ -213,7 +213,7 @@ fn meshed_namespaces(stores: &Stores) -> BTreeSet<String> {
             .metadata
             .labels
             .as_ref()
-            .and_then(|l| l.get(crate::discovery::model::INJECT))
+            .and_then(|l| l.get(crate::discovery::annotations::INJECT))
             .is_some_and(|v| v == "enabled");
         if labelled && ns.metadata.deletion_timestamp.is_none() {
             out.extend(ns.metadata.name.clone());

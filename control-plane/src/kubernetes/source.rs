@@ -27,10 +27,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
+use crate::discovery::annotations::validate_annotations;
 use crate::discovery::crds::TrafficPolicy;
-use crate::discovery::manifests::{
-    self, Kind, ManifestError, Object, ObjectKey, validate_annotations,
-};
+use crate::discovery::manifests::{self, ManifestError};
+use crate::discovery::objects::{Kind, Object, ObjectKey};
 use crate::discovery::snapshot::MeshSettings;
 use crate::discovery::source::{Publisher, State};
 use crate::metrics::Metrics;

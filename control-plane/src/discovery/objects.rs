@@ -1,0 +1,81 @@
+//! The objects both sources (the manifest directory and the Kubernetes
+//! API) read and hand the model: the kinds Weft understands, keyed by kind,
+//! namespace and name.
+
+use std::fmt;
+use std::sync::Arc;
+
+use gateway_api::experimental::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::crds::TrafficPolicy;
+
+/// The kinds Weft reads. Others are skipped (a directory may hold anything).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    Service,
+    Pod,
+    EndpointSlice,
+    HttpRoute,
+    TrafficPolicy,
+}
+
+impl Kind {
+    /// The kind of an `apiVersion` and `kind`; none for kinds Weft skips.
+    pub fn of(api_version: &str, kind: &str) -> Option<Kind> {
+        match (api_version, kind) {
+            ("v1", "Service") => Some(Kind::Service),
+            ("v1", "Pod") => Some(Kind::Pod),
+            ("v1", "Namespace") => Some(Kind::Namespace),
+            ("discovery.k8s.io/v1", "EndpointSlice") => Some(Kind::EndpointSlice),
+            ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
+                Some(Kind::HttpRoute)
+            }
+            ("weft.dev/v1alpha1", "TrafficPolicy") => Some(Kind::TrafficPolicy),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Namespace => "Namespace",
+            Kind::Service => "Service",
+            Kind::Pod => "Pod",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::TrafficPolicy => "TrafficPolicy",
+        })
+    }
+}
+
+/// Kind, namespace and name: what identifies an object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Object {
+    Namespace(Arc<Namespace>),
+    Service(Arc<Service>),
+    Pod(Arc<Pod>),
+    EndpointSlice(Arc<EndpointSlice>),
+    HttpRoute(Arc<HttpRoute>),
+    TrafficPolicy(Arc<TrafficPolicy>),
+}
