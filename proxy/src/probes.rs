@@ -131,8 +131,23 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
+/// Why a probe of the app got no answer.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("connecting to port {port}: {source}")]
+    Connect {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("the probe's request: {0}")]
+    Request(#[from] http::Error),
+}
+
 /// One GET to the app on loopback (IPv4, then IPv6).
-async fn probe(t: &Target) -> Result<StatusCode, String> {
+async fn probe(t: &Target) -> Result<StatusCode, ProbeError> {
     let stream =
         match tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], t.port))).await {
             Ok(s) => s,
@@ -141,11 +156,12 @@ async fn probe(t: &Target) -> Result<StatusCode, String> {
                 t.port,
             )))
             .await
-            .map_err(|_| format!("connecting to port {}: {v4}", t.port))?,
+            .map_err(|_| ProbeError::Connect {
+                port: t.port,
+                source: v4,
+            })?,
         };
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -158,8 +174,8 @@ async fn probe(t: &Target) -> Result<StatusCode, String> {
     for (n, v) in &t.headers {
         req = req.header(n, v);
     }
-    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-    let res = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let req = req.body(Empty::<Bytes>::new())?;
+    let res = send.send_request(req).await?;
     let status = res.status();
     // Drain a little of the body, as the kubelet does; its content is not ours.
     let _ = Limited::new(res.into_body(), MAX_BODY).collect().await;

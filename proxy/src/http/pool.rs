@@ -33,14 +33,13 @@ struct Conn {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
 
-/// A peer: where, and who must be there.
-type Key = (SocketAddr, SpiffeId);
-
 #[derive(Debug)]
 pub struct PeerPool {
     connector: Connector,
     idle_timeout: Duration,
-    conns: Mutex<HashMap<Key, Slot>>,
+    /// Per address, a connection per identity verified there (almost
+    /// always one): looked up without copying the identity.
+    conns: Mutex<HashMap<SocketAddr, Vec<(SpiffeId, Slot)>>>,
 }
 
 impl PeerPool {
@@ -74,21 +73,25 @@ impl PeerPool {
             .conns
             .lock()
             .map_err(|_| ProxyError::Internal("pool poisoned"))?;
-        let before = conns.len();
-        conns.retain(|(addr, _), slot| {
-            // A slot in use (a handshake under way) stays.
-            let Ok(guard) = slot.try_lock() else {
-                return true;
-            };
-            let keep = guard.as_ref().is_some_and(|c| {
-                now.saturating_duration_since(c.last_used) < c.idle && !c.sender.is_closed()
+        let mut closed = 0;
+        conns.retain(|addr, slots| {
+            slots.retain(|(_, slot)| {
+                // A slot in use (a handshake under way) stays.
+                let Ok(guard) = slot.try_lock() else {
+                    return true;
+                };
+                let keep = guard.as_ref().is_some_and(|c| {
+                    now.saturating_duration_since(c.last_used) < c.idle && !c.sender.is_closed()
+                });
+                if !keep {
+                    closed += 1;
+                    debug!(%addr, "closed an idle peer connection");
+                }
+                keep
             });
-            if !keep {
-                debug!(%addr, "closed an idle peer connection");
-            }
-            keep
+            !slots.is_empty()
         });
-        Ok(before - conns.len())
+        Ok(closed)
     }
 
     /// Sends `req` to the sidecar at `addr`, which must be `identity`. A new
@@ -105,7 +108,15 @@ impl PeerPool {
                 .conns
                 .lock()
                 .map_err(|_| ProxyError::Internal("pool poisoned"))?;
-            conns.entry((addr, identity.clone())).or_default().clone()
+            let slots = conns.entry(addr).or_default();
+            match slots.iter().find(|(id, _)| id == identity) {
+                Some((_, slot)) => slot.clone(),
+                None => {
+                    let slot = Slot::default();
+                    slots.push((identity.clone(), slot.clone()));
+                    slot
+                }
+            }
         };
         let mut sender = {
             // One connection attempt at a time per peer: a burst of requests
