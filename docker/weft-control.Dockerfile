@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# weft-control, the control plane, and weftctl: statically linked binaries
-# (musl) in an empty image, run as a non-root user. The Deployment runs
+# weft-control, the control plane, and weftctl (package weftctl):
+# statically linked binaries (musl) in an empty image, run as a non-root
+# user. The Deployment runs
 #   command: ["/weft-control"], args: ["--source", "kubernetes"]
 # and `kubectl exec` can run `/weftctl status` there (no shell).
 # Build from the repository's root:
@@ -20,7 +21,7 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=false \
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     triple="$(uname -m)-unknown-linux-musl" \
- && cargo build --release --locked --target "$triple" -p weft-control --bins \
+ && cargo build --release --locked --target "$triple" -p weft-control -p weftctl --bins \
  && mkdir -p /out \
  && cp "target/$triple/release/weft-control" "target/$triple/release/weftctl" /out/
 

@@ -1,11 +1,11 @@
 //! The Weft control plane: the mesh CA and the Identity API, discovery and
 //! the Watch push API (from a manifest directory or the Kubernetes API),
 //! route and policy status, the sidecar injector, and what `weftctl` runs
-//! (`install`, `inject`, `status`, `demo`).
+//! against a cluster (`install`, `inject`, `check`). The local demo is
+//! `weft-demo`; the `weftctl` binary is a package of its own.
 
 pub mod admin;
 pub mod check;
-pub mod demo;
 pub mod discovery;
 pub mod grpc;
 pub mod identity;

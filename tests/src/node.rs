@@ -160,14 +160,8 @@ impl Pod {
         program: impl AsRef<std::ffi::OsStr>,
         args: &[&str],
     ) -> Arc<Process> {
-        let mut cmd = self.ns.command("setpriv");
-        cmd.args([
-            format!("--reuid={uid}"),
-            format!("--regid={uid}"),
-            "--clear-groups".into(),
-        ])
-        .arg(program.as_ref())
-        .args(args);
+        let mut cmd = self.ns.command_as(uid, program);
+        cmd.args(args);
         self.track(name, cmd)
     }
 

@@ -151,82 +151,27 @@ pub fn rows(
 ) -> BTreeMap<(String, String), Row> {
     let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
     for (workload, samples) in proxies {
-        // Retries are counted per proxy; a demo proxy calls one HTTP Service.
-        let retries: f64 = samples
-            .iter()
-            .filter(|s| {
-                s.name == "http_retries_total"
-                    && s.labels.get("allowed").map(String::as_str) == Some("true")
-            })
-            .map(|s| s.value)
-            .sum();
-        let mut mine: Vec<(String, String)> = Vec::new();
+        let mut called: Vec<(String, String)> = Vec::new();
         for s in samples {
-            let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
-            if l("direction") == "inbound" {
-                if let Some(w) = workload {
-                    let key = (w.clone(), "(served)".to_string());
-                    match s.name.as_str() {
-                        "request_total" => {
-                            let row = entry(&mut rows, &key, "served");
-                            row.requests += s.value;
-                            if l("tls") == "true" {
-                                row.mtls += s.value;
-                            }
-                        }
-                        "response_total" if l("classification") == "success" => {
-                            entry(&mut rows, &key, "served").successes += s.value;
-                        }
-                        _ => {}
+            match s.labels.get("direction").map(String::as_str) {
+                Some("inbound") => {
+                    if let Some(w) = workload {
+                        add_served(&mut rows, w, s);
                     }
                 }
-                continue;
-            }
-            if l("direction") != "outbound" {
-                continue;
-            }
-            let key = (l("service"), l("route"));
-            match s.name.as_str() {
-                "request_total" => {
-                    let row = entry(&mut rows, &key, "http");
-                    row.requests += s.value;
-                    if l("tls") == "true" {
-                        row.mtls += s.value;
-                    }
-                    if !mine.contains(&key) {
-                        mine.push(key);
-                    }
-                }
-                "response_total" if l("classification") == "success" => {
-                    entry(&mut rows, &key, "http").successes += s.value;
-                }
-                "response_latency_ms_bucket" => {
-                    let le = match l("le").as_str() {
-                        "+Inf" => f64::INFINITY,
-                        v => v.parse().unwrap_or(f64::INFINITY),
-                    };
-                    let row = entry(&mut rows, &key, "http");
-                    match row.buckets.iter_mut().find(|(b, _)| *b == le) {
-                        Some(b) => b.1 += s.value,
-                        None => row.buckets.push((le, s.value)),
-                    }
-                }
-                "tcp_open_total" => {
-                    if let Some(svc) = tcp_services.get(&l("peer_identity")) {
-                        let key = (svc.clone(), "(tcp)".to_string());
-                        let row = entry(&mut rows, &key, "tcp");
-                        row.requests += s.value;
-                        row.successes += s.value;
-                        if l("tls") == "true" {
-                            row.mtls += s.value;
-                        }
+                Some("outbound") => {
+                    if let Some(key) = add_called(&mut rows, s, tcp_services)
+                        && !called.contains(&key)
+                    {
+                        called.push(key);
                     }
                 }
                 _ => {}
             }
         }
-        if let Some(key) = mine.first() {
-            entry(&mut rows, key, "http").retries += retries;
+        // Retries are counted per proxy; a demo proxy calls one HTTP Service.
+        if let Some(key) = called.first() {
+            entry(&mut rows, key, "http").retries += allowed_retries(samples);
         }
     }
     for row in rows.values_mut() {
@@ -234,6 +179,85 @@ pub fn rows(
             .sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
     }
     rows
+}
+
+/// A label's value, empty when absent.
+fn label(s: &Sample, key: &str) -> String {
+    s.labels.get(key).cloned().unwrap_or_default()
+}
+
+/// An inbound sample of `workload`'s sidecar, into its `(served)` row.
+fn add_served(rows: &mut BTreeMap<(String, String), Row>, workload: &str, s: &Sample) {
+    let key = (workload.to_string(), "(served)".to_string());
+    match s.name.as_str() {
+        "request_total" => {
+            let row = entry(rows, &key, "served");
+            row.requests += s.value;
+            if label(s, "tls") == "true" {
+                row.mtls += s.value;
+            }
+        }
+        "response_total" if label(s, "classification") == "success" => {
+            entry(rows, &key, "served").successes += s.value;
+        }
+        _ => {}
+    }
+}
+
+/// An outbound sample into the row of the Service called; returns the key
+/// of an HTTP row that counted a request.
+fn add_called(
+    rows: &mut BTreeMap<(String, String), Row>,
+    s: &Sample,
+    tcp_services: &BTreeMap<String, String>,
+) -> Option<(String, String)> {
+    let key = (label(s, "service"), label(s, "route"));
+    match s.name.as_str() {
+        "request_total" => {
+            let row = entry(rows, &key, "http");
+            row.requests += s.value;
+            if label(s, "tls") == "true" {
+                row.mtls += s.value;
+            }
+            return Some(key);
+        }
+        "response_total" if label(s, "classification") == "success" => {
+            entry(rows, &key, "http").successes += s.value;
+        }
+        "response_latency_ms_bucket" => {
+            let le = match label(s, "le").as_str() {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or(f64::INFINITY),
+            };
+            let row = entry(rows, &key, "http");
+            match row.buckets.iter_mut().find(|(b, _)| *b == le) {
+                Some(b) => b.1 += s.value,
+                None => row.buckets.push((le, s.value)),
+            }
+        }
+        "tcp_open_total" => {
+            if let Some(svc) = tcp_services.get(&label(s, "peer_identity")) {
+                let key = (svc.clone(), "(tcp)".to_string());
+                let row = entry(rows, &key, "tcp");
+                row.requests += s.value;
+                row.successes += s.value;
+                if label(s, "tls") == "true" {
+                    row.mtls += s.value;
+                }
+            }
+        }
+        _ => {}
+    }
+    None
+}
+
+/// Retries the budget allowed, over all of a proxy's samples.
+fn allowed_retries(samples: &[Sample]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == "http_retries_total" && label(s, "allowed") == "true")
+        .map(|s| s.value)
+        .sum()
 }
 
 fn entry<'a>(
