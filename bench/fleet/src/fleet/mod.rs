@@ -1,0 +1,350 @@
+//! The control-plane fleet benchmark.
+//!
+//! Writes a manifest directory (Services, Pods with IPs and service accounts,
+//! one HTTPRoute) and a bootstrap-tokens file, starts a real `weft-control`,
+//! and from this one process:
+//!
+//! 1. certifies N identities (one key and CSR each; signatures per second),
+//! 2. opens N Watch streams, each on its own mTLS connection with its own
+//!    certificate, and acknowledges every snapshot as a proxy does,
+//! 3. reads the control plane's VmRSS before and after (memory per proxy),
+//! 4. rewrites the HTTPRoute file several times and measures, per stream, the
+//!    time from the file write to that stream having received the new version
+//!    and acknowledged it.
+
+mod certify;
+mod changes;
+mod control;
+mod files;
+mod procfs;
+mod proxy;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::stats::Summary;
+use certify::Trust;
+use control::{Control, Watchdog};
+use procfs::rss;
+use proxy::{Event, Fleet};
+
+const NAMESPACE: &str = "fleet";
+const TRUST_DOMAIN: &str = "cluster.local";
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// Simulated proxies: each gets its own certificate, mTLS connection and
+    /// Watch stream.
+    #[arg(long, default_value_t = 1000)]
+    proxies: usize,
+
+    /// Pods of the mesh proper (meshed, selected by Services), the first
+    /// `mesh_pods` of the proxies' pods. Snapshots grow with it. Default: all
+    /// of them (every simulated proxy is a meshed pod, as in a real mesh).
+    #[arg(long)]
+    mesh_pods: Option<usize>,
+
+    /// Pods per Service (and per service account).
+    #[arg(long, default_value_t = 10)]
+    pods_per_service: usize,
+
+    /// The weft-control binary.
+    #[arg(long, default_value = "target/release/weft-control")]
+    control_bin: PathBuf,
+
+    /// A command to run weft-control under, split on spaces (e.g.
+    /// `taskset -c 1`).
+    #[arg(long)]
+    control_wrap: Option<String>,
+
+    /// The control plane's gRPC address.
+    #[arg(long, default_value = "127.0.0.1:18090")]
+    grpc: SocketAddr,
+
+    /// The control plane's admin address.
+    #[arg(long, default_value = "127.0.0.1:18990")]
+    admin: SocketAddr,
+
+    /// The control plane's --debounce (its manifest poll interval too).
+    #[arg(long, default_value = "100ms")]
+    debounce: String,
+
+    /// Working directory (manifests, CA, tokens, control-plane log); must be
+    /// empty or absent.
+    #[arg(long)]
+    workdir: PathBuf,
+
+    /// Route changes to measure.
+    #[arg(long, default_value_t = 3)]
+    changes: usize,
+
+    /// Certify calls, and connection set-ups, in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+
+    /// Give up on a phase after this long.
+    #[arg(long, default_value = "180s", value_parser = duration)]
+    timeout: Duration,
+
+    /// Kill the control plane if its RSS goes beyond this (GiB): the machine
+    /// is shared.
+    #[arg(long, default_value_t = 10.0)]
+    max_control_rss_gib: f64,
+
+    /// Write the results (JSON) here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Results {
+    proxies: usize,
+    mesh_pods: usize,
+    services: usize,
+    service_accounts: usize,
+    /// One proxy's first snapshot: encoded size, Services, workloads.
+    snapshot_bytes: usize,
+    snapshot_services: usize,
+    snapshot_workloads: usize,
+    certify_calls: usize,
+    certify_seconds: f64,
+    certify_per_second: f64,
+    certify_failed: usize,
+    connect_seconds: f64,
+    connected: usize,
+    /// Watch streams that failed (and were reconnected, as a proxy does).
+    stream_failures: usize,
+    first_stream_error: Option<String>,
+    control_rss_kib_before: u64,
+    control_rss_kib_after: u64,
+    control_rss_kib_per_proxy: f64,
+    control_hwm_kib: u64,
+    bench_rss_kib: u64,
+    changes: Vec<Change>,
+    /// All changes together: per-stream time from file write to ack.
+    change_all: Summary,
+    /// Median over the changes of the time until the last proxy acked.
+    change_all_landed_ms_median: f64,
+    aborted: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Change {
+    version: u64,
+    /// From the file write to the control plane's new version (poll and
+    /// debounce; the version is the build time in ms).
+    write_to_version_ms: f64,
+    /// Per stream: from the file write to the snapshot acknowledged.
+    ack: Summary,
+    landed: usize,
+    missing: usize,
+    /// Streams that failed during this change (then reconnected).
+    stream_failures: usize,
+    /// CPU seconds used until the last ack (or the timeout).
+    control_cpu_s: f64,
+    bench_cpu_s: f64,
+    seconds: f64,
+}
+
+pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
+    let n = args.proxies;
+    let per = args.pods_per_service.max(1);
+    let mesh = args.mesh_pods.unwrap_or(n).min(n);
+    let manifests = args.workdir.join("manifests");
+    let mut results = prepare(&args, &manifests, per, mesh)?;
+    let control = Control::start(&args, &manifests).await?;
+    let pid = control.pid;
+    eprintln!(
+        "fleet: {n} proxies, {mesh} meshed pods, {} services",
+        results.services
+    );
+    let watchdog = Watchdog::start(pid, args.max_control_rss_gib);
+    let trust = Trust::read(&args.workdir)?;
+
+    // 1. Keys and CSRs (not timed), then Certify.
+    let certify::Requests { keys, csrs } = certify::keys_and_csrs(n, per)?;
+    let chains = certify::certify(&args, &trust, csrs, per, &mut results).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (before, _) = rss(pid).context("reading the control plane's memory")?;
+    results.control_rss_kib_before = before;
+
+    // 2. N Watch streams, each on its own connection with its own certificate.
+    let configs = certify::client_configs(&trust, chains, keys)?;
+    first_snapshot(&args, &configs, &mut results).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut fleet = Fleet {
+        acked: vec![0; n],
+        failures: 0,
+        first_error: None,
+    };
+    let connected = connect(&args, configs, tx, &mut rx, &mut fleet, &watchdog).await?;
+    (results.connected, results.connect_seconds) = connected;
+    let connected = results.connected;
+    if connected < n || watchdog.stopped() {
+        // Memory per proxy from what was connected when it stopped.
+        let at = watchdog.last_rss();
+        results.control_rss_kib_after = at;
+        results.control_rss_kib_per_proxy =
+            at.saturating_sub(before) as f64 / connected.max(1) as f64;
+        return report(&args, &finish(results, &fleet, &watchdog, pid));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (after, _) = rss(pid).context("reading the control plane's memory")?;
+    results.control_rss_kib_after = after;
+    results.control_rss_kib_per_proxy = after.saturating_sub(before) as f64 / n as f64;
+    eprintln!(
+        "fleet: control plane RSS {before} KiB before, {after} KiB with {n} streams: {:.1} KiB per proxy",
+        results.control_rss_kib_per_proxy
+    );
+
+    // 3. Route changes.
+    changes::measure_all(
+        &args,
+        &manifests,
+        pid,
+        &mut fleet,
+        &mut rx,
+        &watchdog,
+        &mut results,
+    )
+    .await?;
+    let results = finish(results, &fleet, &watchdog, pid);
+    control.stop().await;
+    report(&args, &results)
+}
+
+/// Checks the machine can hold the fleet, and writes its manifests and
+/// tokens into the (empty) work directory.
+fn prepare(
+    args: &FleetArgs,
+    manifests: &std::path::Path,
+    per: usize,
+    mesh: usize,
+) -> anyhow::Result<Results> {
+    let n = args.proxies;
+    if let Some(limit) = procfs::nofile_limit()
+        && limit < n as u64 + 1024
+    {
+        bail!(
+            "the open-files limit is {limit}; raise it (ulimit -n) above {} for {n} proxies",
+            n + 1024
+        );
+    }
+    let work = &args.workdir;
+    if work.exists() && std::fs::read_dir(work)?.next().is_some() {
+        bail!("{} is not empty", work.display());
+    }
+    let services = files::write_manifests(manifests, n, mesh, per)?;
+    let accounts = n.div_ceil(per);
+    files::write_tokens(&work.join("tokens.yaml"), accounts)?;
+    Ok(Results {
+        proxies: n,
+        mesh_pods: mesh,
+        services,
+        service_accounts: accounts,
+        ..Default::default()
+    })
+}
+
+/// One proxy's first snapshot, decoded whole: its size and content.
+async fn first_snapshot(
+    args: &FleetArgs,
+    configs: &[Arc<rustls::ClientConfig>],
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let config = configs.first().context("no proxies")?;
+    let (bytes, svcs, workloads) = proxy::probe(config.clone(), args.grpc)
+        .await
+        .context("a first Watch")?;
+    (
+        results.snapshot_bytes,
+        results.snapshot_services,
+        results.snapshot_workloads,
+    ) = (bytes, svcs, workloads);
+    eprintln!("fleet: a snapshot is {bytes} bytes ({svcs} services, {workloads} workloads)");
+    Ok(())
+}
+
+/// Starts a simulated proxy per config, at most `--concurrency` connecting
+/// at once, and waits until each has acked its first snapshot (or the
+/// timeout, or the watchdog); returns how many did, and in how long
+/// (seconds).
+async fn connect(
+    args: &FleetArgs,
+    configs: Vec<Arc<rustls::ClientConfig>>,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: &mut mpsc::UnboundedReceiver<Event>,
+    fleet: &mut Fleet,
+    watchdog: &Watchdog,
+) -> anyhow::Result<(usize, f64)> {
+    let n = configs.len();
+    let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let t = Instant::now();
+    for (i, config) in configs.into_iter().enumerate() {
+        if watchdog.stopped() {
+            break;
+        }
+        let permit = gate.clone().acquire_owned().await?;
+        tokio::spawn(proxy::simulated_proxy(
+            i,
+            config,
+            args.grpc,
+            tx.clone(),
+            permit,
+        ));
+    }
+    drop(tx);
+    let mut connected = 0usize;
+    let deadline = Instant::now() + args.timeout;
+    while connected < n && !watchdog.stopped() {
+        let Ok(Some(e)) = tokio::time::timeout_at(deadline.into(), rx.recv()).await else {
+            break;
+        };
+        fleet.apply(e, |_, _, _| connected += 1);
+    }
+    // Stopped early: count what had connected by then.
+    while let Ok(e) = rx.try_recv() {
+        fleet.apply(e, |_, _, _| connected += 1);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "fleet: {connected}/{n} streams acked their first snapshot in {secs:.2}s{}",
+        fleet
+            .first_error
+            .as_ref()
+            .map(|e| format!("; {} stream failures, e.g. {e}", fleet.failures))
+            .unwrap_or_default()
+    );
+    Ok((connected, secs))
+}
+
+/// The last figures: why it stopped (if it did), peak memory, failures.
+fn finish(mut results: Results, fleet: &Fleet, watchdog: &Watchdog, pid: u32) -> Results {
+    results.aborted = watchdog.reason();
+    if let Some((_, hwm)) = rss(pid) {
+        results.control_hwm_kib = hwm;
+    }
+    results.bench_rss_kib = rss(std::process::id()).map(|r| r.0).unwrap_or(0);
+    results.stream_failures = fleet.failures;
+    results.first_stream_error = fleet.first_error.clone();
+    results
+}
+
+fn report(args: &FleetArgs, results: &Results) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(results)?;
+    println!("{json}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
