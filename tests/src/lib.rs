@@ -38,7 +38,7 @@ pub fn require_root() {
     if !nix::unistd::geteuid().is_root() {
         panic!(
             "the weft e2e tests build network namespaces and iptables rules and need root \
-             (CAP_NET_ADMIN, CAP_SYS_ADMIN); run them as root, e.g. `sudo -E cargo test --workspace` \
+             (CAP_NET_ADMIN, CAP_SYS_ADMIN): run them as root (scripts/test), or with `sudo -E` \
              (CI runs as root)"
         );
     }
