@@ -4,6 +4,8 @@
 //! against a cluster (`install`, `inject`, `check`). The local demo is
 //! `weft-demo`; the `weftctl` binary is a package of its own.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod admin;
 pub mod check;
 pub mod discovery;

@@ -1,4 +1,5 @@
 //! `weft-control`: the control plane's server binary.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

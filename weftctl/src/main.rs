@@ -1,4 +1,5 @@
 //! `weftctl`: the operator's command line.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::ExitCode;
 
@@ -127,10 +128,16 @@ fn main() -> ExitCode {
         command,
     } = Cli::parse();
     match command {
-        Command::Crds => {
-            emit(&weft_control::discovery::crds::crds_yaml());
-            ExitCode::SUCCESS
-        }
+        Command::Crds => match weft_control::discovery::crds::crds_yaml() {
+            Ok(yaml) => {
+                emit(&yaml);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weftctl crds: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Install(args) => match weft_control::install::render(&args) {
             Ok(yaml) => {
                 emit(&yaml);

@@ -438,19 +438,19 @@ pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
 
 /// One CRD as k8s/crds/ holds it: a header saying where it comes from,
 /// then the YAML.
-pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
-    let yaml = serde_norway::to_string(crd).expect("a CRD is plain data and serializes");
-    format!(
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_norway::Error> {
+    let yaml = serde_norway::to_string(crd)?;
+    Ok(format!(
         "# Generated from the Rust types in control-plane/src/discovery/crds.rs: do not edit.\n\
          # Regenerate with `WEFT_UPDATE_CRDS=1 cargo test -p weft-control crds`\n\
          # (or print it with `weftctl crds`).\n\
          ---\n{yaml}"
-    )
+    ))
 }
 
 /// Every Weft CRD as multi-document YAML for `kubectl apply -f -` (what
 /// `weftctl crds` prints and k8s/crds/ holds).
-pub fn crds_yaml() -> String {
+pub fn crds_yaml() -> Result<String, serde_norway::Error> {
     crds().iter().map(crd_yaml).collect()
 }
 
@@ -469,7 +469,7 @@ mod tests {
         let update = std::env::var_os("WEFT_UPDATE_CRDS").is_some_and(|v| v == "1");
         for crd in crds() {
             let file = dir.join(crd_file_name(&crd));
-            let want = crd_yaml(&crd);
+            let want = crd_yaml(&crd).unwrap();
             if update {
                 std::fs::create_dir_all(&dir).expect("creating k8s/crds");
                 std::fs::write(&file, &want)
