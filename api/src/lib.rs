@@ -2,6 +2,7 @@
 //! agrees on, and the gRPC API between proxies and the control plane.
 
 pub mod defaults;
+pub mod duration;
 pub mod grpc;
 pub mod identity;
 pub mod log;

@@ -18,10 +18,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| format!("weft-control-{:08x}", rand::random::<u32>()))
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 24h or 10s: {e}"))
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,7 +54,7 @@ struct Cli {
     tokens: PathBuf,
 
     /// Lifetime of issued workload certificates.
-    #[arg(long, env = "WEFT_CERT_LIFETIME", default_value = "24h", value_parser = duration)]
+    #[arg(long, env = "WEFT_CERT_LIFETIME", default_value = "24h", value_parser = weft_api::duration::parse)]
     cert_lifetime: Duration,
 
     /// gRPC (Certify) over TLS.
@@ -105,7 +101,7 @@ struct Cli {
 
     /// How long an accepted ServiceAccount token is remembered (TokenReview
     /// results).
-    #[arg(long, env = "WEFT_TOKEN_CACHE", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "WEFT_TOKEN_CACHE", default_value = "30s", value_parser = weft_api::duration::parse)]
     token_cache: Duration,
 
     /// The injector webhook (HTTPS), with `--source kubernetes`; `off` turns
@@ -144,7 +140,7 @@ struct Cli {
     opaque_ports: Vec<u16>,
 
     /// Quiet time that ends a burst of manifest changes before one push.
-    #[arg(long, env = "WEFT_DEBOUNCE", default_value = "100ms", value_parser = duration)]
+    #[arg(long, env = "WEFT_DEBOUNCE", default_value = "100ms", value_parser = weft_api::duration::parse)]
     debounce: Duration,
 
     /// Export the control plane's own spans (Certify, pushes) over OTLP/gRPC

@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Scenario::Basic)]
     pub scenario: Scenario,
     /// How long to run (e.g. `30s`); until Ctrl-C when not given.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = weft_api::duration::parse)]
     pub duration: Option<Duration>,
     /// Print a final summary as JSON instead of the live table.
     #[arg(long)]

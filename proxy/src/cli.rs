@@ -140,10 +140,6 @@ fn both_families(port: u16, loopback: bool) -> Vec<SocketAddr> {
     }
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 500ms or 5s: {e}"))
-}
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -180,18 +176,18 @@ pub struct RunArgs {
     pub no_outbound: bool,
 
     /// How long to wait for a connection to the destination.
-    #[arg(long, env = "WEFT_CONNECT_TIMEOUT", default_value = "3s", value_parser = duration)]
+    #[arg(long, env = "WEFT_CONNECT_TIMEOUT", default_value = "3s", value_parser = weft_api::duration::parse)]
     pub connect_timeout: Duration,
 
     /// How long a pooled connection (to a peer sidecar, or to the app) may sit
     /// unused before it is closed; below typical server keep-alives so a
     /// request is rarely sent on a connection the server is closing.
-    #[arg(long, env = "WEFT_IDLE_TIMEOUT", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "WEFT_IDLE_TIMEOUT", default_value = "30s", value_parser = weft_api::duration::parse)]
     pub idle_timeout: Duration,
 
     /// On SIGTERM or POST /shutdown: how long open connections may go on
     /// before the proxy exits anyway.
-    #[arg(long, env = "WEFT_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "WEFT_DRAIN_TIMEOUT", default_value = "30s", value_parser = weft_api::duration::parse)]
     pub drain_timeout: Duration,
 
     /// Worker threads. A sidecar shares its pod's CPU, so one by default.
@@ -314,7 +310,7 @@ pub struct IdentityArgs {
 
     /// How long the inbound side waits for a client's first byte to tell TLS
     /// from plaintext (permissive mode).
-    #[arg(long, env = "WEFT_DETECT_TIMEOUT", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "WEFT_DETECT_TIMEOUT", default_value = "1s", value_parser = weft_api::duration::parse)]
     pub detect_timeout: Duration,
 }
 

@@ -22,9 +22,6 @@ use weft_api::tls::{self, CertSlot, TrustAnchors};
 
 use crate::stats::{Summary, summarize};
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))
-}
 
 #[derive(Debug, clap::Args)]
 pub struct HandshakeArgs {
@@ -44,7 +41,7 @@ pub struct HandshakeArgs {
     #[arg(long)]
     server_id: SpiffeId,
     /// How long to run.
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, default_value = "10s", value_parser = weft_api::duration::parse)]
     duration: Duration,
     /// Connections in flight at once.
     #[arg(long, default_value_t = 4)]

@@ -37,9 +37,6 @@ use proxy::{Event, Fleet};
 const NAMESPACE: &str = "fleet";
 const TRUST_DOMAIN: &str = "cluster.local";
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))
-}
 
 #[derive(Debug, clap::Args)]
 pub struct FleetArgs {
@@ -93,7 +90,7 @@ pub struct FleetArgs {
     concurrency: usize,
 
     /// Give up on a phase after this long.
-    #[arg(long, default_value = "180s", value_parser = duration)]
+    #[arg(long, default_value = "180s", value_parser = weft_api::duration::parse)]
     timeout: Duration,
 
     /// Kill the control plane if its RSS goes beyond this (GiB): the machine
