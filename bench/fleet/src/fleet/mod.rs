@@ -37,7 +37,6 @@ use proxy::{Event, Fleet};
 const NAMESPACE: &str = "fleet";
 const TRUST_DOMAIN: &str = "cluster.local";
 
-
 #[derive(Debug, clap::Args)]
 pub struct FleetArgs {
     /// Simulated proxies: each gets its own certificate, mTLS connection and
