@@ -18,7 +18,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| format!("weft-control-{:08x}", rand::random::<u32>()))
 }
 
-
 #[derive(Debug, Parser)]
 #[command(
     name = "weft-control",

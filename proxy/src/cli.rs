@@ -140,7 +140,6 @@ fn both_families(port: u16, loopback: bool) -> Vec<SocketAddr> {
     }
 }
 
-
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Addresses of the inbound listener (redirected incoming TCP). IPv6

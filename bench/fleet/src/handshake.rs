@@ -22,7 +22,6 @@ use weft_api::tls::{self, CertSlot, TrustAnchors};
 
 use crate::stats::{Summary, summarize};
 
-
 #[derive(Debug, clap::Args)]
 pub struct HandshakeArgs {
     /// The server-side proxy's mTLS listener.
