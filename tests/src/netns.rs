@@ -51,7 +51,10 @@ impl Netns {
     where
         F::Output: Send,
     {
-        let limited = ok(self.0.block_on(tokio::time::timeout(BLOCK_ON_LIMIT, fut)));
+        // The timer is made inside the namespace's runtime: it needs one.
+        let limited = ok(self
+            .0
+            .block_on(async { tokio::time::timeout(BLOCK_ON_LIMIT, fut).await }));
         limited.unwrap_or_else(|_| {
             panic!(
                 "still running after {BLOCK_ON_LIMIT:?} in {}",
