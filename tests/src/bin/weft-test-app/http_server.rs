@@ -8,14 +8,19 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::json;
 use socket2::SockRef;
 use tokio::net::TcpListener;
+
+use crate::db::Db;
+use crate::resolver::CachingResolver;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -45,17 +50,26 @@ pub struct Args {
     #[arg(long)]
     backend: Option<http::Uri>,
     /// With --backend: `/` also round-trips a ping through this TCP echo
-    /// server (`host:port`, e.g. `db:6379`).
+    /// server (`host:port`, e.g. `db:6379`), on a new connection each time.
     #[arg(long)]
     db: Option<String>,
+    /// Keep db connections open and reuse them, as a connection pool does.
+    #[arg(long)]
+    db_keep_alive: bool,
 }
 
 type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The client every outgoing call goes through: connections kept alive and
+/// reused, names from the cache, as a real service's HTTP client does.
+type HttpClient = Client<HttpConnector<CachingResolver>, Empty<Bytes>>;
 
 #[derive(Debug)]
 struct State {
     args: Args,
     requests: AtomicU64,
+    client: HttpClient,
+    db: Option<Db>,
 }
 
 /// Returned by the handler to make hyper drop the connection.
@@ -73,9 +87,19 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %args.listen, service = %args.service, version = %args.version, pod = %args.pod, "http server listening");
+    let resolver = CachingResolver::default();
+    let mut connector = HttpConnector::new_with_resolver(resolver.clone());
+    connector.set_nodelay(true);
+    let db = args
+        .db
+        .as_deref()
+        .map(|addr| Db::new(addr, resolver, args.db_keep_alive))
+        .transpose()?;
     let state = Arc::new(State {
         args,
         requests: AtomicU64::new(0),
+        client: Client::builder(TokioExecutor::new()).build(connector),
+        db,
     });
     loop {
         let (stream, peer) = l.accept().await?;
@@ -305,14 +329,15 @@ async fn frontend(st: &State, headers: &http::HeaderMap) -> Response<Body> {
     let status = res.status();
     let body = read_all(res.into_body()).await;
     let backend: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let db = match &st.args.db {
-        Some(db) => match ping(db).await {
+    let db = match &st.db {
+        Some(db) => match db.ping().await {
             Ok(()) => json!("ok"),
             Err(e) => {
+                let addr = st.args.db.as_deref().unwrap_or_default();
                 return json_response(
                     st,
                     StatusCode::BAD_GATEWAY,
-                    json!({ "error": format!("db {db}: {e}") }),
+                    json!({ "error": format!("db {addr}: {e}") }),
                 );
             }
         },
@@ -331,24 +356,6 @@ async fn read_all<B: hyper::body::Body<Data = Bytes>>(body: B) -> Bytes {
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default()
-}
-
-/// One line through a TCP echo server, checked.
-async fn ping(addr: &str) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let msg = b"PING weft-demo\n";
-    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    s.write_all(msg).await?;
-    let mut got = [0u8; 15];
-    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut got))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no echo"))??;
-    if &got[..] != msg {
-        return Err(std::io::Error::other("the echo differs"));
-    }
-    Ok(())
 }
 
 /// `/forward/<host:port>/<path>`: calls `http://host:port/path`, passing the
@@ -376,16 +383,14 @@ async fn forward(
             req = req.header(h, v);
         }
     }
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<http_body_util::Empty<Bytes>>();
-    let Ok(req) = req.body(http_body_util::Empty::new()) else {
+    let Ok(req) = req.body(Empty::new()) else {
         return json_response(
             st,
             StatusCode::BAD_REQUEST,
             json!({ "error": "bad forward target" }),
         );
     };
-    match client.request(req).await {
+    match st.client.request(req).await {
         Ok(res) => {
             let status = res.status();
             let body = read_all(res.into_body()).await;

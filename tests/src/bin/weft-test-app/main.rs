@@ -5,9 +5,11 @@
 //! - `tcp`: a TCP server that echoes, or reads to EOF and answers with a digest
 //!   (to prove half-close: the answer comes after the client stopped writing).
 
+mod db;
 mod dns_server;
 mod grpc_server;
 mod http_server;
+mod resolver;
 mod tcp_server;
 
 use std::net::SocketAddr;
