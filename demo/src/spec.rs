@@ -68,6 +68,9 @@ impl PodSpec {
                 "http://backend/",
                 "--db",
                 "db:6379",
+                // A pool, as a real service keeps: the table then shows
+                // what the mesh costs, not a handshake per request.
+                "--db-keep-alive",
             ],
             App::Backend { .. } => vec![
                 "http",
