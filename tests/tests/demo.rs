@@ -218,10 +218,7 @@ fn the_demo_runs_survives_faults_and_cleans_up() {
     );
     // The frontend keeps its db connections (a pool): a few, not one per request.
     let db = row("db.demo:6379", "(tcp)");
-    assert!(
-        db["requests"].as_f64().expect("connections") >= 1.0,
-        "{db}"
-    );
+    assert!(db["requests"].as_f64().expect("connections") >= 1.0, "{db}");
     assert_eq!(db["mtls_share"], 1.0, "{db}");
     assert!(
         summary["events"]
