@@ -428,6 +428,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_budgets_floor_comes_back_each_window() {
+        // Only the floor: 5 retries per second, over a 1 s window.
+        let p = policy(2, TpsBudget::new(Duration::from_secs(1), 5, 0.0));
+        let (calls, svc) = flaky(u32::MAX, unavailable);
+        let layer = RetryLayer::new(Some(p));
+        let burst = || {
+            let (layer, svc) = (layer.clone(), svc.clone());
+            async move {
+                for _ in 0..20 {
+                    let _ = layer.layer(svc.clone()).oneshot(req(Method::GET, "")).await;
+                }
+            }
+        };
+        burst().await;
+        let first = calls.load(Ordering::SeqCst);
+        assert!(
+            (21..=26).contains(&first),
+            "{first} attempts for 20 requests"
+        );
+        // A window later the floor is there again.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        burst().await;
+        let second = calls.load(Ordering::SeqCst) - first;
+        assert!(
+            (21..=26).contains(&second),
+            "{second} attempts for 20 requests"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn grpc_statuses_in_the_headers_are_retried() {
         fn grpc_unavailable() -> Result<Response<Body>, ProxyError> {
             let mut r = Response::new(full(""));
