@@ -63,6 +63,38 @@ impl SpiffeId {
         &self.service_account
     }
 
+    /// The SPIFFE ID of an X.509 SVID: its URI SAN, of which the SPIFFE
+    /// X.509-SVID standard (section 2) allows exactly one. A certificate
+    /// with none, or with two (which would let one certificate speak as two
+    /// workloads), is not an SVID.
+    pub fn from_svid(der: &[u8]) -> Result<SpiffeId, SvidError> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|_| SvidError::Unparsable)?;
+        let uris: Vec<&str> = match cert.subject_alternative_name() {
+            Ok(Some(san)) => san
+                .value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(*u),
+                    _ => None,
+                })
+                .collect(),
+            Ok(None) => Vec::new(),
+            Err(_) => return Err(SvidError::Unparsable),
+        };
+        match uris.as_slice() {
+            [uri] => uri
+                .parse()
+                .map_err(|e: SpiffeIdError| SvidError::NotSpiffe {
+                    uri: (*uri).to_string(),
+                    reason: e.to_string(),
+                }),
+            other => Err(SvidError::UriCount(other.len())),
+        }
+    }
+
     /// The SPIFFE IDs among a DER certificate's URI SANs. Anything else (no
     /// URI SAN, an unparsable certificate) gives an empty list.
     pub fn from_certificate(der: &[u8]) -> Vec<SpiffeId> {
@@ -82,6 +114,17 @@ impl SpiffeId {
             })
             .collect()
     }
+}
+
+/// Why a certificate is not an X.509 SVID.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SvidError {
+    #[error("not a parsable X.509 certificate")]
+    Unparsable,
+    #[error("{0} URI SANs (an X.509 SVID has exactly one)")]
+    UriCount(usize),
+    #[error("URI SAN `{uri}` is not a SPIFFE ID: {reason}")]
+    NotSpiffe { uri: String, reason: String },
 }
 
 impl fmt::Display for SpiffeId {

@@ -274,13 +274,17 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             provider().signature_verification_algorithms.all,
         )?;
-        if !SpiffeId::from_certificate(end_entity).contains(&self.expected) {
-            return Err(other(IdentityMismatch {
+        match SpiffeId::from_svid(end_entity) {
+            Ok(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            Ok(id) => Err(other(IdentityMismatch {
                 expected: self.expected.to_string(),
-                found: ids(end_entity),
-            }));
+                found: id.to_string(),
+            })),
+            Err(e) => Err(other(IdentityMismatch {
+                expected: self.expected.to_string(),
+                found: format!("{} ({e})", ids(end_entity)),
+            })),
         }
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -338,16 +342,17 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         self.anchors
             .client_verifier()
             .verify_client_cert(end_entity, intermediates, now)?;
-        let ok = SpiffeId::from_certificate(end_entity)
-            .iter()
-            .any(|id| id.trust_domain() == self.trust_domain);
-        if !ok {
-            return Err(other(ForeignIdentity {
+        match SpiffeId::from_svid(end_entity) {
+            Ok(id) if id.trust_domain() == self.trust_domain => Ok(ClientCertVerified::assertion()),
+            Ok(id) => Err(other(ForeignIdentity {
                 trust_domain: self.trust_domain.clone(),
-                found: ids(end_entity),
-            }));
+                found: id.to_string(),
+            })),
+            Err(e) => Err(other(ForeignIdentity {
+                trust_domain: self.trust_domain.clone(),
+                found: format!("{} ({e})", ids(end_entity)),
+            })),
         }
-        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -442,5 +447,87 @@ pub fn describe(e: &std::io::Error) -> String {
         }
         Some(err) => err.to_string(),
         None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::SvidError;
+    use rcgen::{CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+    /// A CA, and a leaf it signs naming `uris`.
+    fn chain(uris: &[&str]) -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root = ca.self_signed(&ca_key).unwrap().der().clone();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::default();
+        leaf.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        let key = KeyPair::generate().unwrap();
+        let leaf = leaf.signed_by(&key, &issuer).unwrap().der().clone();
+        (root, leaf)
+    }
+
+    const A: &str = "spiffe://cluster.local/ns/a/sa/a";
+    const ADMIN: &str = "spiffe://cluster.local/ns/a/sa/admin";
+
+    #[test]
+    fn an_svid_names_exactly_one_identity() {
+        let (_, one) = chain(&[A]);
+        assert_eq!(SpiffeId::from_svid(&one).unwrap().to_string(), A);
+        let (_, two) = chain(&[A, ADMIN]);
+        assert_eq!(SpiffeId::from_svid(&two), Err(SvidError::UriCount(2)));
+        let (_, none) = chain(&[]);
+        assert_eq!(SpiffeId::from_svid(&none), Err(SvidError::UriCount(0)));
+        let (_, web) = chain(&["https://example.com/"]);
+        assert!(matches!(
+            SpiffeId::from_svid(&web),
+            Err(SvidError::NotSpiffe { .. })
+        ));
+    }
+
+    #[test]
+    fn both_verifiers_refuse_a_certificate_with_two_uri_sans() {
+        let (root, two) = chain(&[A, ADMIN]);
+        let anchors = TrustAnchors::new(vec![root.clone()]).unwrap();
+        let now = UnixTime::now();
+        let server = SpiffeServerVerifier {
+            anchors: anchors.clone(),
+            expected: A.parse().unwrap(),
+        };
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let err = server
+            .verify_server_cert(&two, &[], &name, &[], now)
+            .unwrap_err();
+        assert!(err.to_string().contains("exactly one"), "{err}");
+        let client = SpiffeClientVerifier {
+            anchors: anchors.clone(),
+            trust_domain: "cluster.local".into(),
+            mandatory: true,
+        };
+        assert!(client.verify_client_cert(&two, &[], now).is_err());
+        // The same chain with one URI SAN passes both.
+        let (root, one) = chain(&[A]);
+        let anchors = TrustAnchors::new(vec![root]).unwrap();
+        let server = SpiffeServerVerifier {
+            anchors: anchors.clone(),
+            expected: A.parse().unwrap(),
+        };
+        assert!(
+            server
+                .verify_server_cert(&one, &[], &name, &[], now)
+                .is_ok()
+        );
+        let client = SpiffeClientVerifier {
+            anchors,
+            trust_domain: "cluster.local".into(),
+            mandatory: true,
+        };
+        assert!(client.verify_client_cert(&one, &[], now).is_ok());
     }
 }

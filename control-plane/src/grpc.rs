@@ -108,7 +108,7 @@ pub fn incoming(
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .and_then(|c| SpiffeId::from_certificate(c).into_iter().next());
+                    .and_then(|c| SpiffeId::from_svid(c).ok());
                 let conn = TlsConn {
                     inner: tls,
                     peer: PeerInfo { remote, identity },

@@ -262,7 +262,7 @@ impl InboundTls {
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|c| SpiffeId::from_certificate(c).into_iter().next());
+            .and_then(|c| SpiffeId::from_svid(c).ok());
         match client {
             Some(id) => Ok(Accepted::Tls(Box::new(tls), id)),
             // The verifier already demands one; this is belt and braces.

@@ -1,9 +1,10 @@
 //! Balance layer: one request attempt goes to one of the Service's
 //! endpoints, chosen by [`crate::balance`] among those not ejected (and not
 //! the previous attempt's, named by [`Avoid`]). The endpoint travels down in
-//! the request's extensions and comes back up as [`Served`]; its latency
-//! feeds the peak-EWMA, a dropped attempt (a timeout) counting as slow as
-//! it was.
+//! the request's extensions and comes back up as [`Served`], on a failure
+//! too (a per-try timeout, below this layer, included), so that a retry
+//! goes elsewhere; its latency feeds the peak-EWMA, an attempt cut short
+//! counting as slow as it was.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

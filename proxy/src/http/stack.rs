@@ -35,8 +35,10 @@ pub struct StackParts {
 
 /// The path of a request to `backend`, routed by `rule` of `called` (None:
 /// `called` has no routes and `backend` is itself): its Service's caps →
-/// the whole request's deadline → retries → each attempt's deadline → an
-/// endpoint by latency → that endpoint's breaker → the peer connection.
+/// the whole request's deadline → retries → an endpoint by latency → each
+/// attempt's deadline → that endpoint's breaker → the peer connection.
+/// The attempt's deadline sits below the balancer so that an attempt cut
+/// short still reports its endpoint, and the retry goes elsewhere.
 /// Route settings win over the called Service's TrafficPolicy defaults.
 pub fn route_stack(
     called: &ServicePort,
@@ -64,8 +66,8 @@ pub fn route_stack(
         .layer(BulkheadLayer::new(policy.clone()))
         .layer(TimeoutLayer::new(timeouts.request))
         .layer(RetryLayer::new(retry))
-        .layer(TimeoutLayer::new(timeouts.per_try))
         .layer(BalanceLayer::new(backend.clone()))
+        .layer(TimeoutLayer::new(timeouts.per_try))
         .layer(BreakerLayer::new(backend.clone(), parts.metrics.clone()))
         .service(Send::new(parts.sender.clone(), backend.policy.idle_timeout));
     BoxCloneSyncService::new(stack)
