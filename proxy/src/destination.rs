@@ -110,7 +110,7 @@ impl Destinations {
     /// passes through in plaintext. HTTP is proxied request by request only
     /// where there is an identity to speak mTLS to, or a Service to route.
     pub fn plan(&self, dst: SocketAddr) -> Plan {
-        let direct = |id: Option<SpiffeId>| Plan {
+        let direct = |dst: SocketAddr, id: Option<SpiffeId>| Plan {
             dst,
             // Nothing to add to plaintext HTTP outside the mesh.
             protocol: if id.is_some() {
@@ -121,10 +121,7 @@ impl Destinations {
             target: Target::Direct(dst, id),
         };
         if let Some((addr, id)) = &self.fixed {
-            let mut plan = direct(id.clone());
-            plan.target = Target::Direct(*addr, id.clone());
-            plan.dst = *addr;
-            return plan;
+            return direct(*addr, id.clone());
         }
         let address = self
             .mesh
@@ -141,8 +138,8 @@ impl Destinations {
                 },
                 target: Target::Service(sp),
             },
-            Address::Pod(id) => direct(Some(id)),
-            Address::Unknown => direct(self.static_peer(dst)),
+            Address::Pod(id) => direct(dst, Some(id)),
+            Address::Unknown => direct(dst, self.static_peer(dst)),
         }
     }
 

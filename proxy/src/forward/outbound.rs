@@ -41,8 +41,8 @@ pub struct Outbound {
 struct Balanced {
     tcp: TcpStream,
     endpoint: Arc<Endpoint>,
-    _load: InFlight,
-    _permit: Permit,
+    /// Held while the connection lives: its endpoint's load and its cap.
+    held: (InFlight, Permit),
 }
 
 impl Outbound {
@@ -102,7 +102,7 @@ impl Outbound {
                 let b = self.connect_service(plan.dst, sp).await?;
                 debug!(service = %sp.name, endpoint = %b.endpoint.addr, "balanced");
                 let (addr, id) = (b.endpoint.addr, b.endpoint.identity.clone());
-                (b.tcp, addr, id, Some((b._load, b._permit)))
+                (b.tcp, addr, id, Some(b.held))
             }
             Target::Direct(addr, id) => (self.connector.tcp(*addr).await?, *addr, id.clone(), None),
         };
@@ -153,8 +153,7 @@ impl Outbound {
                     return Ok(Balanced {
                         tcp,
                         endpoint,
-                        _load: load,
-                        _permit: permit,
+                        held: (load, permit),
                     });
                 }
                 Err(e) if attempt < CONNECT_ATTEMPTS => {
