@@ -196,6 +196,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub identity: IdentityArgs,
 
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
     /// This pod's name, for discovery (Kubernetes: from the downward API).
     #[arg(long, env = "WEFT_POD_NAME")]
     pub pod_name: Option<String>,
@@ -237,6 +240,80 @@ pub struct RunArgs {
     /// nameserver in /etc/resolv.conf.
     #[arg(long, env = "WEFT_DNS_UPSTREAM")]
     pub dns_upstream: Option<SocketAddr>,
+}
+
+/// Limits and deadlines on the connections the proxy serves (README:
+/// "Limits and defences").
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// An HTTP/1 request head must be complete within this long.
+    #[arg(long, env = "WEFT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = weft_api::duration::parse)]
+    pub header_read_timeout: Duration,
+
+    /// A client connection with no request in flight is closed after this
+    /// long (HTTP/2: GOAWAY).
+    #[arg(long, env = "WEFT_CLIENT_IDLE_TIMEOUT", default_value = "60s", value_parser = weft_api::duration::parse)]
+    pub client_idle_timeout: Duration,
+
+    /// A request body whose client sends nothing for this long is cut off
+    /// (408).
+    #[arg(long, env = "WEFT_BODY_IDLE_TIMEOUT", default_value = "30s", value_parser = weft_api::duration::parse)]
+    pub body_idle_timeout: Duration,
+
+    /// The largest request header list, in bytes as HTTP/2 counts them
+    /// (431 above it).
+    #[arg(long, env = "WEFT_MAX_REQUEST_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_request_header_bytes: u32,
+
+    /// The longest request target, path and query (414 above it).
+    #[arg(long, env = "WEFT_MAX_REQUEST_URI_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_request_uri_bytes: u32,
+
+    /// HTTP/2 keep-alive PING interval on served connections.
+    #[arg(long, env = "WEFT_H2_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = weft_api::duration::parse)]
+    pub h2_keepalive_interval: Duration,
+
+    /// How long a keep-alive PING may go unanswered before the connection
+    /// is closed.
+    #[arg(long, env = "WEFT_H2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = weft_api::duration::parse)]
+    pub h2_keepalive_timeout: Duration,
+
+    /// Connections one source address outside the mesh may hold open on the
+    /// inbound listener (0: no cap).
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 1024)]
+    pub max_connections_per_source: u32,
+
+    /// HTTP/2 PING and SETTINGS frames a client may send per second.
+    #[arg(
+        long,
+        env = "WEFT_H2_MAX_CONTROL_FRAMES_PER_SECOND",
+        default_value_t = 1000
+    )]
+    pub h2_max_control_frames_per_second: u32,
+
+    /// HTTP/2 stream resets an app or non-meshed client may send per second,
+    /// averaged over 10 s (peer sidecars relay cancellations: no cap).
+    #[arg(long, env = "WEFT_H2_MAX_RESETS_PER_SECOND", default_value_t = 100)]
+    pub h2_max_resets_per_second: u32,
+}
+
+impl LimitArgs {
+    pub fn server_limits(&self) -> crate::http::server::ServerLimits {
+        crate::http::server::ServerLimits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.client_idle_timeout,
+            body_idle_timeout: self.body_idle_timeout,
+            max_header_bytes: self.max_request_header_bytes as usize,
+            max_uri_bytes: self.max_request_uri_bytes as usize,
+            keepalive_interval: self.h2_keepalive_interval,
+            keepalive_timeout: self.h2_keepalive_timeout,
+            frames: crate::http::frames::FrameBudget {
+                control_per_sec: self.h2_max_control_frames_per_second,
+                resets_per_sec: Some(self.h2_max_resets_per_second),
+            },
+            ..crate::http::server::ServerLimits::default()
+        }
+    }
 }
 
 fn default_dns() -> Vec<SocketAddr> {
@@ -334,6 +411,18 @@ mod tests {
         assert_eq!(run.outbound_listen[1].to_string(), "[::1]:4140");
         assert_eq!(run.admin_listen[0].port(), 4191);
         assert_eq!(run.threads, 1);
+        // The documented defaults ("Limits and defences").
+        let l = run.limits.server_limits();
+        let d = crate::http::server::ServerLimits::default();
+        assert_eq!(
+            (l.header_read_timeout, l.idle_timeout, l.body_idle_timeout),
+            (d.header_read_timeout, d.idle_timeout, d.body_idle_timeout)
+        );
+        assert_eq!(
+            (l.max_header_bytes, l.max_uri_bytes, l.frames),
+            (d.max_header_bytes, d.max_uri_bytes, d.frames)
+        );
+        assert_eq!(run.limits.max_connections_per_source, 1024);
     }
 
     #[test]

@@ -17,8 +17,10 @@ use crate::dns;
 use crate::forward::{Forwarder, Inbound, Outbound, Side, Target};
 use crate::http::access_log::AccessLog;
 use crate::http::inbound::HttpInbound;
+use crate::http::observe::Observer;
 use crate::http::outbound::HttpOutbound;
 use crate::http::pool::PeerPool;
+use crate::http::server::Server;
 use crate::identity::{
     Certifier, ControlPlane, FileIdentity, Identity, TokenSource, read_pem_certs,
 };
@@ -195,6 +197,11 @@ fn inbound_side(
                 metrics.requests.clone(),
                 access_log.clone(),
                 tracing.clone(),
+                Arc::new(Server::new(
+                    args.limits.server_limits(),
+                    metrics.defences.clone(),
+                    Direction::Inbound,
+                )),
             )),
         )),
         None => None,
@@ -204,6 +211,11 @@ fn inbound_side(
         mesh.clone(),
         args.identity.inbound_mtls_mode,
         Connector::new(args.connect_timeout, None, metrics.tls.clone()),
+        (
+            args.limits.max_connections_per_source,
+            args.identity.detect_timeout,
+        ),
+        metrics.defences.clone(),
     )))
 }
 
@@ -234,9 +246,16 @@ fn outbound_side(
             pool,
             args.idle_timeout,
             metrics.http.clone(),
-            metrics.requests.clone(),
-            access_log.clone(),
-            tracing.clone(),
+            Observer {
+                metrics: metrics.requests.clone(),
+                access_log: access_log.clone(),
+                tracing: tracing.clone(),
+            },
+            Arc::new(Server::new(
+                args.limits.server_limits(),
+                metrics.defences.clone(),
+                Direction::Outbound,
+            )),
         ))
     });
     Side::Outbound(Outbound::new(

@@ -173,7 +173,9 @@ impl OutboundTls {
 #[derive(Debug)]
 pub enum Accepted {
     Tls(Box<server::TlsStream<TcpStream>>, SpiffeId),
-    Plain(TcpStream),
+    /// Plaintext, and whether the client spoke first (only then is it
+    /// worth looking for HTTP).
+    Plain(TcpStream, bool),
 }
 
 /// The server side of sidecar-to-sidecar mTLS.
@@ -189,6 +191,9 @@ impl fmt::Debug for InboundTls {
             .finish_non_exhaustive()
     }
 }
+
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -226,17 +231,31 @@ impl InboundTls {
             MtlsMode::Permissive => tokio::time::timeout(self.detect_timeout, tcp.peek(&mut first))
                 .await
                 .ok(),
-            MtlsMode::Strict => Some(tcp.peek(&mut first).await),
+            // A client that never speaks is not holding a connection open
+            // for long either.
+            MtlsMode::Strict => Some(
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the client sent nothing",
+                        ))
+                    }),
+            ),
         };
-        let is_tls = match peeked {
-            Some(Ok(1)) => first[0] == TLS_HANDSHAKE,
-            Some(Ok(_)) => false, // EOF before a byte
+        let (is_tls, spoke) = match peeked {
+            Some(Ok(1)) => (first[0] == TLS_HANDSHAKE, true),
+            Some(Ok(_)) => (false, false), // EOF before a byte
+            Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err((TlsFailure::Timeout, e));
+            }
             Some(Err(e)) => return Err((TlsFailure::Other, e)),
-            None => false,
+            None => (false, false),
         };
         if !is_tls {
             return match mode {
-                MtlsMode::Permissive => Ok(Accepted::Plain(tcp)),
+                MtlsMode::Permissive => Ok(Accepted::Plain(tcp, spoke)),
                 MtlsMode::Strict => Err((
                     TlsFailure::PlaintextRefused,
                     io::Error::new(
@@ -246,17 +265,16 @@ impl InboundTls {
                 )),
             };
         }
-        let tls =
-            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return Err((TlsFailure::of(&e), e)),
-                Err(_) => {
-                    return Err((
-                        TlsFailure::Timeout,
-                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
-                    ));
-                }
-            };
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err((TlsFailure::of(&e), e)),
+            Err(_) => {
+                return Err((
+                    TlsFailure::Timeout,
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
+                ));
+            }
+        };
         let client = tls
             .get_ref()
             .1

@@ -1,19 +1,25 @@
 //! The inbound forwarder: a connection to this pod is mTLS from a peer
 //! sidecar (its HTTP served request by request, anything else carried as
-//! bytes) or, where the mTLS mode allows, plaintext carried as it is.
+//! bytes) or, where the mTLS mode allows, plaintext: HTTP served request by
+//! request without the mesh's reserved headers, anything else carried as
+//! it is. Sources outside the mesh are held to a connection cap.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::sources::SourceCap;
 use super::{ForwardError, carry};
 use crate::connect::Connector;
 use crate::discovery::Mesh;
+use crate::http::detect::{self, Detected};
 use crate::http::inbound::HttpInbound;
+use crate::http::server::Proto;
 use crate::telemetry::metrics::Connection;
-use crate::telemetry::{Direction, TlsMetrics, TlsStatus};
+use crate::telemetry::{DefenceMetrics, Direction, TlsMetrics, TlsStatus};
 use crate::tls::{Accepted, InboundTls, MtlsMode};
 use crate::transport::Counted;
 
@@ -25,6 +31,11 @@ pub struct Inbound {
     /// The local setting; the control plane can make it stricter, not looser.
     mode: MtlsMode,
     connector: Connector,
+    /// Connections a source outside the mesh may hold open at once.
+    sources: Arc<SourceCap>,
+    /// How long to wait for a plaintext client's first bytes.
+    detect_timeout: Duration,
+    defences: DefenceMetrics,
 }
 
 impl Inbound {
@@ -33,12 +44,17 @@ impl Inbound {
         mesh: Option<Mesh>,
         mode: MtlsMode,
         connector: Connector,
+        (max_per_source, detect_timeout): (u32, Duration),
+        defences: DefenceMetrics,
     ) -> Self {
         Inbound {
             tls,
             mesh,
             mode,
             connector,
+            sources: SourceCap::new(max_per_source),
+            detect_timeout,
+            defences,
         }
     }
 
@@ -49,25 +65,72 @@ impl Inbound {
         conn: &mut Connection,
         tls_metrics: &TlsMetrics,
     ) -> Result<(u64, u64), ForwardError> {
+        let client_addr = stream
+            .peer_addr()
+            .map_err(|source| ForwardError::Io { dst, source })?;
+        let (mode, skip_detection, meshed) = self.mode_for(client_addr, dst);
+        // Peer sidecars multiplex; anyone else is held to a share.
+        let _slot = if meshed {
+            None
+        } else {
+            match self.sources.admit(client_addr.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    self.defences
+                        .enforced(Direction::Inbound, "source_connection_cap");
+                    return Err(ForwardError::SourceCap {
+                        client: client_addr,
+                        dst,
+                    });
+                }
+            }
+        };
         let Some((tls, http)) = &self.tls else {
             let upstream = self.connector.tcp(dst).await?;
             return carry(stream, upstream, dst, conn.open(TlsStatus::Plain, None)).await;
         };
-        let (mode, skip_detection) = self.mode_for(&stream, dst);
         let accepted = tls
             .accept(stream, mode, skip_detection)
             .await
-            .map_err(|(reason, e)| ForwardError::Tls {
+            .map_err(|(reason, e)| ForwardError::InboundTls {
+                client: client_addr,
                 dst,
                 reason,
                 detail: weft_api::tls::describe(&e),
             })?;
         let (client, peer) = match accepted {
-            // Clients outside the mesh are carried at L4.
-            Accepted::Plain(client) => {
-                tls_metrics.detected(Direction::Inbound, "plaintext");
-                let upstream = self.connector.tcp(dst).await?;
-                return carry(client, upstream, dst, conn.open(TlsStatus::Plain, None)).await;
+            Accepted::Plain(client, spoke) => {
+                // HTTP from outside the mesh is served request by request,
+                // so that no `weft-*` header it carries reaches the app;
+                // anything else is carried as it is.
+                let proto = if spoke && !skip_detection {
+                    detect::detect(&client, self.detect_timeout).await
+                } else {
+                    Detected::Opaque
+                };
+                tls_metrics.detected(
+                    Direction::Inbound,
+                    match proto {
+                        Detected::Opaque => "plaintext",
+                        other => other.as_str(),
+                    },
+                );
+                let (read, written) = conn.open(TlsStatus::Plain, None);
+                let proto = match proto {
+                    Detected::Http1 => Proto::Http1,
+                    Detected::Http2 => Proto::Http2,
+                    Detected::Opaque => {
+                        let upstream = self.connector.tcp(dst).await?;
+                        return carry(client, upstream, dst, (read, written)).await;
+                    }
+                };
+                debug!(h2 = proto == Proto::Http2, "plaintext HTTP");
+                let io = Counted::new(client, read, written);
+                http.clone()
+                    .serve(io, dst, None, proto)
+                    .await
+                    .map_err(|source| ForwardError::Http { dst, source })?;
+                return Ok((0, 0));
             }
             Accepted::Tls(client, peer) => (client, peer),
         };
@@ -88,12 +151,11 @@ impl Inbound {
             debug!(client_identity = %peer, h2, "mTLS HTTP from a peer");
             let (read, written) = conn.open(TlsStatus::Mtls, Some(&peer));
             let io = Counted::new(*client, read, written);
-            let served = if h2 {
-                http.clone().serve(io, dst, peer).await
-            } else {
-                http.clone().serve_h1(io, dst, peer).await
-            };
-            served.map_err(|source| ForwardError::Http { dst, source })?;
+            let proto = if h2 { Proto::Http2 } else { Proto::Http1 };
+            http.clone()
+                .serve(io, dst, Some(peer), proto)
+                .await
+                .map_err(|source| ForwardError::Http { dst, source })?;
             return Ok((0, 0));
         }
         debug!(client_identity = %peer, "mTLS accepted");
@@ -103,19 +165,20 @@ impl Inbound {
     }
 
     /// The stricter of the local mTLS mode and the control plane's (a proxy
-    /// pinned to strict cannot be downgraded from afar), and whether to skip
-    /// reading the first byte: on an opaque port, for a client that is not
-    /// a meshed pod, so a server-speaks-first protocol never waits.
-    fn mode_for(&self, stream: &TcpStream, dst: SocketAddr) -> (MtlsMode, bool) {
+    /// pinned to strict cannot be downgraded from afar), whether to skip
+    /// reading the first byte (on an opaque port, for a client that is not
+    /// a meshed pod, so a server-speaks-first protocol never waits), and
+    /// whether the client is a meshed pod.
+    fn mode_for(&self, client: SocketAddr, dst: SocketAddr) -> (MtlsMode, bool, bool) {
         let cfg = self.mesh.as_ref().map(|m| m.load());
         let mode = match (self.mode, cfg.as_ref().and_then(|c| c.mtls_mode)) {
             (MtlsMode::Strict, _) | (_, Some(weft_api::v1::MtlsMode::Strict)) => MtlsMode::Strict,
             _ => MtlsMode::Permissive,
         };
         let Some(cfg) = cfg else {
-            return (mode, false);
+            return (mode, false, false);
         };
-        let peer_meshed = stream.peer_addr().is_ok_and(|p| cfg.is_meshed(p.ip()));
-        (mode, cfg.is_opaque(dst.port()) && !peer_meshed)
+        let meshed = cfg.is_meshed(client.ip());
+        (mode, cfg.is_opaque(dst.port()) && !meshed, meshed)
     }
 }

@@ -4,6 +4,7 @@
 
 mod inbound;
 mod outbound;
+mod sources;
 
 use std::io;
 use std::net::SocketAddr;
@@ -73,12 +74,15 @@ pub enum ForwardError {
     },
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("TLS with {dst} failed ({reason}): {detail}")]
-    Tls {
+    #[error("TLS from {client} (to {dst}) refused ({reason}): {detail}")]
+    InboundTls {
+        client: SocketAddr,
         dst: SocketAddr,
         reason: TlsFailure,
         detail: String,
     },
+    #[error("refusing {client}: it already holds as many connections as one source may (to {dst})")]
+    SourceCap { client: SocketAddr, dst: SocketAddr },
     #[error("HTTP on the connection to {dst}: {source}")]
     Http {
         dst: SocketAddr,
@@ -148,10 +152,12 @@ impl Forwarder {
             Err(e) => {
                 self.metrics.error(direction);
                 match &e {
-                    ForwardError::Io { .. } | ForwardError::Http { .. } => {
+                    ForwardError::Io { .. }
+                    | ForwardError::Http { .. }
+                    | ForwardError::SourceCap { .. } => {
                         debug!(error = %e, "ended")
                     }
-                    ForwardError::Tls { reason, .. } => {
+                    ForwardError::InboundTls { reason, .. } => {
                         self.tls_metrics.failure(direction, reason.as_str());
                         warn!(error = %e, reason = reason.as_str(), "TLS refused");
                     }

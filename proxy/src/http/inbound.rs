@@ -1,6 +1,8 @@
 //! The inbound HTTP service: requests from peer sidecars (HTTP/2 over mTLS)
 //! are handed to the app in the protocol its client spoke, with the caller's
-//! workload identity in `weft-client-id`.
+//! workload identity in `weft-client-id`; plaintext HTTP (permissive mode)
+//! is served too, so that no `weft-*` header a client outside the mesh
+//! sends ever reaches the app.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,15 +13,15 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 use weft_api::SpiffeId;
 
 use super::access_log::AccessLog;
 use super::headers::{self, CLIENT_ID, ORIG_PROTO};
-use super::observe::{Observe, Observer, Scope};
+use super::observe::{Observer, Scope};
+use super::server::{Client as ClientKind, Proto, Server};
 use super::upgrade;
 use super::{Body, BoxFuture, ProxyError, boxed};
 use crate::connect::Connector;
@@ -30,6 +32,7 @@ use weft_api::trace::Tracing;
 
 #[derive(Debug)]
 pub struct HttpInbound {
+    server: Arc<Server>,
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
     /// For upgrades, which take a connection of their own to the app.
@@ -47,6 +50,7 @@ impl HttpInbound {
         metrics: HttpMetrics,
         access_log: Option<AccessLog>,
         tracing: Option<Arc<Tracing>>,
+        server: Arc<Server>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -56,6 +60,7 @@ impl HttpInbound {
             b
         };
         HttpInbound {
+            server,
             h1: builder().build(connector.clone()),
             h2: builder().http2_only(true).build(connector),
             connector: Connector::new(UPGRADE_CONNECT_TIMEOUT, None, TlsMetrics::default()),
@@ -67,57 +72,38 @@ impl HttpInbound {
         }
     }
 
-    /// The service for one peer's connection: every request goes to `dst`.
-    fn for_peer(
-        self: Arc<Self>,
-        dst: SocketAddr,
-        peer: SpiffeId,
-    ) -> TowerToHyperService<Observe<AppService>> {
-        let peer = peer.to_string();
-        let scope = Scope::Inbound {
-            dst,
-            peer: peer.clone(),
-        };
-        let observer = self.observer.clone();
-        let app = AppService {
-            inbound: self,
-            dst,
-            peer: HeaderValue::from_str(&peer).ok(),
-        };
-        TowerToHyperService::new(Observe::new(app, scope, observer))
-    }
-
-    /// Serves one peer's HTTP/2 connection; every request goes to the app at
-    /// `dst` (the connection's original destination).
+    /// Serves one client's HTTP connection; every request goes to the app at
+    /// `dst` (the connection's original destination). `peer` is the peer
+    /// sidecar's verified identity, or None for a plaintext client (permissive
+    /// mode), whose requests reach the app with no `weft-client-id` and none
+    /// of the `weft-*` headers it may have sent.
     pub async fn serve<I>(
         self: Arc<Self>,
         io: I,
         dst: SocketAddr,
-        peer: SpiffeId,
+        peer: Option<SpiffeId>,
+        proto: Proto,
     ) -> Result<(), hyper::Error>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(io), self.for_peer(dst, peer))
-            .await
-    }
-
-    /// Serves a peer's HTTP/1.1 connection (ALPN `http/1.1`): a request
-    /// that upgrades the connection, such as a WebSocket handshake.
-    pub async fn serve_h1<I>(
-        self: Arc<Self>,
-        io: I,
-        dst: SocketAddr,
-        peer: SpiffeId,
-    ) -> Result<(), hyper::Error>
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(io), self.for_peer(dst, peer))
-            .with_upgrades()
-            .await
+        let peer = peer.map(|p| p.to_string());
+        let client = if peer.is_some() {
+            ClientKind::Peer
+        } else {
+            ClientKind::App
+        };
+        let scope = Scope::Inbound {
+            dst,
+            peer: peer.clone(),
+        };
+        let (observer, server) = (self.observer.clone(), self.server.clone());
+        let app = AppService {
+            inbound: self,
+            dst,
+            peer: peer.and_then(|p| HeaderValue::from_str(&p).ok()),
+        };
+        server.serve(io, proto, client, app, scope, observer).await
     }
 
     async fn handle(
@@ -152,10 +138,15 @@ impl HttpInbound {
             upgrade::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
         let upgrade_headers = upgrade::keep_headers(req.headers());
         let (mut parts, body) = req.into_parts();
-        let h2_app = parts
-            .headers
-            .get(ORIG_PROTO)
-            .is_some_and(|v| v.as_bytes() == b"HTTP/2");
+        // A peer's sidecar names the protocol its app spoke; a plaintext
+        // client speaks its own.
+        let h2_app = match &peer {
+            Some(_) => parts
+                .headers
+                .get(ORIG_PROTO)
+                .is_some_and(|v| v.as_bytes() == b"HTTP/2"),
+            None => parts.version == Version::HTTP_2,
+        };
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::strip_reserved(&mut parts.headers);
         if let Some(p) = peer {

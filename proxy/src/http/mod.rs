@@ -7,6 +7,7 @@ pub mod balance;
 pub mod breaker;
 pub mod bulkhead;
 pub mod detect;
+pub mod frames;
 pub mod headers;
 pub mod inbound;
 pub mod observe;
@@ -15,6 +16,7 @@ pub mod pool;
 pub mod replay;
 pub mod retry;
 pub mod send;
+pub mod server;
 pub mod stack;
 pub mod timeout;
 pub mod upgrade;
@@ -143,6 +145,36 @@ impl LateCounter {
     }
 }
 
+/// A body that holds `held` until it is dropped (finished, or abandoned):
+/// what a request keeps in use lives exactly as long as its response.
+pub fn holding<T: Send + Sync + Unpin + 'static>(body: Body, held: T) -> Body {
+    struct Holding<T> {
+        inner: Body,
+        _held: T,
+    }
+    impl<T: Send + Sync + Unpin + 'static> hyper::body::Body for Holding<T> {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+            std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        }
+        fn is_end_stream(&self) -> bool {
+            self.inner.is_end_stream()
+        }
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            self.inner.size_hint()
+        }
+    }
+    Holding {
+        inner: body,
+        _held: held,
+    }
+    .boxed()
+}
+
 /// Calls `on_trailers` with a body's trailers when they pass (gRPC puts its
 /// status there).
 pub fn watch_trailers(
@@ -252,6 +284,12 @@ pub enum ProxyError {
     Client(hyper_util::client::legacy::Error),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("the request's header list is over {0} bytes")]
+    HeadersTooLarge(usize),
+    #[error("the request target is over {0} bytes")]
+    UriTooLong(usize),
+    #[error("the client sent no request body data for {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("internal: {0}")]
     Internal(&'static str),
 }
@@ -276,7 +314,23 @@ impl ProxyError {
             ProxyError::Tls(..) => "tls-failed",
             ProxyError::Upstream(_) | ProxyError::Client(_) => "upstream-reset",
             ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::HeadersTooLarge(_) => "headers-too-large",
+            ProxyError::UriTooLong(_) => "uri-too-long",
+            ProxyError::BodyTimeout(_) => "request-body-timeout",
             ProxyError::Internal(_) => "internal",
+        }
+    }
+
+    /// The `weft_defences_total` reason of a request refused for its own
+    /// fault.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            ProxyError::HeadersTooLarge(_) => "headers_too_large",
+            ProxyError::UriTooLong(_) => "uri_too_long",
+            ProxyError::BodyTimeout(_) => "body_idle_timeout",
+            ProxyError::BadRequest(_) => "malformed_request",
+            ProxyError::Overloaded => "overloaded",
+            _ => "other",
         }
     }
 
@@ -300,6 +354,9 @@ impl ProxyError {
             ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Connect(..)
             | ProxyError::Tls(..)
             | ProxyError::Upstream(_)
@@ -313,7 +370,9 @@ impl ProxyError {
             ProxyError::Timeout(_) | ProxyError::ConnectTimeout(_) => 4, // DEADLINE_EXCEEDED
             ProxyError::NoRoute => 12,                                   // UNIMPLEMENTED
             ProxyError::Overloaded => 8,                                 // RESOURCE_EXHAUSTED
-            ProxyError::BadRequest(_) => 3,                              // INVALID_ARGUMENT
+            ProxyError::BadRequest(_) | ProxyError::UriTooLong(_) => 3,  // INVALID_ARGUMENT
+            ProxyError::HeadersTooLarge(_) => 8,                         // RESOURCE_EXHAUSTED
+            ProxyError::BodyTimeout(_) => 4,                             // DEADLINE_EXCEEDED
             ProxyError::Internal(_) | ProxyError::NoBackend => 13,       // INTERNAL
             _ => 14,                                                     // UNAVAILABLE
         }

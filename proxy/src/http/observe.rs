@@ -32,8 +32,12 @@ pub struct Routed {
 /// What a connection's requests are, known when it is accepted.
 #[derive(Clone, Debug)]
 pub enum Scope {
-    /// From a peer sidecar (whose identity is known) to the app at `dst`.
-    Inbound { dst: SocketAddr, peer: String },
+    /// To the app at `dst`, from a peer sidecar (its verified identity) or
+    /// a plaintext client (None).
+    Inbound {
+        dst: SocketAddr,
+        peer: Option<String>,
+    },
     /// From the app to `server` (a Service's name or an address).
     Outbound { server: String },
 }
@@ -109,8 +113,8 @@ where
                 direction: Direction::Inbound,
                 service: dst.port().to_string(),
                 route: String::new(),
-                tls: "true",
-                peer_identity: peer.clone(),
+                tls: if peer.is_some() { "true" } else { "false" },
+                peer_identity: peer.clone().unwrap_or_default(),
             }),
             Scope::Outbound { .. } => None,
         };
@@ -215,7 +219,7 @@ fn start_span(t: &Tracing, scope: &Scope, req: &mut Request<Incoming>) -> HopSpa
                 KeyValue::new("http.request.method", method),
                 KeyValue::new("url.path", path),
                 KeyValue::new("server.port", i64::from(dst.port())),
-                KeyValue::new("weft.peer_identity", peer.clone()),
+                KeyValue::new("weft.peer_identity", peer.clone().unwrap_or_default()),
             ],
         ),
         Scope::Outbound { server } => (

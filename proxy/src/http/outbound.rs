@@ -12,8 +12,6 @@ use std::time::Duration;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::{Service, ServiceExt};
 use tracing::debug;
@@ -21,20 +19,21 @@ use weft_api::SpiffeId;
 use weft_api::v1;
 
 use super::detect::Detected;
-use super::observe::{Observe, Observer, Routed, Scope};
+use super::observe::{Observer, Routed, Scope};
 use super::pool::PeerPool;
 use super::send::{Sender, authority_of};
+use super::server::{Client, Proto, Server};
 use super::stack::{RouteStack, ServiceStacks, StackCache, StackParts};
 use super::{Attempts, Body, BoxFuture, Failed, ProxyError, Served, boxed, full, headers, upgrade};
 use crate::destination::{Plan, Target};
 use crate::discovery::Mesh;
 use crate::routes::Rule;
-use crate::telemetry::{HttpMetrics, RetryMetrics};
+use crate::telemetry::RetryMetrics;
 use crate::tls::Alpn;
-use weft_api::trace::Tracing;
 
 #[derive(Debug)]
 pub struct HttpOutbound {
+    server: Arc<Server>,
     stacks: StackCache,
     parts: StackParts,
     observer: Arc<Observer>,
@@ -46,21 +45,17 @@ impl HttpOutbound {
         pool: Arc<PeerPool>,
         idle_timeout: Duration,
         metrics: RetryMetrics,
-        requests: HttpMetrics,
-        access_log: Option<super::access_log::AccessLog>,
-        tracing: Option<Arc<Tracing>>,
+        observer: Observer,
+        server: Arc<Server>,
     ) -> Self {
         HttpOutbound {
+            server,
             stacks: StackCache::new(mesh),
             parts: StackParts {
                 sender: Arc::new(Sender::new(pool, idle_timeout)),
                 metrics,
             },
-            observer: Arc::new(Observer {
-                metrics: requests,
-                access_log,
-                tracing,
-            }),
+            observer: Arc::new(observer),
         }
     }
 
@@ -78,26 +73,25 @@ impl HttpOutbound {
             Target::Service(sp) => sp.name.clone(),
             Target::Direct(addr, _) => addr.to_string(),
         };
-        let observer = self.observer.clone();
+        let (observer, server_side) = (self.observer.clone(), self.server.clone());
         let route = RouteService {
             outbound: self,
             plan: Arc::new(plan),
         };
-        let svc =
-            TowerToHyperService::new(Observe::new(route, Scope::Outbound { server }, observer));
-        match proto {
-            Detected::Http2 => {
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(io), svc)
-                    .await
-            }
-            _ => {
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(io), svc)
-                    .with_upgrades()
-                    .await
-            }
-        }
+        let proto = match proto {
+            Detected::Http2 => Proto::Http2,
+            _ => Proto::Http1,
+        };
+        server_side
+            .serve(
+                io,
+                proto,
+                Client::App,
+                route,
+                Scope::Outbound { server },
+                observer,
+            )
+            .await
     }
 
     async fn handle(&self, req: Request<Body>, plan: &Plan) -> Response<Body> {

@@ -315,6 +315,43 @@ impl RetryMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DefenceLabels {
+    direction: Direction,
+    reason: &'static str,
+}
+
+/// Limits and deadlines enforced on clients and peers, by reason: every
+/// request refused or connection closed to protect the others is counted.
+#[derive(Clone, Debug, Default)]
+pub struct DefenceMetrics {
+    enforced: Family<DefenceLabels, Counter>,
+}
+
+impl DefenceMetrics {
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "defences",
+            "Requests refused and connections closed by a limit or deadline, by reason",
+            self.enforced.clone(),
+        );
+    }
+
+    pub fn enforced(&self, direction: Direction, reason: &'static str) {
+        self.enforced
+            .get_or_create(&DefenceLabels { direction, reason })
+            .inc();
+    }
+
+    /// How often `reason` was enforced (for tests).
+    #[cfg(test)]
+    pub fn count(&self, direction: Direction, reason: &'static str) -> u64 {
+        self.enforced
+            .get_or_create(&DefenceLabels { direction, reason })
+            .get()
+    }
+}
+
 /// Latency buckets in milliseconds, fine enough to resolve sub-millisecond
 /// proxy overhead.
 const LATENCY_MS: [f64; 18] = [
@@ -456,6 +493,7 @@ pub struct Metrics {
     pub tls: TlsMetrics,
     pub http: RetryMetrics,
     pub requests: HttpMetrics,
+    pub defences: DefenceMetrics,
     pub access_log_dropped: Counter,
     pub spans: weft_api::trace::ExportMetrics,
     registry: Registry,
@@ -482,6 +520,8 @@ impl Metrics {
         tls.register(&mut registry);
         http.register(&mut registry);
         requests.register(&mut registry);
+        let defences = DefenceMetrics::default();
+        defences.register(&mut registry);
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped",
@@ -501,6 +541,7 @@ impl Metrics {
             tls,
             http,
             requests,
+            defences,
             access_log_dropped,
             spans,
             registry,

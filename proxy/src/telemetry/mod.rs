@@ -3,5 +3,6 @@
 pub mod metrics;
 
 pub use metrics::{
-    Direction, HttpMetrics, Metrics, RequestLabels, RetryMetrics, TcpMetrics, TlsMetrics, TlsStatus,
+    DefenceMetrics, Direction, HttpMetrics, Metrics, RequestLabels, RetryMetrics, TcpMetrics,
+    TlsMetrics, TlsStatus,
 };
