@@ -163,7 +163,7 @@ impl HttpOutbound {
                     .sender
                     .send(*addr, id.as_ref(), Request::from_parts(parts, body), None)
                     .await?;
-                return Ok(res.map(boxed));
+                return Ok(res);
             }
             Target::Service(sp) => sp,
         };

@@ -11,7 +11,6 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -51,7 +50,7 @@ impl Sender {
         identity: Option<&SpiffeId>,
         req: Request<Body>,
         idle: Option<Duration>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let authority = authority_of(&parts, addr);
         let pq = parts
@@ -86,7 +85,7 @@ impl Sender {
                     .map_err(ProxyError::Client)?;
                 // Nothing outside the mesh speaks for the mesh.
                 headers::strip_reserved(res.headers_mut());
-                Ok(res)
+                Ok(res.map(boxed))
             }
         }
     }
@@ -122,10 +121,9 @@ impl tower::Service<Request<Body>> for Send {
             let Some(ep) = req.extensions().get::<Arc<Endpoint>>().cloned() else {
                 return Err(ProxyError::Internal("no endpoint picked").into());
             };
-            let res = sender
+            Ok(sender
                 .send(ep.addr, ep.identity.as_ref(), req, idle)
-                .await?;
-            Ok(res.map(boxed))
+                .await?)
         })
     }
 }
