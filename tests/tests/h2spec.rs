@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! h2spec -> client sidecar :5000 (outbound listener, h2c prior knowledge)
-//!        -> mTLS, ALPN h2 -> server sidecar :6000 (inbound listener, strict mTLS)
+//!        -> mTLS, ALPN h2 -> server sidecar :6000 (inbound listener, permissive)
 //!        -> weft-test-app :8080
 //! ```
 //!
@@ -15,25 +15,27 @@
 //!   it serves the h2c connection itself, request by request (a sidecar
 //!   without them carries bytes as they are, and h2spec would be testing the
 //!   app). h2spec talks to it directly.
-//! - The **inbound listener** serves HTTP/2 only inside mTLS, to a client
-//!   that presents a workload certificate of the trust domain; h2spec cannot
-//!   present a client certificate (with `-t -k` it sends none, and the
-//!   sidecar ends the handshake: `certificate required`). So h2spec talks
-//!   h2c to a bridge in this test, which carries the bytes unchanged inside
-//!   an mTLS connection made as a peer sidecar makes it (the `client`
-//!   identity, ALPN `h2`): every frame h2spec writes reaches the inbound's
-//!   HTTP/2 server as written, and every frame (and close) from it comes
-//!   back. (Behind it the app gets HTTP/1.1: h2spec's requests carry no
-//!   `weft-orig-proto`.)
-//! - Plaintext on the inbound listener (permissive mode) is carried at L4 to
-//!   the app; h2spec there would test the app's HTTP/2 server, not the
-//!   sidecar's, so it is not run there. The admin port speaks HTTP/1.1 only.
+//! - The **inbound listener** serves peer sidecars' HTTP/2 inside mTLS, to
+//!   a client that presents a workload certificate of the trust domain;
+//!   h2spec cannot present a client certificate (with `-t -k` it sends none,
+//!   and the sidecar ends the handshake: `certificate required`). So h2spec
+//!   talks h2c to a bridge in this test, which carries the bytes unchanged
+//!   inside an mTLS connection made as a peer sidecar makes it (the
+//!   `client` identity, ALPN `h2`): every frame h2spec writes reaches the
+//!   inbound's HTTP/2 server as written, and every frame (and close) from it
+//!   comes back. (Behind it the app gets HTTP/1.1: h2spec's requests carry
+//!   no `weft-orig-proto`.)
+//! - **Plaintext on the inbound listener** (permissive mode, the default:
+//!   clients outside the mesh) is served by the sidecar request by request
+//!   too when it is HTTP, so h2spec talks h2c to it directly as well.
+//!
+//! The admin port speaks HTTP/1.1 only, and the DNS server no HTTP.
 //!
 //! Each listener must pass every case but the known failures listed for it
 //! below; a new failure fails the test and names the cases (h2spec's id, as
 //! `h2spec --strict http2/3.5/2` reruns one, its description, and what h2spec
-//! expected and got), and so does a known failure that passes again, so the
-//! list stays true.
+//! expected and got), and so does a failure by design that passes again, so
+//! the list stays true (a failure to fix may pass: the test says so).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -63,18 +65,49 @@ const SERVER_ADMIN: &str = "127.0.0.1:4192";
 /// was not read whole (or h2spec changed, and this number with it).
 const CASES: usize = 146;
 
-/// Known failures of the outbound listener, by h2spec id.
-const OUTBOUND_KNOWN: &[&str] = &[
+/// The cases a listener fails today, by h2spec id.
+struct Known {
+    /// Failures by design: each must go on failing (a pass fails the test,
+    /// so that this list, and the README, stay true).
+    by_design: &'static [&'static str],
+    /// Failures to fix: they may start passing (the test then says so).
+    todo: &'static [&'static str],
+}
+
+const OUTBOUND_KNOWN: Known = Known {
     // "3.5. HTTP/2 Connection Preface, 2: Sends invalid connection preface"
     // wants the connection closed; the outbound port accepts HTTP/1.1 and
     // h2c alike, tells them apart by the first bytes, and reads
     // "INVALID CONNECTION PREFACE" as an HTTP/1.x request line, so it
-    // answers `HTTP/1.1 400 Bad Request` (and then closes). By design.
-    "http2/3.5/2",
-];
+    // answers `HTTP/1.1 400 Bad Request` (and then closes).
+    by_design: &["http2/3.5/2"],
+    // "generic/4/2" (HEAD) passes here only because h2spec looks for a
+    // HEADERS frame and nothing more: see the inbound's TODO below; here the
+    // server sidecar resets the peer's stream and the client sidecar
+    // answers 502 `weft-error: upstream-reset` instead.
+    todo: &[],
+};
 
-/// Known failures of the inbound listener (behind mTLS), by h2spec id.
-const INBOUND_KNOWN: &[&str] = &[];
+const INBOUND_MTLS_KNOWN: Known = Known {
+    by_design: &[],
+    todo: &[],
+};
+
+const INBOUND_PLAIN_KNOWN: Known = Known {
+    // As on the outbound port: plaintext HTTP/1.1 and h2c share the port.
+    by_design: &["http2/3.5/2"],
+    // TODO(issue 15): "4. HTTP Message Exchanges, 2: Sends a HEAD request"
+    // gets RST_STREAM (PROTOCOL_ERROR) instead of the response HEADERS. The
+    // plaintext h2c request goes to the app as HTTP/2, and the app's HEAD
+    // response over HTTP/2 is malformed: weft-test-app (hyper's HTTP/2
+    // server does not drop it) sends its 51-byte body in a DATA frame after
+    // HEADERS that say content-length 51 (curl fails on the app directly
+    // too). The sidecar's h2 client rejects that response ("content-length
+    // overflow") before it has handed the headers on, and resets the
+    // client's stream; the mTLS path passes only because its requests reach
+    // the app as HTTP/1.1, where hyper drops HEAD bodies.
+    todo: &["generic/4/2"],
+};
 
 /// The h2spec binary: `$WEFT_H2SPEC_BIN` when set (scripts/test sets it),
 /// else the `bin/h2spec` of the folder `scripts/h2spec-tool` prints (which
@@ -154,8 +187,9 @@ struct Sidecars {
     node: Node,
 }
 
-/// The app, the server sidecar in front of it (strict mTLS) and the client
-/// sidecar sending to it, all in one pod, wired in explicit mode.
+/// The app, the server sidecar in front of it (permissive: mTLS from peers,
+/// plaintext from outside the mesh) and the client sidecar sending to it,
+/// all in one pod, wired in explicit mode.
 fn sidecars(test: &str) -> Sidecars {
     let node = Node::new(test);
     let pod = node.pod("solo");
@@ -189,7 +223,7 @@ fn sidecars(test: &str) -> Sidecars {
         "--inbound-target",
         &app,
         "--inbound-mtls-mode",
-        "strict",
+        "permissive",
         "--identity-cert",
         &f("server.crt"),
         "--identity-key",
@@ -443,17 +477,32 @@ fn summary(listener: &str, cases: &[Case]) -> String {
 }
 
 /// An error unless h2spec ran `expected` cases and every one passed or was
-/// skipped but the known failures, and every known failure still fails.
-fn verdict(listener: &str, cases: &[Case], known: &[&str], expected: usize) -> Result<(), String> {
+/// skipped but the known failures, and every failure by design still fails;
+/// else the known failures to fix that pass now, if any.
+fn verdict(
+    listener: &str,
+    cases: &[Case],
+    known: &Known,
+    expected: usize,
+) -> Result<Vec<String>, String> {
     if cases.len() != expected {
         return Err(format!(
             "h2spec reported {} cases on the {listener} listener, not {expected}",
             cases.len()
         ));
     }
+    let failed = |id: &str| {
+        cases
+            .iter()
+            .any(|c| c.id == id && c.outcome == Outcome::Failed)
+    };
     let new: Vec<String> = cases
         .iter()
-        .filter(|c| c.outcome == Outcome::Failed && !known.contains(&c.id.as_str()))
+        .filter(|c| {
+            c.outcome == Outcome::Failed
+                && !known.by_design.contains(&c.id.as_str())
+                && !known.todo.contains(&c.id.as_str())
+        })
         .map(|c| {
             // h2spec writes the expected outcomes a line each, then the one it got.
             let (expected, got) = c.detail.rsplit_once('\n').unwrap_or(("", &c.detail));
@@ -467,37 +516,43 @@ fn verdict(listener: &str, cases: &[Case], known: &[&str], expected: usize) -> R
         .collect();
     if !new.is_empty() {
         return Err(format!(
-            "the {listener} listener fails {} h2spec case(s) beyond the known ones {known:?}:\n{}",
+            "the {listener} listener fails {} h2spec case(s) beyond the known ones {:?}:\n{}",
             new.len(),
+            [known.by_design, known.todo].concat(),
             new.join("\n")
         ));
     }
-    let fixed: Vec<&str> = known
+    let passing: Vec<&str> = known
+        .by_design
         .iter()
         .copied()
-        .filter(|id| {
-            !cases
-                .iter()
-                .any(|c| c.id == *id && c.outcome == Outcome::Failed)
-        })
+        .filter(|id| !failed(id))
         .collect();
-    if !fixed.is_empty() {
+    if !passing.is_empty() {
         return Err(format!(
-            "known h2spec failure(s) {fixed:?} of the {listener} listener no longer fail: take \
-             them off its list (and out of the README)"
+            "h2spec case(s) {passing:?} of the {listener} listener, failures by design, no \
+             longer fail: take them off its list (and out of the README)"
         ));
     }
-    Ok(())
+    Ok(known
+        .todo
+        .iter()
+        .filter(|id| !failed(id))
+        .map(|id| format!("{id} passes now on the {listener} listener: take it off the TODO list"))
+        .collect())
 }
 
-fn check(listener: &str, cases: &[Case], known: &[&str], stdout: &str) {
+fn check(listener: &str, cases: &[Case], known: &Known, stdout: &str) {
     eprintln!("{}", summary(listener, cases));
-    if let Err(e) = verdict(listener, cases, known, CASES) {
-        // h2spec's own account of its failures names each requirement too.
-        let account = stdout
-            .split_once("Failures:")
-            .map_or("", |(_, f)| f.split("Finished in").next().unwrap_or(f));
-        panic!("{e}\n\nh2spec's account of the failures:{account}");
+    match verdict(listener, cases, known, CASES) {
+        Ok(notes) => notes.iter().for_each(|n| eprintln!("{n}")),
+        Err(e) => {
+            // h2spec's own account of its failures names each requirement too.
+            let account = stdout
+                .split_once("Failures:")
+                .map_or("", |(_, f)| f.split("Finished in").next().unwrap_or(f));
+            panic!("{e}\n\nh2spec's account of the failures:{account}");
+        }
     }
 }
 
@@ -505,7 +560,7 @@ fn check(listener: &str, cases: &[Case], known: &[&str], stdout: &str) {
 fn the_outbound_h2c_listener_passes_h2spec() {
     let s = sidecars("h2spec_out");
     let (cases, stdout) = run_h2spec(&s, OUTBOUND, None);
-    check("outbound", &cases, OUTBOUND_KNOWN, &stdout);
+    check("outbound", &cases, &OUTBOUND_KNOWN, &stdout);
     assert!(
         s.pod
             .metric(r#"protocol_detect_total{direction="outbound",protocol="http/2"}"#)
@@ -518,7 +573,7 @@ fn the_inbound_mtls_listener_passes_h2spec_through_a_peer_bridge() {
     let s = sidecars("h2spec_in");
     let tls = s.peer_tls.clone();
     let (cases, stdout) = run_h2spec(&s, BRIDGE, Some(tls));
-    check("inbound", &cases, INBOUND_KNOWN, &stdout);
+    check("inbound (mTLS)", &cases, &INBOUND_MTLS_KNOWN, &stdout);
     // h2spec's connections reached the inbound's HTTP/2 server, as a peer's.
     let admin = SERVER_ADMIN.parse().expect("addr");
     let metrics = s
@@ -530,6 +585,13 @@ fn the_inbound_mtls_listener_passes_h2spec_through_a_peer_bridge() {
     let h2 = r#"protocol_detect_total{direction="inbound",protocol="http/2"}"#;
     let n = weft_e2e::metrics::value(&metrics, h2).unwrap_or(0.0);
     assert!(n >= CASES as f64, "{h2} is {n}");
+}
+
+#[test]
+fn the_inbound_plaintext_h2c_listener_passes_h2spec() {
+    let s = sidecars("h2spec_in_plain");
+    let (cases, stdout) = run_h2spec(&s, INBOUND, None);
+    check("inbound (plaintext)", &cases, &INBOUND_PLAIN_KNOWN, &stdout);
 }
 
 #[test]
@@ -580,9 +642,14 @@ DATA Frame (length:52, flags:0x01, stream_id:1)</error>
         "GOAWAY Frame (Error Code: PROTOCOL_ERROR)\nConnection closed\n\
          DATA Frame (length:52, flags:0x01, stream_id:1)"
     );
-    // A new failure goes red and is named; a known one that passes too.
-    assert_eq!(verdict("test", &cases, &["http2/3.5/2"], 3), Ok(()));
-    let err = verdict("test", &cases, &[], 3).expect_err("a new failure");
+    // A new failure goes red and is named; a failure by design that passes
+    // too; a failure to fix may pass, and is said to.
+    let known = |by_design, todo| Known { by_design, todo };
+    let design = known(&["http2/3.5/2"], &[]);
+    assert_eq!(verdict("test", &cases, &design, 3), Ok(vec![]));
+    let todo = known(&[], &["http2/3.5/2"]);
+    assert_eq!(verdict("test", &cases, &todo, 3), Ok(vec![]));
+    let err = verdict("test", &cases, &known(&[], &[]), 3).expect_err("a new failure");
     assert!(
         err.contains(
             "  http2/3.5/2 Sends invalid connection preface\n    expected: GOAWAY Frame (Error \
@@ -591,7 +658,11 @@ DATA Frame (length:52, flags:0x01, stream_id:1)</error>
         ),
         "{err}"
     );
-    let err = verdict("test", &cases, &["http2/3.5/2", "http2/3.5/1"], 3).expect_err("fixed");
+    let passing = known(&["http2/3.5/2", "http2/3.5/1"], &[]);
+    let err = verdict("test", &cases, &passing, 3).expect_err("by design, passing");
     assert!(err.contains("no longer fail"), "{err}");
-    assert!(verdict("test", &cases, &["http2/3.5/2"], CASES).is_err());
+    let fixed = known(&["http2/3.5/2"], &["http2/3.5/1"]);
+    let notes = verdict("test", &cases, &fixed, 3).expect("a fixed one is fine");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(verdict("test", &cases, &design, CASES).is_err());
 }
