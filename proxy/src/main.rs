@@ -9,6 +9,13 @@ use weft_api::log;
 use weft_proxy::cli::{Cli, Command, InitArgs, Ipv6Mode};
 use weft_proxy::init::{self, Action, Family, InitConfig, Iptables};
 
+/// jemalloc, with its background thread purging freed pages a few seconds
+/// after a load passes (glibc's malloc keeps them when longer-lived
+/// allocations sit above them): the sidecar's memory follows its traffic
+/// down as well as up.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     weft_api::tls::install_default_provider();

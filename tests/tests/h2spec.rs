@@ -81,10 +81,6 @@ const OUTBOUND_KNOWN: Known = Known {
     // "INVALID CONNECTION PREFACE" as an HTTP/1.x request line, so it
     // answers `HTTP/1.1 400 Bad Request` (and then closes).
     by_design: &["http2/3.5/2"],
-    // "generic/4/2" (HEAD) passes here only because h2spec looks for a
-    // HEADERS frame and nothing more: see the inbound's TODO below; here the
-    // server sidecar resets the peer's stream and the client sidecar
-    // answers 502 `weft-error: upstream-reset` instead.
     todo: &[],
 };
 
@@ -96,17 +92,7 @@ const INBOUND_MTLS_KNOWN: Known = Known {
 const INBOUND_PLAIN_KNOWN: Known = Known {
     // As on the outbound port: plaintext HTTP/1.1 and h2c share the port.
     by_design: &["http2/3.5/2"],
-    // TODO(issue 15): "4. HTTP Message Exchanges, 2: Sends a HEAD request"
-    // gets RST_STREAM (PROTOCOL_ERROR) instead of the response HEADERS. The
-    // plaintext h2c request goes to the app as HTTP/2, and the app's HEAD
-    // response over HTTP/2 is malformed: weft-test-app (hyper's HTTP/2
-    // server does not drop it) sends its 51-byte body in a DATA frame after
-    // HEADERS that say content-length 51 (curl fails on the app directly
-    // too). The sidecar's h2 client rejects that response ("content-length
-    // overflow") before it has handed the headers on, and resets the
-    // client's stream; the mTLS path passes only because its requests reach
-    // the app as HTTP/1.1, where hyper drops HEAD bodies.
-    todo: &["generic/4/2"],
+    todo: &[],
 };
 
 /// The h2spec binary: `$WEFT_H2SPEC_BIN` when set (scripts/test sets it),

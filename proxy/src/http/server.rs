@@ -501,6 +501,25 @@ impl<S> Guard<S> {
     }
 }
 
+/// A HEAD answer: the headers, and no body even where the answer was made
+/// with one (the proxy's own, or an HTTP/2 app's that sent one anyway:
+/// HTTP/2 forbids it, RFC 9113 section 8.1.1). The length stays what a GET
+/// would have had.
+fn without_body(res: Response<Body>) -> Response<Body> {
+    if hyper::body::Body::is_end_stream(res.body()) {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    if let Some(n) = hyper::body::Body::size_hint(&body).exact()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
+    }
+    Response::from_parts(parts, super::full(Bytes::new()))
+}
+
 fn is_grpc(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
@@ -522,6 +541,7 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let shared = self.shared.clone();
         let grpc = is_grpc(req.headers());
+        let head = req.method() == http::Method::HEAD;
         if let Some(e) = self.check(&req) {
             shared.metrics.enforced(shared.direction, e.reason_label());
             let res = if grpc {
@@ -529,6 +549,7 @@ where
             } else {
                 e.response("", "")
             };
+            let res = if head { without_body(res) } else { res };
             return Box::pin(std::future::ready(Ok(res)));
         }
         let in_flight = InFlight::start(&shared.activity);
@@ -570,6 +591,9 @@ where
                 } else {
                     e.response("", "")
                 };
+            }
+            if head {
+                res = without_body(res);
             }
             Ok(res.map(|b| super::holding(b, in_flight)))
         })

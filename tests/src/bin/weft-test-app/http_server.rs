@@ -113,7 +113,13 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (state, handle) = (state.clone(), handle.clone());
-                async move { handle_request(req, &state, &handle).await }
+                async move {
+                    // A HEAD answer has the GET answer's headers and no body
+                    // (hyper's HTTP/2 server would send one).
+                    let head = req.method() == http::Method::HEAD;
+                    let res = handle_request(req, &state, &handle).await?;
+                    Ok::<_, Reset>(if head { without_body(res) } else { res })
+                }
             });
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -221,6 +227,23 @@ fn served_by(st: &State, res: &mut Response<Body>) {
     if let Ok(v) = header::HeaderValue::from_str(&st.args.pod) {
         res.headers_mut().insert("x-served-by", v);
     }
+}
+
+/// The response's headers, with the length its body would have had.
+fn without_body(res: Response<Body>) -> Response<Body> {
+    use hyper::body::Body as _;
+    let (mut parts, body) = res.into_parts();
+    if let Some(n) = body.size_hint().exact() {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, header::HeaderValue::from(n));
+    }
+    Response::from_parts(
+        parts,
+        Full::new(Bytes::new())
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    )
 }
 
 fn json_response(st: &State, status: StatusCode, body: serde_json::Value) -> Response<Body> {
