@@ -269,6 +269,11 @@ pub struct LimitArgs {
     #[arg(long, env = "WEFT_MAX_REQUEST_URI_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_request_uri_bytes: u32,
 
+    /// An opaque TCP connection with no byte either way for this long is
+    /// closed (as Envoy's TCP proxy does).
+    #[arg(long, env = "WEFT_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = weft_api::duration::parse)]
+    pub tcp_idle_timeout: Duration,
+
     /// HTTP/2 keep-alive PING interval on served connections.
     #[arg(long, env = "WEFT_H2_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = weft_api::duration::parse)]
     pub h2_keepalive_interval: Duration,

@@ -14,7 +14,7 @@ use crate::connect::Connector;
 use crate::destination::Destinations;
 use crate::discovery::{DiscoveryMetrics, Mesh, MeshConfig, Watcher};
 use crate::dns;
-use crate::forward::{Forwarder, Inbound, Outbound, Side, Target};
+use crate::forward::{Carrier, Forwarder, Inbound, Outbound, Side, Target};
 use crate::http::access_log::AccessLog;
 use crate::http::inbound::HttpInbound;
 use crate::http::observe::Observer;
@@ -215,7 +215,11 @@ fn inbound_side(
             args.limits.max_connections_per_source,
             args.identity.detect_timeout,
         ),
-        metrics.defences.clone(),
+        Carrier {
+            idle: args.limits.tcp_idle_timeout,
+            defences: metrics.defences.clone(),
+            direction: Direction::Inbound,
+        },
     )))
 }
 
@@ -263,6 +267,11 @@ fn outbound_side(
         connector,
         http,
         args.identity.detect_timeout,
+        Carrier {
+            idle: args.limits.tcp_idle_timeout,
+            defences: metrics.defences.clone(),
+            direction: Direction::Outbound,
+        },
     ))
 }
 

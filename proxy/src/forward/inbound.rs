@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::sources::SourceCap;
-use super::{ForwardError, carry};
+use super::{Carrier, ForwardError};
 use crate::connect::Connector;
 use crate::discovery::Mesh;
 use crate::http::detect::{self, Detected};
@@ -36,6 +36,7 @@ pub struct Inbound {
     /// How long to wait for a plaintext client's first bytes.
     detect_timeout: Duration,
     defences: DefenceMetrics,
+    carrier: Carrier,
 }
 
 impl Inbound {
@@ -45,7 +46,7 @@ impl Inbound {
         mode: MtlsMode,
         connector: Connector,
         (max_per_source, detect_timeout): (u32, Duration),
-        defences: DefenceMetrics,
+        carrier: Carrier,
     ) -> Self {
         Inbound {
             tls,
@@ -54,7 +55,8 @@ impl Inbound {
             connector,
             sources: SourceCap::new(max_per_source),
             detect_timeout,
-            defences,
+            defences: carrier.defences.clone(),
+            carrier,
         }
     }
 
@@ -87,7 +89,10 @@ impl Inbound {
         };
         let Some((tls, http)) = &self.tls else {
             let upstream = self.connector.tcp(dst).await?;
-            return carry(stream, upstream, dst, conn.open(TlsStatus::Plain, None)).await;
+            return self
+                .carrier
+                .carry(stream, upstream, dst, conn.open(TlsStatus::Plain, None))
+                .await;
         };
         let accepted = tls
             .accept(stream, mode, skip_detection)
@@ -121,7 +126,10 @@ impl Inbound {
                     Detected::Http2 => Proto::Http2,
                     Detected::Opaque => {
                         let upstream = self.connector.tcp(dst).await?;
-                        return carry(client, upstream, dst, (read, written)).await;
+                        return self
+                            .carrier
+                            .carry(client, upstream, dst, (read, written))
+                            .await;
                     }
                 };
                 debug!(h2 = proto == Proto::Http2, "plaintext HTTP");
@@ -161,7 +169,7 @@ impl Inbound {
         debug!(client_identity = %peer, "mTLS accepted");
         let upstream = self.connector.tcp(dst).await?;
         let counters = conn.open(TlsStatus::Mtls, Some(&peer));
-        carry(*client, upstream, dst, counters).await
+        self.carrier.carry(*client, upstream, dst, counters).await
     }
 
     /// The stricter of the local mTLS mode and the control plane's (a proxy

@@ -23,7 +23,7 @@ use crate::balance::PickError;
 use crate::connect::ConnectError;
 use crate::limits::AtLimit;
 use crate::shutdown::Shutdown;
-use crate::telemetry::{Direction, TcpMetrics, TlsMetrics};
+use crate::telemetry::{DefenceMetrics, Direction, TcpMetrics, TlsMetrics};
 use crate::tls::TlsFailure;
 use crate::transport::{self, Counted, orig_dst::OrigDstError};
 
@@ -187,21 +187,38 @@ impl Forwarder {
     }
 }
 
-/// Copies both ways, counting the accepted side's bytes.
-async fn carry<C, U>(
-    client: C,
-    mut upstream: U,
-    dst: SocketAddr,
-    (read, written): (Counter, Counter),
-) -> Result<(u64, u64), ForwardError>
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut client = Counted::new(client, read, written);
-    transport::forward(&mut client, &mut upstream)
-        .await
-        .map_err(|source| ForwardError::Io { dst, source })
+/// How opaque bytes are carried: with an idle deadline, counted when it
+/// passes.
+#[derive(Clone, Debug)]
+pub struct Carrier {
+    pub idle: Duration,
+    pub defences: DefenceMetrics,
+    pub direction: Direction,
+}
+
+impl Carrier {
+    /// Copies both ways, counting the accepted side's bytes.
+    async fn carry<C, U>(
+        &self,
+        client: C,
+        mut upstream: U,
+        dst: SocketAddr,
+        (read, written): (Counter, Counter),
+    ) -> Result<(u64, u64), ForwardError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut client = Counted::new(client, read, written);
+        transport::forward(&mut client, &mut upstream, self.idle)
+            .await
+            .map_err(|source| {
+                if source.kind() == io::ErrorKind::TimedOut {
+                    self.defences.enforced(self.direction, "tcp_idle_timeout");
+                }
+                ForwardError::Io { dst, source }
+            })
+    }
 }
 
 /// IPv4-mapped IPv6 addresses compare equal to their IPv4 form.
@@ -246,6 +263,11 @@ mod tests {
                 connector,
                 None,
                 Duration::from_secs(1),
+                Carrier {
+                    idle: Duration::from_secs(60),
+                    defences: DefenceMetrics::default(),
+                    direction: Direction::Outbound,
+                },
             )),
             metrics: TcpMetrics::default(),
             tls_metrics: TlsMetrics::default(),

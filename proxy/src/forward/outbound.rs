@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use super::{ForwardError, carry};
+use super::{Carrier, ForwardError};
 use crate::balance::{Endpoint, InFlight};
 use crate::connect::{ConnectError, Connector};
 use crate::destination::{Destinations, Plan, Protocol, Target};
@@ -34,6 +34,7 @@ pub struct Outbound {
     http: Option<Arc<HttpOutbound>>,
     /// How long to wait for a client's first bytes to tell HTTP from opaque.
     detect_timeout: Duration,
+    carrier: Carrier,
 }
 
 /// A connection to one of a Service's endpoints, counted against its load
@@ -51,12 +52,14 @@ impl Outbound {
         connector: Connector,
         http: Option<Arc<HttpOutbound>>,
         detect_timeout: Duration,
+        carrier: Carrier,
     ) -> Self {
         Outbound {
             destinations,
             connector,
             http,
             detect_timeout,
+            carrier,
         }
     }
 
@@ -116,9 +119,15 @@ impl Outbound {
                     .connector
                     .handshake(tls, tcp, addr, &id, Alpn::Tcp)
                     .await?;
-                carry(stream, server, addr, conn.open(TlsStatus::Mtls, Some(&id))).await
+                self.carrier
+                    .carry(stream, server, addr, conn.open(TlsStatus::Mtls, Some(&id)))
+                    .await
             }
-            None => carry(stream, tcp, addr, conn.open(TlsStatus::Plain, None)).await,
+            None => {
+                self.carrier
+                    .carry(stream, tcp, addr, conn.open(TlsStatus::Plain, None))
+                    .await
+            }
         }
     }
 
