@@ -9,6 +9,9 @@
 pub mod admin;
 pub mod check;
 pub mod discovery;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod identity;
 pub mod inject;

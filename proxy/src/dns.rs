@@ -123,7 +123,7 @@ impl DnsServer {
     }
 
     /// The answer for a mesh name, or None to forward the query.
-    fn answer(&self, query: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn answer(&self, query: &[u8]) -> Option<Vec<u8>> {
         let mesh = self.inner.mesh.as_ref()?.load();
         let req = Message::from_vec(query).ok()?;
         if req.metadata.message_type != MessageType::Query || req.queries.len() != 1 {

@@ -15,6 +15,9 @@ pub(crate) mod destination;
 pub(crate) mod discovery;
 pub(crate) mod dns;
 pub(crate) mod forward;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod http;
 pub(crate) mod identity;
 pub mod init;

@@ -135,6 +135,34 @@ impl Store {
 /// Reloads one file into `state`, keeping the previous good objects where the
 /// new text is broken.
 fn load_file(path: &Path, state: &mut FileState) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_text(path, &text, state),
+        Err(e) => {
+            state.errors = vec![ManifestError {
+                file: Some(path.to_path_buf()),
+                object: "file".into(),
+                field: String::new(),
+                message: format!("cannot read: {e}"),
+            }];
+        }
+    }
+}
+
+#[cfg(feature = "fuzzing")]
+impl Store {
+    /// Loads `text` as the content of the file at `path`, as if a refresh
+    /// had just read it there (the fuzz targets' way in, without a disk).
+    pub(crate) fn load_text(&mut self, path: &Path, text: &str) {
+        load_text(
+            path,
+            text,
+            self.files.entry(path.to_path_buf()).or_default(),
+        );
+    }
+}
+
+/// [`load_file`] once the file is read.
+fn load_text(path: &Path, text: &str, state: &mut FileState) {
     let previous = std::mem::take(&mut state.objects);
     state.errors.clear();
     let err = |object: String, field: String, message: String| ManifestError {
@@ -143,20 +171,8 @@ fn load_file(path: &Path, state: &mut FileState) {
         field,
         message,
     };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            state.errors.push(err(
-                "file".into(),
-                String::new(),
-                format!("cannot read: {e}"),
-            ));
-            state.objects = previous;
-            return;
-        }
-    };
     let mut docs = Vec::new();
-    for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         match Value::deserialize(doc) {
             Ok(v) => docs.push((i + 1, v)),
             Err(e) => {

@@ -18,7 +18,8 @@ use weft_api::tls;
 use weft_api::v1::discovery_client::DiscoveryClient;
 use weft_api::v1::{self, AckRequest, WatchRequest};
 
-use super::config::{Mesh, MeshConfig};
+use super::config::{ConfigError, Mesh, MeshConfig};
+use super::delta::DeltaError;
 use crate::balance;
 use crate::identity::{ControlPlane, Identity};
 
@@ -134,24 +135,25 @@ impl Watcher {
         let mut current: Option<v1::Snapshot> = None;
         while let Some(snap) = stream.message().await? {
             received = true;
-            let snap = super::delta::merge(current.as_ref(), snap).map_err(|e| {
-                warn!(error = %e, "cannot place a change; reconnecting for a complete snapshot");
-                tonic::Status::data_loss(e.to_string())
-            })?;
-            let version = snap.version;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or_default();
             self.metrics.last_update.set(now);
             let prev = self.mesh.load_full();
-            let built = MeshConfig::from_snapshot(
-                &snap,
+            let (snap, built) = fold(
+                current.as_ref(),
+                snap,
                 self.identity.trust_domain(),
                 &prev,
                 &self.endpoints,
-            );
+            )
+            .map_err(|e| {
+                warn!(error = %e, "cannot place a change; reconnecting for a complete snapshot");
+                tonic::Status::data_loss(e.to_string())
+            })?;
             drop(prev);
+            let version = snap.version;
             let error = match built {
                 Ok(cfg) => {
                     let anchors: Vec<CertificateDer<'static>> = cfg
@@ -197,4 +199,20 @@ impl Watcher {
         }
         Ok(received)
     }
+}
+
+/// What one message of a Watch stream makes of it: the complete snapshot it
+/// describes (`current` with its changes folded in) and the config built
+/// from that, or why the config was rejected. Err: the change cannot be
+/// placed on `current`, and the stream must start over.
+pub(crate) fn fold(
+    current: Option<&v1::Snapshot>,
+    msg: v1::Snapshot,
+    trust_domain: &str,
+    prev: &MeshConfig,
+    endpoints: &balance::Registry,
+) -> Result<(v1::Snapshot, Result<MeshConfig, ConfigError>), DeltaError> {
+    let snap = super::delta::merge(current, msg)?;
+    let built = MeshConfig::from_snapshot(&snap, trust_domain, prev, endpoints);
+    Ok((snap, built))
 }

@@ -7,5 +7,7 @@ mod client;
 mod config;
 mod delta;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use client::fold;
 pub use client::{DiscoveryMetrics, Watcher};
 pub use config::{Address, Mesh, MeshConfig, ServicePort};
