@@ -94,19 +94,13 @@ pub struct ServicePolicy {
 
 impl ServicePolicy {
     pub fn new(spec: v1::TrafficPolicy) -> ServicePolicy {
-        let b = spec.retry_budget.unwrap_or_default();
-        let window = Duration::from_millis(u64::from(b.window_ms.max(1000)));
         let on = spec.retry_on.clone().unwrap_or_default();
         ServicePolicy {
             algorithm: Algorithm::from(spec.load_balancer),
             cursor: Cursor::default(),
             timeouts: spec.timeouts.map(Timeouts::from).unwrap_or_default(),
             retry: spec.retry.as_ref().and_then(|r| Retry::new(r, &on)),
-            budget: Arc::new(TpsBudget::new(
-                window,
-                b.min_per_second,
-                b.ratio.clamp(0.0, 1000.0),
-            )),
+            budget: Arc::new(budget(spec.retry_budget.unwrap_or_default())),
             limits: Limits::new(spec.limits),
             outlier: spec.outlier_detection.unwrap_or_default(),
             idle_timeout: millis(spec.idle_timeout_ms),
@@ -137,6 +131,22 @@ impl ServicePolicy {
     }
 }
 
+/// The retry budget, its settings brought into the ranges `TpsBudget`
+/// asserts (window 1 to 60 s, fewer than `i32::MAX` per second, a ratio of
+/// 0 to 1000): a snapshot is data from the network, and a value out of
+/// range must not take the proxy down. A ratio that is not a number allows
+/// no retries beyond the floor.
+fn budget(b: v1::RetryBudget) -> TpsBudget {
+    let window = Duration::from_millis(u64::from(b.window_ms))
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let ratio = if b.ratio.is_nan() {
+        0.0
+    } else {
+        b.ratio.clamp(0.0, 1000.0)
+    };
+    TpsBudget::new(window, b.min_per_second.min(i32::MAX as u32 - 1), ratio)
+}
+
 fn millis(ms: u32) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
 }
@@ -144,6 +154,37 @@ fn millis(ms: u32) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `snapshot_delta` fuzz target: `TpsBudget::new` asserts
+    /// its ranges, so these panicked while building the mesh config.
+    #[test]
+    fn a_retry_budget_out_of_range_is_brought_in_not_a_panic() {
+        for b in [
+            v1::RetryBudget {
+                ratio: f32::NAN,
+                ..Default::default()
+            },
+            v1::RetryBudget {
+                window_ms: 120_000,
+                ..Default::default()
+            },
+            v1::RetryBudget {
+                min_per_second: u32::MAX,
+                ratio: f32::INFINITY,
+                ..Default::default()
+            },
+            v1::RetryBudget {
+                ratio: -1.0,
+                window_ms: u32::MAX,
+                min_per_second: i32::MAX as u32,
+            },
+        ] {
+            ServicePolicy::new(v1::TrafficPolicy {
+                retry_budget: Some(b),
+                ..Default::default()
+            });
+        }
+    }
 
     #[test]
     fn a_rule_overrides_the_service_defaults_but_not_the_conditions() {
