@@ -121,17 +121,25 @@ pub fn shared(
         })
         .collect();
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let mut workloads: Vec<v1::Workload> = model
-        .pods
-        .iter()
-        .filter(|p| p.meshed)
-        .filter_map(|p| {
-            Some(v1::Workload {
-                ip: p.ip?.to_string(),
-                identity: identity(p),
-                pod: p.name.clone(),
-                namespace: p.namespace.clone(),
-            })
+    // One workload per IP: proxies and deltas key workloads by it. Two Pods
+    // claim one IP when a finished Pod keeps the address a new one now has:
+    // a ready Pod with an identity is the one there.
+    let mut by_ip: HashMap<std::net::IpAddr, &PodModel> = HashMap::new();
+    let rank = |p: &PodModel| (p.ready, !identity(p).is_empty());
+    for p in model.pods.iter().filter(|p| p.meshed) {
+        let Some(ip) = p.ip else { continue };
+        let held = by_ip.entry(ip).or_insert(p);
+        if rank(p) > rank(held) {
+            *held = p;
+        }
+    }
+    let mut workloads: Vec<v1::Workload> = by_ip
+        .into_iter()
+        .map(|(ip, p)| v1::Workload {
+            ip: ip.to_string(),
+            identity: identity(p),
+            pod: p.name.clone(),
+            namespace: p.namespace.clone(),
         })
         .collect();
     workloads.sort_by(|a, b| a.ip.cmp(&b.ip));
@@ -330,6 +338,55 @@ mod tests {
         assert_eq!(strict.ports[0].port, 8080);
         let relaxed = inbound(&model, &settings, "default", "web-0");
         assert_eq!(relaxed.mtls_mode, MtlsMode::Permissive as i32);
+    }
+
+    /// Found by the `manifest` fuzz target: with two Pods on one IP, the
+    /// snapshot listed both, and a proxy that folded a delta kept the one
+    /// its map saw last while one sent the complete snapshot kept the other.
+    #[test]
+    fn one_workload_per_ip_the_ready_pod_with_an_identity() {
+        let pod = |name: &str, sa: &str, phase: &str| {
+            let yaml = format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, annotations: {{weft.dev/inject: enabled}}}}\n\
+                 spec: {{serviceAccountName: {sa}, containers: [{{name: app, image: x}}]}}\n\
+                 status: {{podIP: 198.18.0.30, phase: {phase}}}\n"
+            );
+            let p: k8s_openapi::api::core::v1::Pod = serde_norway::from_str(&yaml).expect("a Pod");
+            let key = crate::discovery::objects::ObjectKey {
+                kind: crate::discovery::objects::Kind::Pod,
+                namespace: "default".into(),
+                name: name.into(),
+            };
+            (key, crate::discovery::objects::Object::Pod(Arc::new(p)))
+        };
+        let settings = MeshSettings {
+            trust_domain: "cluster.local".into(),
+            mtls_mode: MtlsMode::Permissive,
+            opaque_ports: vec![],
+        };
+        for pods in [
+            [
+                pod("a-job", "batch", "Succeeded"),
+                pod("b-web", "web", "Running"),
+            ],
+            [
+                pod("a-web", "web", "Running"),
+                pod("b-job", "batch", "Failed"),
+            ],
+            [
+                pod("a-web", "web", "Running"),
+                pod("b-bad", "Not_A_Name", "Running"),
+            ],
+        ] {
+            let model = Model::build(&pods.into_iter().collect(), &[]);
+            let shared = super::shared(1, &model, &settings, &[], None);
+            let ids: Vec<&str> = shared
+                .workloads
+                .iter()
+                .map(|w| w.identity.as_str())
+                .collect();
+            assert_eq!(ids, ["spiffe://cluster.local/ns/default/sa/web"]);
+        }
     }
 
     /// A stream that holds the previous version is sent only what changed.
