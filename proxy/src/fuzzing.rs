@@ -179,27 +179,3 @@ where
         .serve(io, Proto::Http1, Client::App, svc, scope, observer)
         .await
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// FOUND BY THE `detect` FUZZ TARGET, in `http::detect::classify` (a
-    /// file the fuzzing work did not touch): move this test to detect.rs
-    /// with the fix, and drop `known_bug` from fuzz/fuzz_targets/detect.rs.
-    /// 24 method characters are called opaque at once; one byte more and
-    /// the same connection is HTTP/1, so the answer depends on how the
-    /// request line was split into TCP segments.
-    #[test]
-    #[ignore = "known bug in http::detect::classify, reported"]
-    fn classify_waits_for_the_byte_after_a_24_letter_method() {
-        let line = b"ABCDEFGHIJKLMNOPQRSTUVWX / HTTP/1.1\r\n";
-        let whole = classify(line);
-        assert_eq!(whole, Some(Detected::Http1));
-        let first = classify(&line[..24]);
-        assert!(
-            first.is_none() || first == whole,
-            "{first:?} then {whole:?}"
-        );
-    }
-}

@@ -40,11 +40,9 @@ pub fn classify(b: &[u8]) -> Option<Detected> {
             _ => return Some(Detected::Opaque),
         }
     }
-    if b.len() >= MAX_METHOD {
-        Some(Detected::Opaque)
-    } else {
-        None
-    }
+    // Only letters so far, at most MAX_METHOD of them: the next byte decides
+    // (a space: HTTP; anything else: opaque), however the bytes were split.
+    None
 }
 
 /// Peeks until the protocol is clear or `timeout` passes (then it is opaque:
@@ -86,5 +84,19 @@ mod tests {
         assert_eq!(classify(b"*1\r\n$4\r\nPING"), Some(Detected::Opaque));
         assert_eq!(classify(b"get / HTTP/1.1"), Some(Detected::Opaque));
         assert_eq!(classify(b" GET"), Some(Detected::Opaque));
+    }
+
+    /// Found by the `detect` fuzz target: the answer must not depend on
+    /// how the bytes were split into segments.
+    #[test]
+    fn a_method_of_the_longest_length_has_one_answer_however_it_arrives() {
+        let mut b = vec![b'A'; MAX_METHOD];
+        assert_eq!(classify(&b), None, "the next byte decides");
+        b.push(b' ');
+        assert_eq!(classify(&b), Some(Detected::Http1));
+        let mut longer = vec![b'A'; MAX_METHOD + 1];
+        assert_eq!(classify(&longer), Some(Detected::Opaque));
+        longer.push(b' ');
+        assert_eq!(classify(&longer), Some(Detected::Opaque));
     }
 }
