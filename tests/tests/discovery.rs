@@ -72,6 +72,18 @@ fn mesh(test: &str, n: usize) -> Mesh {
         dbs,
     };
     m.wait_endpoints(n);
+    // The db sidecars learn that the client is a meshed pod from their own
+    // snapshot; until then a connection to the opaque port from it is taken
+    // for a plaintext client's (no TLS detection on opaque ports from
+    // outside the mesh).
+    let client_ip = format!("\"{}\"", m.client.ip);
+    for db in &m.dbs {
+        weft_e2e::eventually(
+            "every db sidecar knows the client is meshed",
+            std::time::Duration::from_secs(10),
+            || db.config()["workloads"].to_string().contains(&client_ip),
+        );
+    }
     m
 }
 
