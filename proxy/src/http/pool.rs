@@ -457,12 +457,16 @@ mod tests {
         (local, task)
     }
 
-    fn pool(pki: &Pki) -> PeerPool {
+    /// A client sidecar's connector, as `client`.
+    fn connector(pki: &Pki) -> Connector {
         let tls = Arc::new(OutboundTls::new(
             pki.identity("spiffe://cluster.local/ns/a/sa/client"),
         ));
-        let connector = Connector::new(Duration::from_secs(2), Some(tls), TlsMetrics::default());
-        PeerPool::new(connector, Duration::from_secs(60))
+        Connector::new(Duration::from_secs(2), Some(tls), TlsMetrics::default())
+    }
+
+    fn pool(pki: &Pki) -> PeerPool {
+        PeerPool::new(connector(pki), Duration::from_secs(60))
     }
 
     fn get() -> Request<Body> {
@@ -502,12 +506,8 @@ mod tests {
     }
 
     fn small_pool(pki: &Pki) -> PeerPool {
-        let tls = Arc::new(OutboundTls::new(
-            pki.identity("spiffe://cluster.local/ns/a/sa/client"),
-        ));
-        let connector = Connector::new(Duration::from_secs(2), Some(tls), TlsMetrics::default());
         PeerPool::with_limits(
-            connector,
+            connector(pki),
             Duration::from_secs(60),
             PoolLimits {
                 streams_per_conn: 4,
