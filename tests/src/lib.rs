@@ -28,7 +28,10 @@ pub mod node;
 pub mod otlp;
 pub mod process;
 
-pub use mesh::{ControlPlane, http_pod, pod_yaml, service_yaml, spiffe};
+pub use mesh::{
+    ControlPlane, http_pod, http_pod_in, namespace_yaml, pod_yaml, pod_yaml_in, service_yaml,
+    service_yaml_in, spiffe, spiffe_in,
+};
 pub use netns::Netns;
 pub use node::{Node, Pod};
 pub use process::Process;

@@ -15,7 +15,12 @@ pub const NAMESPACE: &str = "default";
 
 /// `spiffe://cluster.local/ns/default/sa/<sa>`
 pub fn spiffe(sa: &str) -> String {
-    format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{sa}")
+    spiffe_in(NAMESPACE, sa)
+}
+
+/// `spiffe://cluster.local/ns/<ns>/sa/<sa>`
+pub fn spiffe_in(ns: &str, sa: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{sa}")
 }
 
 #[derive(Debug)]
@@ -24,7 +29,8 @@ pub struct ControlPlane {
     pub dir: PathBuf,
     lifetime: String,
     extra: Vec<String>,
-    tokens: Mutex<Vec<(String, String)>>,
+    /// (token, namespace, service account)
+    tokens: Mutex<Vec<(String, String, String)>>,
     process: Mutex<Option<Arc<Process>>>,
 }
 
@@ -99,21 +105,28 @@ impl ControlPlane {
 
     fn write_tokens(&self) {
         let mut yaml = String::from("tokens:\n");
-        for (token, sa) in self.tokens.lock().expect("tokens").iter() {
+        for (token, ns, sa) in self.tokens.lock().expect("tokens").iter() {
             yaml.push_str(&format!(
-                "  - token: {token}\n    namespace: {NAMESPACE}\n    serviceAccount: {sa}\n"
+                "  - token: {token}\n    namespace: {ns}\n    serviceAccount: {sa}\n"
             ));
         }
         std::fs::write(self.tokens_file(), yaml).expect("writing tokens.yaml");
     }
 
-    /// Registers a bootstrap token for service account `sa` and returns it.
+    /// Registers a bootstrap token for service account `sa` (in `default`)
+    /// and returns it.
     pub fn token_for(&self, sa: &str) -> String {
-        let token = format!("token-{sa}-{}", rand::random::<u64>());
+        self.token_for_in(NAMESPACE, sa)
+    }
+
+    /// Registers a bootstrap token for service account `sa` in namespace
+    /// `ns` and returns it.
+    pub fn token_for_in(&self, ns: &str, sa: &str) -> String {
+        let token = format!("token-{ns}-{sa}-{}", rand::random::<u64>());
         self.tokens
             .lock()
             .expect("tokens")
-            .push((token.clone(), sa.to_string()));
+            .push((token.clone(), ns.to_string(), sa.to_string()));
         self.write_tokens();
         token
     }
@@ -180,8 +193,20 @@ impl Pod {
     /// Interception plus a sidecar whose identity (`sa`) comes from `cp`.
     /// `extra` goes to `weft-proxy run` (e.g. `--peer-identity`).
     pub fn mesh_with(&self, cp: &ControlPlane, sa: &str, extra: &[&str]) -> Arc<Process> {
+        self.mesh_with_in(cp, NAMESPACE, sa, extra)
+    }
+
+    /// Like [`Pod::mesh_with`], for a pod in namespace `ns`: its identity is
+    /// `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
+    pub fn mesh_with_in(
+        &self,
+        cp: &ControlPlane,
+        ns: &str,
+        sa: &str,
+        extra: &[&str],
+    ) -> Arc<Process> {
         self.init(&[]);
-        self.start_identified_proxy(cp, sa, extra)
+        self.start_identified_proxy_in(cp, ns, sa, extra)
     }
 
     /// Like [`Pod::mesh_with`], with the sidecar's DNS: port 53 is redirected
@@ -194,11 +219,24 @@ impl Pod {
         upstream: std::net::Ipv4Addr,
         extra: &[&str],
     ) -> Arc<Process> {
+        self.mesh_with_dns_in(cp, NAMESPACE, sa, upstream, extra)
+    }
+
+    /// Like [`Pod::mesh_with_dns`], for a pod in namespace `ns` (whose short
+    /// names the sidecar's DNS resolves in `ns`).
+    pub fn mesh_with_dns_in(
+        &self,
+        cp: &ControlPlane,
+        ns: &str,
+        sa: &str,
+        upstream: std::net::Ipv4Addr,
+        extra: &[&str],
+    ) -> Arc<Process> {
         self.ns.set_resolv_conf(&format!("nameserver {upstream}\n"));
         self.init(&["--dns"]);
         let mut args = vec!["--dns"];
         args.extend_from_slice(extra);
-        self.start_identified_proxy(cp, sa, &args)
+        self.start_identified_proxy_in(cp, ns, sa, &args)
     }
 
     /// Starts a proxy with an identity from `cp` (without running `init`).
@@ -208,8 +246,21 @@ impl Pod {
         sa: &str,
         extra: &[&str],
     ) -> Arc<Process> {
-        let token = cp.token_for(sa);
-        let id = spiffe(sa);
+        self.start_identified_proxy_in(cp, NAMESPACE, sa, extra)
+    }
+
+    /// Like [`Pod::start_identified_proxy`], for a pod in namespace `ns`. The
+    /// proxy takes its namespace (for discovery and DNS) from its identity's,
+    /// unless `extra` says otherwise (`--pod-namespace`).
+    pub fn start_identified_proxy_in(
+        &self,
+        cp: &ControlPlane,
+        ns: &str,
+        sa: &str,
+        extra: &[&str],
+    ) -> Arc<Process> {
+        let token = cp.token_for_in(ns, sa);
+        let id = spiffe_in(ns, sa);
         let addr = cp.grpc_addr().to_string();
         let anchors = cp.ca_cert();
         let mut args = vec![
@@ -229,11 +280,21 @@ impl Pod {
     }
 }
 
+/// A v1 Namespace manifest.
+pub fn namespace_yaml(ns: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
+}
+
 /// A Pod manifest for a harness pod: its name, IP, labels and service
 /// account, marked as meshed (`weft.dev/inject: enabled`) when `meshed`.
 pub fn pod_yaml(pod: &Pod, sa: &str, labels: &[(&str, &str)], meshed: bool) -> String {
+    pod_yaml_in(NAMESPACE, pod, sa, labels, meshed)
+}
+
+/// Like [`pod_yaml`], for a pod in namespace `ns`.
+pub fn pod_yaml_in(ns: &str, pod: &Pod, sa: &str, labels: &[(&str, &str)], meshed: bool) -> String {
     let mut y = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {NAMESPACE}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {ns}\n",
         pod.name
     );
     if meshed {
@@ -252,8 +313,19 @@ pub fn pod_yaml(pod: &Pod, sa: &str, labels: &[(&str, &str)], meshed: bool) -> S
 
 /// A Service manifest: `ports` are (port, targetPort, appProtocol).
 pub fn service_yaml(name: &str, vip: &str, app: &str, ports: &[(u16, u16, &str)]) -> String {
+    service_yaml_in(NAMESPACE, name, vip, app, ports)
+}
+
+/// Like [`service_yaml`], for a Service in namespace `ns`.
+pub fn service_yaml_in(
+    ns: &str,
+    name: &str,
+    vip: &str,
+    app: &str,
+    ports: &[(u16, u16, &str)],
+) -> String {
     let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\nspec:\n  clusterIP: {vip}\n  selector:\n    app: {app}\n  ports:\n"
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  clusterIP: {vip}\n  selector:\n    app: {app}\n  ports:\n"
     );
     for (port, target, proto) in ports {
         y.push_str(&format!(
@@ -279,6 +351,22 @@ pub fn http_pod(
     extra: &[&str],
     run: bool,
 ) -> Arc<Pod> {
+    http_pod_in(node, cp, NAMESPACE, name, sa, labels, extra, run)
+}
+
+/// Like [`http_pod`], for a pod in namespace `ns` (the app is told so with
+/// `--namespace`, the manifest and the sidecar's identity are in `ns`).
+#[allow(clippy::too_many_arguments)]
+pub fn http_pod_in(
+    node: &crate::Node,
+    cp: &ControlPlane,
+    ns: &str,
+    name: &str,
+    sa: &str,
+    labels: &[(&str, &str)],
+    extra: &[&str],
+    run: bool,
+) -> Arc<Pod> {
     let pod = node.pod(name);
     if run {
         let mut args = vec![
@@ -289,6 +377,8 @@ pub fn http_pod(
             sa,
             "--pod",
             name,
+            "--namespace",
+            ns,
         ];
         args.extend_from_slice(extra);
         pod.spawn("http", crate::bins::test_app(), &args);
@@ -296,10 +386,10 @@ pub fn http_pod(
     }
     cp.write_manifest(
         &format!("pod-{name}.yaml"),
-        &pod_yaml(&pod, sa, labels, true),
+        &pod_yaml_in(ns, &pod, sa, labels, true),
     );
     if run {
-        pod.mesh_with(cp, sa, &[]);
+        pod.mesh_with_in(cp, ns, sa, &[]);
     }
     pod
 }
@@ -313,5 +403,16 @@ impl Pod {
             .ok()
             .and_then(|r| r.json()["requests"].as_u64())
             .unwrap_or(0)
+    }
+
+    /// The last requests the test app in this pod has served (its `/_seen`,
+    /// oldest first): `{"path", "query", "method", "headers"}` each.
+    pub fn seen(&self) -> Vec<serde_json::Value> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
+        self.ns
+            .block_on(client::get(addr, "/_seen"))
+            .ok()
+            .and_then(|r| r.json()["requests"].as_array().cloned())
+            .unwrap_or_default()
     }
 }

@@ -1,13 +1,13 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -34,6 +34,14 @@ pub struct Args {
     /// This instance's name; also sent as `x-served-by` on every response.
     #[arg(long, env = "WEFT_TEST_POD", default_value = "test-0")]
     pod: String,
+    /// The namespace this instance runs in (reported by `/` and echoes).
+    #[arg(long, env = "WEFT_TEST_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Answer every path not otherwise served (and `/` without --backend)
+    /// with 200 and what the request was: path, query, method, host and
+    /// headers, as the Gateway API conformance echo server does.
+    #[arg(long)]
+    echo_requests: bool,
     /// Share of requests (0..=1) answered with --fail-status instead.
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
@@ -64,12 +72,17 @@ type Body = BoxBody<Bytes, hyper::Error>;
 /// reused, names from the cache, as a real service's HTTP client does.
 type HttpClient = Client<HttpConnector<CachingResolver>, Empty<Bytes>>;
 
+/// How many requests `/_seen` remembers.
+const SEEN: usize = 64;
+
 #[derive(Debug)]
 struct State {
     args: Args,
     requests: AtomicU64,
     client: HttpClient,
     db: Option<Db>,
+    /// The last [`SEEN`] requests (`/_seen`), oldest first.
+    seen: Mutex<VecDeque<serde_json::Value>>,
 }
 
 /// Returned by the handler to make hyper drop the connection.
@@ -100,6 +113,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         requests: AtomicU64::new(0),
         client: Client::builder(TokioExecutor::new()).build(connector),
         db,
+        seen: Mutex::new(VecDeque::with_capacity(SEEN)),
     });
     loop {
         let (stream, peer) = l.accept().await?;
@@ -117,7 +131,9 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
                     // A HEAD answer has the GET answer's headers and no body
                     // (hyper's HTTP/2 server would send one).
                     let head = req.method() == http::Method::HEAD;
-                    let res = handle_request(req, &state, &handle).await?;
+                    let set = echo_set_headers(req.headers());
+                    let mut res = handle_request(req, &state, &handle).await?;
+                    apply_headers(res.headers_mut(), set);
                     Ok::<_, Reset>(if head { without_body(res) } else { res })
                 }
             });
@@ -141,7 +157,27 @@ async fn handle_request(
         let n = st.requests.load(Ordering::Relaxed);
         return Ok(json_response(st, StatusCode::OK, json!({ "requests": n })));
     }
+    if path == "/_seen" {
+        let seen: Vec<_> = st.seen.lock().expect("seen").iter().cloned().collect();
+        return Ok(json_response(
+            st,
+            StatusCode::OK,
+            json!({ "requests": seen }),
+        ));
+    }
     st.requests.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut seen = st.seen.lock().expect("seen");
+        if seen.len() == SEEN {
+            seen.pop_front();
+        }
+        seen.push_back(json!({
+            "path": path,
+            "query": req.uri().query().unwrap_or_default(),
+            "method": req.method().as_str(),
+            "headers": header_map(req.headers()),
+        }));
+    }
     if let Some(l) = st.args.latency {
         tokio::time::sleep(l).await;
     }
@@ -169,10 +205,19 @@ async fn handle_request(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let res = match segments.as_slice() {
         [""] if st.args.backend.is_some() => frontend(st, req.headers()).await,
+        [""] if st.args.echo_requests => echo_request(st, &req),
         [""] => json_response(
             st,
             StatusCode::OK,
-            json!({ "service": st.args.service, "version": st.args.version, "pod": st.args.pod }),
+            json!({
+                "service": st.args.service,
+                "version": st.args.version,
+                "pod": st.args.pod,
+                "namespace": st.args.namespace,
+                "path": path,
+                "method": req.method().as_str(),
+                "host": host(&req),
+            }),
         ),
         ["status", code] => match code
             .parse::<u16>()
@@ -193,20 +238,11 @@ async fn handle_request(
             }
             Err(_) => json_response(st, StatusCode::BAD_REQUEST, json!({ "error": "bad delay" })),
         },
-        ["headers"] => {
-            let mut headers = BTreeMap::<String, String>::new();
-            for (name, value) in req.headers() {
-                let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
-                headers
-                    .entry(name.as_str().to_string())
-                    .and_modify(|e| {
-                        e.push_str(", ");
-                        e.push_str(&v);
-                    })
-                    .or_insert(v);
-            }
-            json_response(st, StatusCode::OK, json!({ "headers": headers }))
-        }
+        ["headers"] => json_response(
+            st,
+            StatusCode::OK,
+            json!({ "headers": header_map(req.headers()) }),
+        ),
         ["forward", target, rest @ ..] => forward(st, target, rest, req.headers()).await,
         ["echo"] => {
             // Streams the body (and trailers) back as it arrives.
@@ -214,6 +250,7 @@ async fn handle_request(
             served_by(st, &mut res);
             res
         }
+        _ if st.args.echo_requests => echo_request(st, &req),
         _ => json_response(
             st,
             StatusCode::NOT_FOUND,
@@ -221,6 +258,78 @@ async fn handle_request(
         ),
     };
     Ok(res)
+}
+
+/// `--echo-requests`: 200 and what the request was.
+fn echo_request(st: &State, req: &Request<Incoming>) -> Response<Body> {
+    json_response(
+        st,
+        StatusCode::OK,
+        json!({
+            "path": req.uri().path(),
+            "query": req.uri().query().unwrap_or_default(),
+            "method": req.method().as_str(),
+            "host": host(req),
+            "headers": header_map(req.headers()),
+            "service": st.args.service,
+            "version": st.args.version,
+            "pod": st.args.pod,
+            "namespace": st.args.namespace,
+        }),
+    )
+}
+
+/// The `Host` header, or the `:authority` of an HTTP/2 request; "" without.
+fn host<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}
+
+/// Headers by (lowercase) name, the values of a repeated one joined with ", ".
+pub(crate) fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::<String, String>::new();
+    for (name, value) in headers {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        map.entry(name.as_str().to_string())
+            .and_modify(|e| {
+                e.push_str(", ");
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    map
+}
+
+/// The request header that sets response headers, as in the Gateway API
+/// conformance echo server: `x-echo-set-header: name:value,name2:value2`.
+pub(crate) const ECHO_SET_HEADER: &str = "x-echo-set-header";
+
+/// The response headers every `x-echo-set-header` asks for, in order (so the
+/// last of a name wins when they are applied). Pairs without a `:`, and
+/// invalid names or values, are left out.
+pub(crate) fn echo_set_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .get_all(ECHO_SET_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once(':')?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes()).ok()?;
+            let value = HeaderValue::from_str(value.trim()).ok()?;
+            Some((name, value))
+        })
+        .collect()
+}
+
+/// Inserts `set` into `headers` (replacing what a name had before).
+pub(crate) fn apply_headers(headers: &mut HeaderMap, set: Vec<(HeaderName, HeaderValue)>) {
+    for (name, value) in set {
+        headers.insert(name, value);
+    }
 }
 
 fn served_by(st: &State, res: &mut Response<Body>) {
@@ -428,5 +537,69 @@ async fn forward(
             StatusCode::BAD_GATEWAY,
             json!({ "error": e.to_string() }),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(ECHO_SET_HEADER, HeaderValue::from_str(v).unwrap());
+        }
+        h.insert("x-other", HeaderValue::from_static("a:b"));
+        h
+    }
+
+    fn set(values: &[&str]) -> Vec<(String, String)> {
+        echo_set_headers(&request(values))
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn pairs_are_split_and_trimmed() {
+        assert_eq!(
+            set(&["X-Header-Set-1: one, x-header-set-2:two:with:colons"]),
+            [
+                ("x-header-set-1".into(), "one".into()),
+                ("x-header-set-2".into(), "two:with:colons".into()),
+            ]
+        );
+        assert_eq!(set(&["x-empty:"]), [("x-empty".into(), String::new())]);
+    }
+
+    #[test]
+    fn every_header_applies_and_the_last_wins() {
+        let mut res = HeaderMap::new();
+        res.insert("x-a", HeaderValue::from_static("before"));
+        res.append("x-b", HeaderValue::from_static("1"));
+        res.append("x-b", HeaderValue::from_static("2"));
+        apply_headers(
+            &mut res,
+            echo_set_headers(&request(&["x-a:1,x-c:3", "x-a:2,x-b:only"])),
+        );
+        assert_eq!(res.get_all("x-a").iter().collect::<Vec<_>>(), ["2"]);
+        assert_eq!(res.get_all("x-b").iter().collect::<Vec<_>>(), ["only"]);
+        assert_eq!(res["x-c"], "3");
+        assert!(res.get("x-other").is_none());
+    }
+
+    #[test]
+    fn invalid_pairs_are_ignored() {
+        assert_eq!(
+            set(&["no-colon, :no-name, bad name:v, x-ok:fine"]),
+            [("x-ok".into(), "fine".into())]
+        );
+        assert!(set(&[]).is_empty());
+        let mut h = HeaderMap::new();
+        h.insert(
+            ECHO_SET_HEADER,
+            HeaderValue::from_bytes(b"x-a:\xff").unwrap(),
+        );
+        assert!(echo_set_headers(&h).is_empty());
     }
 }

@@ -26,7 +26,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// HTTP/1.1 + h2c server: `/`, `/status/{code}`, `/delay/{ms}`, `/headers`,
-    /// `/echo`, and `/_stats` (requests served, never failed on purpose).
+    /// `/echo`, `/_stats` (requests served, never failed on purpose) and
+    /// `/_seen` (the last requests); with --echo-requests, any other path
+    /// echoes the request. A request's `x-echo-set-header: name:value,...`
+    /// sets those headers on its response.
     Http(http_server::Args),
     /// TCP server: `echo` copies bytes back as they come; `digest` reads to
     /// EOF, then writes `<length> <sha256 hex>\n`.
@@ -48,7 +51,7 @@ enum Command {
         #[arg(long = "record", value_delimiter = ',')]
         records: Vec<String>,
     },
-    /// gRPC (h2c) server of the `weft.test.Echo` service.
+    /// gRPC (h2c) server of the `weft.test.Echo` and `weft.test.Hello` services.
     Grpc {
         #[arg(long, default_value = "0.0.0.0:9090")]
         listen: SocketAddr,
