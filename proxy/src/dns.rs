@@ -219,6 +219,7 @@ mod tests {
         let cfg = MeshConfig::from_snapshot(
             &snap,
             "cluster.local",
+            "shop",
             &MeshConfig::default(),
             &crate::balance::Registry::default(),
         )

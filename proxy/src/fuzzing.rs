@@ -89,6 +89,7 @@ impl WatchStream {
             self.current.as_ref(),
             msg,
             TRUST_DOMAIN,
+            "default",
             &self.mesh,
             &self.endpoints,
         );
@@ -135,6 +136,7 @@ pub fn dns_server(snapshot: &v1::Snapshot, namespace: &str) -> anyhow::Result<Dn
     let cfg = MeshConfig::from_snapshot(
         snapshot,
         TRUST_DOMAIN,
+        namespace,
         &MeshConfig::default(),
         &Registry::default(),
     )?;

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri};
 use regex::Regex;
 use weft_api::v1;
@@ -21,6 +22,8 @@ pub enum RouteError {
     Method(String),
     #[error("backend address `{0}` is not IP:PORT")]
     Backend(String),
+    #[error("header `{0}` is not a valid HTTP header")]
+    Header(String),
 }
 
 #[derive(Debug)]
@@ -135,27 +138,144 @@ impl Match {
     }
 }
 
+/// Header changes, compiled once: names and values checked when the
+/// snapshot is applied, not per request.
+#[derive(Debug, Default, Clone)]
+pub struct HeaderOps {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    fn new(mods: &[v1::HeaderModifier]) -> Result<Self, RouteError> {
+        let mut ops = HeaderOps::default();
+        let pair = |h: &v1::Header| -> Result<(HeaderName, HeaderValue), RouteError> {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| RouteError::Header(h.name.clone()))?;
+            let value = HeaderValue::from_str(&h.value)
+                .map_err(|_| RouteError::Header(format!("{}: {}", h.name, h.value)))?;
+            Ok((name, value))
+        };
+        for m in mods {
+            for h in &m.set {
+                ops.set.push(pair(h)?);
+            }
+            for h in &m.add {
+                ops.add.push(pair(h)?);
+            }
+            for n in &m.remove {
+                ops.remove.push(
+                    HeaderName::from_bytes(n.as_bytes())
+                        .map_err(|_| RouteError::Header(n.clone()))?,
+                );
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Set replaces every value, add appends one, remove drops them all.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+        for n in &self.remove {
+            headers.remove(n);
+        }
+    }
+}
+
+/// A copy of requests sent to another Service, its answer discarded.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub address: SocketAddr,
+    /// `name.namespace:port`, for logs.
+    pub name: String,
+    numerator: u32,
+    denominator: u32,
+}
+
+impl Mirror {
+    fn new(m: &v1::Mirror) -> Result<Self, RouteError> {
+        Ok(Mirror {
+            address: m
+                .address
+                .parse()
+                .map_err(|_| RouteError::Backend(m.address.clone()))?,
+            name: m.name.clone(),
+            numerator: m.numerator,
+            denominator: m.denominator,
+        })
+    }
+
+    /// Whether this request is one of the share copied.
+    pub fn sampled(&self) -> bool {
+        if self.denominator == 0 || self.numerator >= self.denominator {
+            return self.denominator == 0 || self.numerator > 0;
+        }
+        rand::random_range(0..self.denominator) < self.numerator
+    }
+}
+
+/// The filters of a rule or of one backend.
+#[derive(Debug, Default, Clone)]
+pub struct Filters {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+    pub mirrors: Vec<Mirror>,
+}
+
+impl Filters {
+    fn new(
+        request: &[v1::HeaderModifier],
+        response: &[v1::HeaderModifier],
+        mirrors: &[v1::Mirror],
+    ) -> Result<Self, RouteError> {
+        Ok(Filters {
+            request: HeaderOps::new(request)?,
+            response: HeaderOps::new(response)?,
+            mirrors: mirrors.iter().map(Mirror::new).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
 /// Where a matched request goes (one of a weighted split).
 #[derive(Debug, Clone)]
 pub struct Backend {
-    pub address: SocketAddr,
+    /// None when the backend cannot be used: its share gets 500.
+    pub address: Option<SocketAddr>,
+    /// Why it cannot be used.
+    pub invalid: Option<String>,
     pub weight: u32,
+    pub filters: Filters,
 }
 
 #[derive(Debug)]
 pub struct Rule {
-    /// `namespace/name` of the HTTPRoute.
+    /// `namespace/name` of the route.
     pub route: String,
+    /// The rule's own name, if it has one.
+    pub name: String,
     matches: Vec<Match>,
     pub backends: Vec<Backend>,
     total_weight: u64,
-    pub header_modifiers: Vec<v1::HeaderModifier>,
+    pub filters: Filters,
     pub redirect: Option<v1::Redirect>,
     pub rewrite: Option<v1::Rewrite>,
+    pub cors: Option<crate::http::cors::Cors>,
+    /// Why the rule cannot be served as written: its requests get 500.
+    pub invalid: Option<String>,
     /// The path prefix this rule matched on, for prefix rewrites.
     pub prefix: Option<String>,
     pub timeouts: Option<v1::Timeouts>,
     pub retry: Option<v1::RetryPolicy>,
+}
+
+fn reason(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
 }
 
 impl Rule {
@@ -164,12 +284,24 @@ impl Rule {
             .backends
             .iter()
             .map(|b| {
+                let invalid = reason(&b.invalid);
+                let address = match invalid {
+                    Some(_) => None,
+                    None => Some(
+                        b.address
+                            .parse()
+                            .map_err(|_| RouteError::Backend(b.address.clone()))?,
+                    ),
+                };
                 Ok(Backend {
-                    address: b
-                        .address
-                        .parse()
-                        .map_err(|_| RouteError::Backend(b.address.clone()))?,
+                    address,
+                    invalid,
                     weight: b.weight,
+                    filters: Filters::new(
+                        &b.request_header_modifiers,
+                        &b.response_header_modifiers,
+                        &b.mirrors,
+                    )?,
                 })
             })
             .collect::<Result<_, RouteError>>()?;
@@ -178,12 +310,23 @@ impl Rule {
         });
         Ok(Rule {
             route: r.route.clone(),
+            name: r.rule_name.clone(),
             matches: r.matches.iter().map(Match::new).collect::<Result<_, _>>()?,
             total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
             backends,
-            header_modifiers: r.request_header_modifiers.clone(),
+            filters: Filters::new(
+                &r.request_header_modifiers,
+                &r.response_header_modifiers,
+                &r.mirrors,
+            )?,
             redirect: r.redirect.clone().filter(|r| r.enabled),
             rewrite: r.rewrite.clone().filter(|r| r.enabled),
+            cors: r
+                .cors
+                .as_ref()
+                .filter(|c| c.enabled)
+                .map(crate::http::cors::Cors::new),
+            invalid: reason(&r.invalid),
             prefix,
             timeouts: r.timeouts,
             retry: r.retry.clone(),
@@ -224,10 +367,26 @@ pub struct Routes {
 }
 
 impl Routes {
-    pub fn new(rules: &[v1::RouteRule]) -> Result<Self, RouteError> {
+    /// The rules a client in `namespace` follows: the consumer routes its
+    /// namespace has for this Service, if any; otherwise the producer
+    /// routes (GEP-1294). Another namespace's consumer routes never apply.
+    pub fn new(rules: &[v1::RouteRule], namespace: &str) -> Result<Self, RouteError> {
+        let consumer = rules
+            .iter()
+            .any(|r| !r.consumer_namespace.is_empty() && r.consumer_namespace == namespace);
+        let scope = if consumer { namespace } else { "" };
         Ok(Routes {
-            rules: rules.iter().map(Rule::new).collect::<Result<_, _>>()?,
+            rules: rules
+                .iter()
+                .filter(|r| r.consumer_namespace == scope)
+                .map(Rule::new)
+                .collect::<Result<_, _>>()?,
         })
+    }
+
+    #[cfg(test)]
+    fn new_for_test(rules: &[v1::RouteRule]) -> Result<Self, RouteError> {
+        Self::new(rules, "default")
     }
 
     pub fn is_empty(&self) -> bool {
@@ -276,6 +435,7 @@ mod tests {
                     address: (*a).into(),
                     name: (*a).into(),
                     weight: *w,
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()
@@ -296,7 +456,7 @@ mod tests {
     #[test]
     fn header_match_then_prefix() {
         use v1::route_match::PathKind;
-        let routes = Routes::new(&[
+        let routes = Routes::new_for_test(&[
             rule(
                 PathKind::Prefix,
                 "/",
@@ -322,7 +482,7 @@ mod tests {
         let mut counts = [0u32; 2];
         for _ in 0..10_000 {
             let b = r.pick_backend().unwrap();
-            counts[usize::from(b.address.ip().to_string().ends_with(".2"))] += 1;
+            counts[usize::from(b.address.unwrap().ip().to_string().ends_with(".2"))] += 1;
         }
         assert!((8800..=9200).contains(&counts[0]), "{counts:?}");
     }
@@ -338,7 +498,7 @@ mod tests {
     #[test]
     fn regexes_are_anchored_and_bad_ones_are_refused() {
         use v1::route_match::PathKind;
-        let routes = Routes::new(&[rule(
+        let routes = Routes::new_for_test(&[rule(
             PathKind::Regex,
             "/v[0-9]+/.*",
             vec![],
@@ -349,6 +509,51 @@ mod tests {
         assert!(routes.find(&m, &u, &h).is_some());
         let (m, u, h) = req("/api/v2/items", &[]);
         assert!(routes.find(&m, &u, &h).is_none());
-        assert!(Routes::new(&[rule(PathKind::Regex, "/(unclosed", vec![], &[])]).is_err());
+        assert!(Routes::new_for_test(&[rule(PathKind::Regex, "/(unclosed", vec![], &[])]).is_err());
+    }
+
+    #[test]
+    fn consumer_routes_replace_producer_routes_for_their_namespace_only() {
+        use v1::route_match::PathKind;
+        let producer = rule(PathKind::Prefix, "/", vec![], &[("198.19.0.1:80", 1)]);
+        let mut consumer = rule(PathKind::Prefix, "/", vec![], &[("198.19.0.2:80", 1)]);
+        consumer.consumer_namespace = "shop".into();
+        let mut other = rule(PathKind::Prefix, "/", vec![], &[("198.19.0.3:80", 1)]);
+        other.consumer_namespace = "billing".into();
+        let all = [consumer, other, producer];
+        let to = |ns: &str| -> Vec<String> {
+            Routes::new(&all, ns)
+                .unwrap()
+                .rules()
+                .iter()
+                .map(|r| r.backends[0].address.unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(to("shop"), ["198.19.0.2:80"]);
+        assert_eq!(to("billing"), ["198.19.0.3:80"]);
+        assert_eq!(to("default"), ["198.19.0.1:80"]);
+        // Without producer routes, other namespaces see no routes at all.
+        assert!(Routes::new(&all[..2], "default").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_invalid_backend_keeps_its_share() {
+        use v1::route_match::PathKind;
+        let mut r = rule(
+            PathKind::Prefix,
+            "/",
+            vec![],
+            &[("198.19.0.1:80", 1), ("", 1), ("198.19.0.3:80", 0)],
+        );
+        r.backends[1].invalid = "Service default/missing does not exist".into();
+        let routes = Routes::new_for_test(&[r]).unwrap();
+        let rule = &routes.rules()[0];
+        let mut invalid = 0;
+        for _ in 0..10_000 {
+            let b = &rule.backends[rule.pick_backend_index().unwrap()];
+            assert_ne!(b.weight, 0, "a zero weight backend was picked");
+            invalid += usize::from(b.invalid.is_some());
+        }
+        assert!((4_700..=5_300).contains(&invalid), "{invalid}");
     }
 }

@@ -551,7 +551,11 @@ spec:
         (redirect, (status, body), unmatched.status)
     });
     assert_eq!(redirect.status, 301);
-    assert_eq!(redirect.headers["location"], "http://new.example/new/page");
+    // The query is kept, as Envoy-based meshes do (the spec is silent).
+    assert_eq!(
+        redirect.headers["location"],
+        "http://new.example/new/page?q=1"
+    );
     let (status, body) = rewritten;
     assert_eq!(status, 200, "/api/headers was not rewritten to /headers");
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");

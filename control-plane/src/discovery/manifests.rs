@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
+use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
@@ -271,6 +273,15 @@ fn parse_object(doc: &Value) -> Result<Option<(ObjectKey, Object)>, ParseError> 
             validate_route(&r).map_err(|(f, m)| fail(f, m))?;
             Object::HttpRoute(Arc::new(r))
         }
+        Kind::GrpcRoute => {
+            let r: GrpcRoute = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            validate_route(&super::grpc::to_http(&r)).map_err(|(f, m)| fail(f, m))?;
+            Object::GrpcRoute(Arc::new(r))
+        }
+        Kind::ReferenceGrant => {
+            let g: ReferenceGrant = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            Object::ReferenceGrant(Arc::new(g))
+        }
         Kind::TrafficPolicy => {
             let p: TrafficPolicy = typed(doc).map_err(|(f, m)| fail(f, m))?;
             validate_policy(&p).map_err(|(f, m)| fail(f, m))?;
@@ -358,6 +369,15 @@ pub fn validate_policy(p: &TrafficPolicy) -> Result<(), (String, String)> {
     p.spec.validate()
 }
 
+/// Whether a generated enum value has this serde name.
+fn is<T: serde::Serialize>(v: &T, name: &str) -> bool {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .as_deref()
+        == Some(name)
+}
+
 pub fn validate_route(r: &HttpRoute) -> Result<(), (String, String)> {
     use super::crds::duration_ms;
     for (i, rule) in r.spec.rules.iter().flatten().enumerate() {
@@ -370,6 +390,139 @@ pub fn validate_route(r: &HttpRoute) -> Result<(), (String, String)> {
         if let Some(t) = &rule.timeouts {
             check("timeouts.request", &t.request)?;
             check("timeouts.backendRequest", &t.backend_request)?;
+        }
+        for (j, m) in rule.matches.iter().flatten().enumerate() {
+            let at = format!("spec.rules[{i}].matches[{j}]");
+            let regex = |field: String, value: &str| {
+                regex::Regex::new(value)
+                    .map(|_| ())
+                    .map_err(|e| (field, format!("`{value}` is not a regular expression: {e}")))
+            };
+            if let Some(p) = &m.path
+                && let Some(v) = &p.value
+            {
+                if p.r#type
+                    .as_ref()
+                    .is_some_and(|t| is(t, "RegularExpression"))
+                {
+                    regex(format!("{at}.path.value"), v)?;
+                } else if !v.starts_with('/') {
+                    return Err((
+                        format!("{at}.path.value"),
+                        format!("`{v}` does not start with /"),
+                    ));
+                }
+            }
+            for (k, h) in m.headers.iter().flatten().enumerate() {
+                if http::header::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                    return Err((
+                        format!("{at}.headers[{k}].name"),
+                        format!("`{}` is not an HTTP header name", h.name),
+                    ));
+                }
+                if h.r#type
+                    .as_ref()
+                    .is_some_and(|t| is(t, "RegularExpression"))
+                {
+                    regex(format!("{at}.headers[{k}].value"), &h.value)?;
+                }
+            }
+            for (k, q) in m.query_params.iter().flatten().enumerate() {
+                if q.r#type
+                    .as_ref()
+                    .is_some_and(|t| is(t, "RegularExpression"))
+                {
+                    regex(format!("{at}.queryParams[{k}].value"), &q.value)?;
+                }
+            }
+        }
+        let filters = rule
+            .filters
+            .iter()
+            .flatten()
+            .map(|f| ("".to_string(), f.clone()));
+        let backend_filters = rule
+            .backend_refs
+            .iter()
+            .flatten()
+            .enumerate()
+            .flat_map(|(j, b)| {
+                b.filters
+                    .iter()
+                    .flatten()
+                    .filter_map(|f| serde_json::to_value(f).ok())
+                    .filter_map(|v| serde_json::from_value(v).ok())
+                    .map(move |f| (format!(".backendRefs[{j}]"), f))
+                    .collect::<Vec<_>>()
+            });
+        let prefix_matched = rule.matches.as_deref().unwrap_or_default().iter().all(|m| {
+            m.path
+                .as_ref()
+                .is_none_or(|p| p.r#type.as_ref().is_none_or(|t| is(t, "PathPrefix")))
+        });
+        for (k, (owner, f)) in filters.chain(backend_filters).enumerate() {
+            let f: gateway_api::experimental::httproutes::HttpRouteRulesFilters = f;
+            let at = format!("spec.rules[{i}]{owner}.filters");
+            // Both modifiers have the same shape: {set, add: [{name, value}], remove}.
+            let modifiers = [
+                serde_json::to_value(&f.request_header_modifier),
+                serde_json::to_value(&f.response_header_modifier),
+            ];
+            for m in modifiers.into_iter().flatten() {
+                let pairs = |key: &str| -> Vec<(String, String)> {
+                    m[key]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|h| {
+                            let s = |k: &str| h[k].as_str().unwrap_or_default().to_string();
+                            (s("name"), s("value"))
+                        })
+                        .collect()
+                };
+                let (set, add) = (pairs("set"), pairs("add"));
+                let remove: Vec<String> = m["remove"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect();
+                for (name, value) in set.iter().chain(&add) {
+                    if http::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                        || http::header::HeaderValue::from_str(value).is_err()
+                    {
+                        return Err((
+                            format!("{at}[{k}]"),
+                            format!("`{name}: {value}` is not a valid HTTP header"),
+                        ));
+                    }
+                }
+                for name in &remove {
+                    if http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        return Err((
+                            format!("{at}[{k}]"),
+                            format!("`{name}` is not an HTTP header name"),
+                        ));
+                    }
+                }
+            }
+            let prefix_path = f
+                .request_redirect
+                .as_ref()
+                .and_then(|r| r.path.as_ref())
+                .and_then(|p| p.replace_prefix_match.as_ref())
+                .or_else(|| {
+                    f.url_rewrite
+                        .as_ref()
+                        .and_then(|r| r.path.as_ref())
+                        .and_then(|p| p.replace_prefix_match.as_ref())
+                });
+            if prefix_path.is_some() && !prefix_matched {
+                return Err((
+                    format!("{at}[{k}]"),
+                    "ReplacePrefixMatch needs the rule's matches to be PathPrefix matches".into(),
+                ));
+            }
         }
         if let Some(rt) = &rule.retry {
             check("retry.backoff", &rt.backoff)?;

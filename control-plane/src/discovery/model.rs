@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use gateway_api::experimental::httproutes::HttpRoute;
+use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -195,8 +196,47 @@ pub struct Model {
     pub services: Vec<ServiceModel>,
     pub pods: Vec<PodModel>,
     pub namespaces: BTreeMap<String, NamespaceModel>,
-    pub routes: Vec<HttpRoute>,
+    /// HTTPRoutes and GRPCRoutes (read as HTTPRoutes, [`super::grpc`]).
+    pub routes: Vec<MeshRoute>,
     pub policies: Vec<super::crds::TrafficPolicy>,
+    pub reference_grants: Vec<ReferenceGrant>,
+}
+
+/// Which Gateway API kind a route was written as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
+/// A route as the mesh reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeshRoute {
+    pub kind: RouteKind,
+    pub route: HttpRoute,
+}
+
+impl MeshRoute {
+    pub fn namespace(&self) -> &str {
+        self.route
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default")
+    }
+
+    pub fn name(&self) -> &str {
+        self.route.metadata.name.as_deref().unwrap_or_default()
+    }
 }
 
 /// `appProtocol` (and the opaque-ports list) to a protocol.
@@ -255,7 +295,11 @@ impl Model {
                             .push(es);
                     }
                 }
-                Object::Service(_) | Object::HttpRoute(_) | Object::TrafficPolicy(_) => {}
+                Object::Service(_)
+                | Object::HttpRoute(_)
+                | Object::GrpcRoute(_)
+                | Object::ReferenceGrant(_)
+                | Object::TrafficPolicy(_) => {}
             }
         }
         // Sorted, so that `pod` (once per proxy per change) is a binary search.
@@ -317,12 +361,38 @@ impl Model {
                         .collect();
                     m.services.push(svc);
                 }
-                Object::HttpRoute(r) => m.routes.push((**r).clone()),
+                Object::HttpRoute(r) => m.routes.push(MeshRoute {
+                    kind: RouteKind::Http,
+                    route: (**r).clone(),
+                }),
+                Object::GrpcRoute(r) => m.routes.push(MeshRoute {
+                    kind: RouteKind::Grpc,
+                    route: super::grpc::to_http(r),
+                }),
+                Object::ReferenceGrant(g) => m.reference_grants.push((**g).clone()),
                 Object::TrafficPolicy(p) => m.policies.push((**p).clone()),
                 Object::Namespace(_) | Object::Pod(_) | Object::EndpointSlice(_) => {}
             }
         }
         m
+    }
+
+    /// Whether a ReferenceGrant in `to_ns` lets a route of `from_kind` in
+    /// `from_ns` refer to Service `to_name` there.
+    pub fn grants(&self, from_ns: &str, from_kind: &str, to_ns: &str, to_name: &str) -> bool {
+        self.reference_grants.iter().any(|g| {
+            g.metadata.namespace.as_deref().unwrap_or("default") == to_ns
+                && g.spec.from.iter().any(|f| {
+                    f.group == "gateway.networking.k8s.io"
+                        && f.kind == from_kind
+                        && f.namespace == from_ns
+                })
+                && g.spec.to.iter().any(|t| {
+                    (t.group.is_empty() || t.group == "core")
+                        && t.kind == "Service"
+                        && t.name.as_deref().is_none_or(|n| n == to_name)
+                })
+        })
     }
 
     /// `pods` is sorted by namespace and name (see `build`).

@@ -5,7 +5,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
+use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -19,6 +21,8 @@ pub enum Kind {
     Pod,
     EndpointSlice,
     HttpRoute,
+    GrpcRoute,
+    ReferenceGrant,
     TrafficPolicy,
 }
 
@@ -33,6 +37,11 @@ impl Kind {
             ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "HTTPRoute") => {
                 Some(Kind::HttpRoute)
             }
+            ("gateway.networking.k8s.io/v1", "GRPCRoute") => Some(Kind::GrpcRoute),
+            (
+                "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+                "ReferenceGrant",
+            ) => Some(Kind::ReferenceGrant),
             ("weft.dev/v1alpha1", "TrafficPolicy") => Some(Kind::TrafficPolicy),
             _ => None,
         }
@@ -47,6 +56,8 @@ impl fmt::Display for Kind {
             Kind::Pod => "Pod",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
             Kind::TrafficPolicy => "TrafficPolicy",
         })
     }
@@ -77,5 +88,7 @@ pub enum Object {
     Pod(Arc<Pod>),
     EndpointSlice(Arc<EndpointSlice>),
     HttpRoute(Arc<HttpRoute>),
+    GrpcRoute(Arc<GrpcRoute>),
+    ReferenceGrant(Arc<ReferenceGrant>),
     TrafficPolicy(Arc<TrafficPolicy>),
 }

@@ -1,13 +1,22 @@
-//! HTTPRoutes compiled for the proxies: every (route, rule, match) attached
-//! to a Service port becomes one `RouteRule`, sorted by Gateway API
-//! precedence, so a proxy just takes the first that matches.
+//! Routes compiled for the proxies: every (route, rule, match) attached to
+//! a Service port becomes one `RouteRule`, sorted by Gateway API precedence,
+//! so a proxy just takes the first that matches.
+//!
+//! What a rule refers to is resolved here, once, for every proxy: a backend
+//! that cannot be used (no such Service, a cross-namespace reference that no
+//! ReferenceGrant allows, a kind that is not a Service) stays in the split
+//! marked invalid, so that its share of requests gets 500 as the spec says,
+//! and the same findings feed the route's status ([`diagnose`]).
 
 use std::cmp::Ordering;
 
-use gateway_api::experimental::httproutes::{HttpRoute, HttpRouteRules, HttpRouteRulesMatches};
+use gateway_api::experimental::httproutes::{
+    HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesFilters,
+    HttpRouteRulesMatches,
+};
 use weft_api::v1;
 
-use super::model::{Model, ServiceModel};
+use super::model::{MeshRoute, Model, RouteKind, ServiceModel};
 
 /// The serde name of a generated enum value (`PathPrefix`, `GET`, `301`).
 fn enum_name<T: serde::Serialize>(v: &T) -> String {
@@ -17,14 +26,32 @@ fn enum_name<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-fn attaches(route: &HttpRoute, svc: &ServiceModel, port: u16) -> bool {
-    let route_ns = route.metadata.namespace.as_deref().unwrap_or("default");
-    route.spec.parent_refs.iter().flatten().any(|p| {
-        p.kind.as_deref() == Some("Service")
-            && p.name == svc.name
-            && p.namespace.as_deref().unwrap_or(route_ns) == svc.namespace
-            && p.port.is_none_or(|pp| pp == i32::from(port))
-    })
+/// A reference to a core Service (`group: ""`, `kind: Service`).
+pub fn is_service_ref(group: Option<&str>, kind: Option<&str>) -> bool {
+    kind == Some("Service") && group.is_none_or(|g| g.is_empty() || g == "core")
+}
+
+/// Whether a parentRef names this Service port: by `port`, or by
+/// `sectionName` as the port's name; neither binds every port.
+fn parent_binds(p: &HttpRouteParentRefs, route_ns: &str, svc: &ServiceModel, port: u16) -> bool {
+    is_service_ref(p.group.as_deref(), p.kind.as_deref())
+        && p.name == svc.name
+        && p.namespace.as_deref().unwrap_or(route_ns) == svc.namespace
+        && p.port.is_none_or(|pp| pp == i32::from(port))
+        && p.section_name
+            .as_deref()
+            .is_none_or(|s| svc.ports.iter().any(|sp| sp.port == port && sp.name == s))
+}
+
+fn attaches(route: &MeshRoute, svc: &ServiceModel, port: u16) -> bool {
+    let ns = route.namespace();
+    route
+        .route
+        .spec
+        .parent_refs
+        .iter()
+        .flatten()
+        .any(|p| parent_binds(p, ns, svc, port))
 }
 
 fn compile_match(m: &HttpRouteRulesMatches) -> v1::RouteMatch {
@@ -67,54 +94,411 @@ fn compile_match(m: &HttpRouteRulesMatches) -> v1::RouteMatch {
     }
 }
 
+/// Why a reference cannot be used, the Gateway API way: the condition
+/// reason and a message naming the field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(reason: &'static str, message: String) -> Self {
+        Problem { reason, message }
+    }
+}
+
+/// A backendRef's or a mirror's reference, as written.
+struct Ref<'r> {
+    group: Option<&'r str>,
+    kind: Option<&'r str>,
+    name: &'r str,
+    namespace: Option<&'r str>,
+    port: Option<i32>,
+}
+
+/// A backend (or mirror) reference resolved against the model.
+struct Resolved<'a> {
+    svc: &'a ServiceModel,
+    port: u16,
+}
+
+/// Resolves a Service reference made from `route` (a backendRef or a
+/// mirror's): the Service must exist, in the route's namespace or one whose
+/// ReferenceGrant lets the route's kind in, and have the port.
+fn resolve<'a>(
+    model: &'a Model,
+    route: &MeshRoute,
+    at: &str,
+    r: Ref<'_>,
+    default_port: u16,
+) -> Result<Resolved<'a>, Problem> {
+    let Ref {
+        group,
+        kind,
+        name,
+        namespace,
+        port,
+    } = r;
+    let kind = kind.unwrap_or("Service");
+    if !is_service_ref(group, Some(kind)) {
+        return Err(Problem::new(
+            "InvalidKind",
+            format!("{at}: only core Services can be backends, not {kind}"),
+        ));
+    }
+    let route_ns = route.namespace();
+    let ns = namespace.unwrap_or(route_ns);
+    // A consumer route sending to the Service it attaches to widens no
+    // access (GEP-1294); any other Service elsewhere needs its owner's grant.
+    let own_parent = route.route.spec.parent_refs.iter().flatten().any(|p| {
+        is_service_ref(p.group.as_deref(), p.kind.as_deref())
+            && p.name == name
+            && p.namespace.as_deref().unwrap_or(route_ns) == ns
+    });
+    if ns != route_ns && !own_parent && !model.grants(route_ns, route.kind.name(), ns, name) {
+        return Err(Problem::new(
+            "RefNotPermitted",
+            format!(
+                "{at}: Service {ns}/{name} is in another namespace and no ReferenceGrant in {ns} allows {}s from {route_ns}",
+                route.kind.name()
+            ),
+        ));
+    }
+    let Some(svc) = model
+        .services
+        .iter()
+        .find(|s| s.name == name && s.namespace == ns)
+    else {
+        return Err(Problem::new(
+            "BackendNotFound",
+            format!("{at}: Service {ns}/{name} does not exist"),
+        ));
+    };
+    let port = port
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(default_port);
+    if svc.vip.is_none() {
+        return Err(Problem::new(
+            "BackendNotFound",
+            format!("{at}: Service {ns}/{name} has no cluster IP (headless)"),
+        ));
+    }
+    if !svc.ports.iter().any(|p| p.port == port) {
+        return Err(Problem::new(
+            "BackendNotFound",
+            format!("{at}: Service {ns}/{name} has no port {port}"),
+        ));
+    }
+    Ok(Resolved { svc, port })
+}
+
+fn address(r: &Resolved<'_>) -> (String, String) {
+    let vip = r
+        .svc
+        .vip
+        .map(|ip| std::net::SocketAddr::new(ip, r.port).to_string());
+    (
+        vip.unwrap_or_default(),
+        format!("{}.{}:{}", r.svc.name, r.svc.namespace, r.port),
+    )
+}
+
+fn headers<T: serde::Serialize>(list: &Option<Vec<T>>) -> Vec<v1::Header> {
+    #[derive(serde::Deserialize)]
+    struct H {
+        name: String,
+        value: String,
+    }
+    list.iter()
+        .flatten()
+        .filter_map(|h| serde_json::to_value(h).ok())
+        .filter_map(|v| serde_json::from_value::<H>(v).ok())
+        .map(|h| v1::Header {
+            name: h.name,
+            value: h.value,
+        })
+        .collect()
+}
+
+/// What one list of filters (a rule's, or a backendRef's) amounts to.
+#[derive(Default)]
+struct Filters {
+    request: Vec<v1::HeaderModifier>,
+    response: Vec<v1::HeaderModifier>,
+    mirrors: Vec<v1::Mirror>,
+    redirect: Option<v1::Redirect>,
+    rewrite: Option<v1::Rewrite>,
+    cors: Option<v1::Cors>,
+    /// A filter Weft cannot apply: the requests it would see get 500.
+    unsupported: Option<Problem>,
+    /// Mirrors whose Service cannot be used (dropped; reported).
+    unresolved: Vec<Problem>,
+}
+
+fn compile_filters(
+    model: &Model,
+    route: &MeshRoute,
+    at: &str,
+    filters: &[HttpRouteRulesFilters],
+    port: u16,
+) -> Filters {
+    let mut out = Filters::default();
+    for (k, f) in filters.iter().enumerate() {
+        let at = format!("{at}.filters[{k}]");
+        let kind = enum_name(&f.r#type);
+        match kind.as_str() {
+            "RequestHeaderModifier" | "ResponseHeaderModifier" => {
+                let m = if kind == "RequestHeaderModifier" {
+                    f.request_header_modifier
+                        .as_ref()
+                        .map(|h| v1::HeaderModifier {
+                            set: headers(&h.set),
+                            add: headers(&h.add),
+                            remove: h.remove.clone().unwrap_or_default(),
+                        })
+                } else {
+                    f.response_header_modifier
+                        .as_ref()
+                        .map(|h| v1::HeaderModifier {
+                            set: headers(&h.set),
+                            add: headers(&h.add),
+                            remove: h.remove.clone().unwrap_or_default(),
+                        })
+                };
+                let Some(m) = m else {
+                    out.unsupported = Some(missing(&at, &kind));
+                    continue;
+                };
+                if kind == "RequestHeaderModifier" {
+                    out.request.push(m);
+                } else {
+                    out.response.push(m);
+                }
+            }
+            "RequestRedirect" => {
+                let Some(r) = &f.request_redirect else {
+                    out.unsupported = Some(missing(&at, &kind));
+                    continue;
+                };
+                out.redirect = Some(v1::Redirect {
+                    enabled: true,
+                    scheme: r.scheme.as_ref().map(enum_name).unwrap_or_default(),
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    port: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+                    path_full: r.path.as_ref().and_then(|p| p.replace_full_path.clone()),
+                    path_prefix: r.path.as_ref().and_then(|p| p.replace_prefix_match.clone()),
+                    status_code: r
+                        .status_code
+                        .and_then(|c| u32::try_from(c).ok())
+                        .unwrap_or(302),
+                });
+            }
+            "URLRewrite" => {
+                let Some(r) = &f.url_rewrite else {
+                    out.unsupported = Some(missing(&at, &kind));
+                    continue;
+                };
+                out.rewrite = Some(v1::Rewrite {
+                    enabled: true,
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    path_full: r.path.as_ref().and_then(|p| p.replace_full_path.clone()),
+                    path_prefix: r.path.as_ref().and_then(|p| p.replace_prefix_match.clone()),
+                });
+            }
+            "RequestMirror" => {
+                let Some(m) = &f.request_mirror else {
+                    out.unsupported = Some(missing(&at, &kind));
+                    continue;
+                };
+                let b = &m.backend_ref;
+                match resolve(
+                    model,
+                    route,
+                    &format!("{at}.requestMirror.backendRef"),
+                    Ref {
+                        group: b.group.as_deref(),
+                        kind: b.kind.as_deref(),
+                        name: &b.name,
+                        namespace: b.namespace.as_deref(),
+                        port: b.port,
+                    },
+                    port,
+                ) {
+                    Ok(r) => {
+                        let (address, name) = address(&r);
+                        let (numerator, denominator) = match (&m.fraction, m.percent) {
+                            (Some(f), _) => (
+                                u32::try_from(f.numerator).unwrap_or(0),
+                                f.denominator
+                                    .and_then(|d| u32::try_from(d).ok())
+                                    .unwrap_or(100),
+                            ),
+                            (None, Some(p)) => (u32::try_from(p).unwrap_or(0), 100),
+                            (None, None) => (100, 100),
+                        };
+                        out.mirrors.push(v1::Mirror {
+                            address,
+                            name,
+                            numerator,
+                            denominator,
+                        });
+                    }
+                    Err(p) => out.unresolved.push(p),
+                }
+            }
+            "CORS" => {
+                let Some(c) = &f.cors else {
+                    out.unsupported = Some(missing(&at, &kind));
+                    continue;
+                };
+                out.cors = Some(v1::Cors {
+                    enabled: true,
+                    allow_origins: c.allow_origins.clone().unwrap_or_default(),
+                    allow_methods: c.allow_methods.clone().unwrap_or_default(),
+                    allow_headers: c.allow_headers.clone().unwrap_or_default(),
+                    expose_headers: c.expose_headers.clone().unwrap_or_default(),
+                    allow_credentials: c.allow_credentials.unwrap_or(false),
+                    max_age_seconds: c.max_age.and_then(|a| u32::try_from(a).ok()).unwrap_or(5),
+                });
+            }
+            other => {
+                out.unsupported = Some(Problem::new(
+                    "UnsupportedValue",
+                    format!("{at}.type: Weft does not support {other} filters"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn missing(at: &str, kind: &str) -> Problem {
+    Problem::new(
+        "UnsupportedValue",
+        format!("{at}: type {kind} without its {kind} settings"),
+    )
+}
+
+/// A backendRef's filters, read as a rule's (the shapes are the same).
+fn backend_filters(b: &HttpRouteRulesBackendRefs) -> Vec<HttpRouteRulesFilters> {
+    b.filters
+        .iter()
+        .flatten()
+        .filter_map(|f| serde_json::to_value(f).ok())
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect()
+}
+
+/// One rule compiled, and what could not be resolved in it.
+struct CompiledRule {
+    rule: v1::RouteRule,
+    problems: Vec<Problem>,
+}
+
 /// Filters and backends of one rule (shared by each of its matches).
 fn compile_rule(
     model: &Model,
-    route: &HttpRoute,
+    route: &MeshRoute,
+    i: usize,
     rule: &HttpRouteRules,
     port: u16,
-) -> v1::RouteRule {
-    let route_ns = route
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let backends = rule
-        .backend_refs
-        .iter()
-        .flatten()
-        .filter(|b| b.kind.as_deref().unwrap_or("Service") == "Service")
-        .filter_map(|b| {
-            let ns = b.namespace.clone().unwrap_or_else(|| route_ns.clone());
-            let svc = model
-                .services
-                .iter()
-                .find(|s| s.name == b.name && s.namespace == ns)?;
-            let bport = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(port);
-            Some(v1::Backend {
-                address: std::net::SocketAddr::new(svc.vip?, bport).to_string(),
-                name: format!("{}.{}:{bport}", svc.name, svc.namespace),
-                weight: u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0),
+) -> CompiledRule {
+    let at = format!("spec.rules[{i}]");
+    let mut problems = Vec::new();
+    let filters = compile_filters(
+        model,
+        route,
+        &at,
+        rule.filters.as_deref().unwrap_or_default(),
+        port,
+    );
+    problems.extend(filters.unresolved.iter().cloned());
+    let mut backends = Vec::new();
+    for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
+        let at = format!("{at}.backendRefs[{j}]");
+        let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
+        let mut backend = v1::Backend {
+            weight,
+            ..Default::default()
+        };
+        match resolve(
+            model,
+            route,
+            &at,
+            Ref {
+                group: b.group.as_deref(),
+                kind: b.kind.as_deref(),
+                name: &b.name,
+                namespace: b.namespace.as_deref(),
+                port: b.port,
+            },
+            port,
+        ) {
+            Ok(r) => (backend.address, backend.name) = address(&r),
+            Err(p) => {
+                backend.invalid = p.message.clone();
+                backend.name = b.name.clone();
+                problems.push(p);
+            }
+        }
+        let own = compile_filters(model, route, &at, &backend_filters(b), port);
+        problems.extend(own.unresolved.iter().cloned());
+        let misplaced = own.redirect.is_some() || own.rewrite.is_some() || own.cors.is_some();
+        if let Some(p) = own.unsupported.clone().or_else(|| {
+            misplaced.then(|| {
+                Problem::new(
+                    "UnsupportedValue",
+                    format!(
+                        "{at}.filters: a backendRef takes header modifiers and mirrors; redirects, rewrites and CORS go on the rule"
+                    ),
+                )
             })
-        })
-        .collect();
+        }) {
+            if backend.invalid.is_empty() {
+                backend.invalid = p.message.clone();
+            }
+            problems.push(p);
+        }
+        backend.request_header_modifiers = own.request;
+        backend.response_header_modifiers = own.response;
+        backend.mirrors = own.mirrors;
+        backends.push(backend);
+    }
     let ms = |v: &Option<String>| {
         v.as_deref()
             .and_then(|s| super::crds::duration_ms(s).ok())
             .unwrap_or(0)
     };
-    let mut out = v1::RouteRule {
-        route: format!(
-            "{route_ns}/{}",
-            route.metadata.name.clone().unwrap_or_default()
-        ),
+    let mut invalid = String::new();
+    if let Some(p) = &filters.unsupported {
+        invalid = p.message.clone();
+        problems.push(p.clone());
+    } else if filters.redirect.is_some() && filters.rewrite.is_some() {
+        let p = Problem::new(
+            "IncompatibleFilters",
+            format!("{at}.filters: RequestRedirect and URLRewrite cannot be used together"),
+        );
+        invalid = p.message.clone();
+        problems.push(p);
+    }
+    let route_ns = route.namespace();
+    let rule = v1::RouteRule {
+        route: format!("{route_ns}/{}", route.name()),
+        rule_index: i as u32,
+        rule_name: rule.name.clone().unwrap_or_default(),
+        kind: route.kind.name().into(),
         backends,
         timeouts: rule.timeouts.as_ref().map(|t| v1::Timeouts {
             request_ms: ms(&t.request),
             backend_request_ms: ms(&t.backend_request),
         }),
+        // Gateway API counts retries; the proxy counts tries, the first included.
         retry: rule.retry.as_ref().map(|r| v1::RetryPolicy {
-            attempts: r.attempts.and_then(|a| u32::try_from(a).ok()).unwrap_or(0),
+            attempts: r
+                .attempts
+                .and_then(|a| u32::try_from(a).ok())
+                .map_or(0, |a| a + 1),
             backoff_ms: ms(&r.backoff),
             codes: r
                 .codes
@@ -123,72 +507,16 @@ fn compile_rule(
                 .filter_map(|c| u32::try_from(*c).ok())
                 .collect(),
         }),
+        request_header_modifiers: filters.request,
+        response_header_modifiers: filters.response,
+        mirrors: filters.mirrors,
+        redirect: filters.redirect,
+        rewrite: filters.rewrite,
+        cors: filters.cors,
+        invalid,
         ..Default::default()
     };
-    for f in rule.filters.iter().flatten() {
-        if let Some(h) = &f.request_header_modifier {
-            out.request_header_modifiers.push(v1::HeaderModifier {
-                set: h
-                    .set
-                    .iter()
-                    .flatten()
-                    .map(|h| v1::Header {
-                        name: h.name.clone(),
-                        value: h.value.clone(),
-                    })
-                    .collect(),
-                add: h
-                    .add
-                    .iter()
-                    .flatten()
-                    .map(|h| v1::Header {
-                        name: h.name.clone(),
-                        value: h.value.clone(),
-                    })
-                    .collect(),
-                remove: h.remove.clone().unwrap_or_default(),
-            });
-        }
-        if let Some(r) = &f.request_redirect {
-            out.redirect = Some(v1::Redirect {
-                enabled: true,
-                scheme: r.scheme.as_ref().map(enum_name).unwrap_or_default(),
-                hostname: r.hostname.clone().unwrap_or_default(),
-                port: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-                path_full: r
-                    .path
-                    .as_ref()
-                    .and_then(|p| p.replace_full_path.clone())
-                    .unwrap_or_default(),
-                path_prefix: r
-                    .path
-                    .as_ref()
-                    .and_then(|p| p.replace_prefix_match.clone())
-                    .unwrap_or_default(),
-                status_code: r
-                    .status_code
-                    .and_then(|c| u32::try_from(c).ok())
-                    .unwrap_or(302),
-            });
-        }
-        if let Some(r) = &f.url_rewrite {
-            out.rewrite = Some(v1::Rewrite {
-                enabled: true,
-                hostname: r.hostname.clone().unwrap_or_default(),
-                path_full: r
-                    .path
-                    .as_ref()
-                    .and_then(|p| p.replace_full_path.clone())
-                    .unwrap_or_default(),
-                path_prefix: r
-                    .path
-                    .as_ref()
-                    .and_then(|p| p.replace_prefix_match.clone())
-                    .unwrap_or_default(),
-            });
-        }
-    }
-    out
+    CompiledRule { rule, problems }
 }
 
 /// Gateway API precedence between two matches: exact path, then longer
@@ -198,7 +526,7 @@ fn precedence(a: &v1::RouteMatch, b: &v1::RouteMatch) -> Ordering {
     let rank =
         |m: &v1::RouteMatch| match PathKind::try_from(m.path_kind).unwrap_or(PathKind::Prefix) {
             PathKind::Exact => (0, 0),
-            PathKind::Prefix => (1, usize::MAX - m.path.len()),
+            PathKind::Prefix => (1, usize::MAX - m.path.trim_end_matches('/').len()),
             PathKind::Regex => (2, usize::MAX - m.path.len()),
         };
     rank(a)
@@ -208,28 +536,45 @@ fn precedence(a: &v1::RouteMatch, b: &v1::RouteMatch) -> Ordering {
         .then_with(|| b.query_params.len().cmp(&a.query_params.len()))
 }
 
-/// The rules for one Service port, in the order a proxy tries them.
+/// The order between routes with equal matches: the oldest first, then by
+/// namespace/name.
+fn route_order(a: &MeshRoute, b: &MeshRoute) -> Ordering {
+    let ts = |r: &MeshRoute| {
+        r.route
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+    };
+    ts(a)
+        .cmp(&ts(b))
+        .then_with(|| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())))
+}
+
+/// The rules for one Service port, in the order a proxy tries them. A
+/// route in the Service's own namespace is a producer route, for every
+/// client; one in another namespace is a consumer route, for that
+/// namespace's clients only (`consumer_namespace`).
 pub fn for_port(model: &Model, svc: &ServiceModel, port: u16) -> Vec<v1::RouteRule> {
-    let mut routes: Vec<&HttpRoute> = model
+    let mut routes: Vec<&MeshRoute> = model
         .routes
         .iter()
         .filter(|r| attaches(r, svc, port))
         .collect();
-    // Ties go to the oldest route, then by namespace/name.
-    routes.sort_by(|a, b| {
-        let ts = |r: &HttpRoute| {
-            r.metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.to_string())
-        };
-        let key = |r: &HttpRoute| (r.metadata.namespace.clone(), r.metadata.name.clone());
-        ts(a).cmp(&ts(b)).then_with(|| key(a).cmp(&key(b)))
-    });
+    // One kind per Service port: GRPCRoutes win over HTTPRoutes (GEP-1294).
+    if routes.iter().any(|r| r.kind == RouteKind::Grpc) {
+        routes.retain(|r| r.kind == RouteKind::Grpc);
+    }
+    routes.sort_by(|a, b| route_order(a, b));
     let mut out = Vec::new();
     for route in routes {
-        for (i, rule) in route.spec.rules.iter().flatten().enumerate() {
-            let compiled = compile_rule(model, route, rule, port);
+        let consumer = if route.namespace() == svc.namespace {
+            String::new()
+        } else {
+            route.namespace().to_string()
+        };
+        for (i, rule) in route.route.spec.rules.iter().flatten().enumerate() {
+            let compiled = compile_rule(model, route, i, rule, port).rule;
             let matches = rule.matches.clone().unwrap_or_default();
             let matches = if matches.is_empty() {
                 vec![HttpRouteRulesMatches::default()]
@@ -238,8 +583,8 @@ pub fn for_port(model: &Model, svc: &ServiceModel, port: u16) -> Vec<v1::RouteRu
             };
             for m in &matches {
                 out.push(v1::RouteRule {
-                    rule_index: i as u32,
                     matches: vec![compile_match(m)],
+                    consumer_namespace: consumer.clone(),
                     ..compiled.clone()
                 });
             }
@@ -251,6 +596,43 @@ pub fn for_port(model: &Model, svc: &ServiceModel, port: u16) -> Vec<v1::RouteRu
         _ => Ordering::Equal,
     });
     out
+}
+
+/// What a route's status says of it, for one of its parents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnosis {
+    /// `Accepted`: None when accepted.
+    pub accepted: Option<Problem>,
+    /// `ResolvedRefs`: every reference that could not be resolved.
+    pub unresolved: Vec<Problem>,
+}
+
+/// The findings on `route`: references that do not resolve, filters that
+/// cannot be applied. Parents are checked by the caller (they exist or not
+/// in the cluster's view).
+pub fn diagnose(model: &Model, route: &MeshRoute) -> Diagnosis {
+    let mut unresolved = Vec::new();
+    let mut accepted = None;
+    for (i, rule) in route.route.spec.rules.iter().flatten().enumerate() {
+        let c = compile_rule(model, route, i, rule, 0);
+        for p in c.problems {
+            let refs = matches!(
+                p.reason,
+                "BackendNotFound" | "RefNotPermitted" | "InvalidKind"
+            );
+            if refs {
+                if !unresolved.contains(&p) {
+                    unresolved.push(p);
+                }
+            } else if accepted.is_none() {
+                accepted = Some(p);
+            }
+        }
+    }
+    Diagnosis {
+        accepted,
+        unresolved,
+    }
 }
 
 /// The TrafficPolicy for a Service port (a port-specific one wins over one
@@ -404,9 +786,11 @@ spec:
                 ("default/a".into(), "/", 0, ""),
             ]
         );
-        // Header names are matched case-insensitively; unresolvable backends drop out.
+        // Header names are matched case-insensitively; an unresolvable backend
+        // keeps its share, marked invalid (its requests get 500).
         assert_eq!(rules[2].matches[0].headers[0].name, "x-canary");
-        assert_eq!(rules[3].backends.len(), 1);
+        assert_eq!(rules[3].backends.len(), 2);
+        assert!(rules[3].backends[1].invalid.contains("does not exist"));
         assert_eq!(
             (
                 rules[3].backends[0].address.as_str(),

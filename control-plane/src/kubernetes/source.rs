@@ -448,7 +448,4 @@ pub fn mesh_route(r: &HttpRoute) -> Option<HttpRoute> {
     Some(out)
 }
 
-/// A reference to a core Service (`group: ""`, `kind: Service`).
-pub fn is_service_ref(group: Option<&str>, kind: Option<&str>) -> bool {
-    kind == Some("Service") && group.is_none_or(|g| g.is_empty() || g == "core")
-}
+pub use crate::discovery::routes::is_service_ref;

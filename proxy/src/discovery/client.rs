@@ -145,6 +145,7 @@ impl Watcher {
                 current.as_ref(),
                 snap,
                 self.identity.trust_domain(),
+                &self.namespace,
                 &prev,
                 &self.endpoints,
             )
@@ -209,10 +210,11 @@ pub(crate) fn fold(
     current: Option<&v1::Snapshot>,
     msg: v1::Snapshot,
     trust_domain: &str,
+    namespace: &str,
     prev: &MeshConfig,
     endpoints: &balance::Registry,
 ) -> Result<(v1::Snapshot, Result<MeshConfig, ConfigError>), DeltaError> {
     let snap = super::delta::merge(current, msg)?;
-    let built = MeshConfig::from_snapshot(&snap, trust_domain, prev, endpoints);
+    let built = MeshConfig::from_snapshot(&snap, trust_domain, namespace, prev, endpoints);
     Ok((snap, built))
 }

@@ -97,9 +97,11 @@ pub type Mesh = Arc<ArcSwap<MeshConfig>>;
 impl MeshConfig {
     /// Builds from a snapshot: endpoints get their live state from
     /// `endpoints`, and a policy unchanged since `prev` is kept with its state.
+    /// Routes are those a client in `namespace` follows.
     pub fn from_snapshot(
         s: &v1::Snapshot,
         trust_domain: &str,
+        namespace: &str,
         prev: &MeshConfig,
         endpoints: &Registry,
     ) -> Result<MeshConfig, ConfigError> {
@@ -142,10 +144,11 @@ impl MeshConfig {
                     Some(old) if old.policy.spec == spec => old.policy.clone(),
                     _ => Arc::new(ServicePolicy::new(spec)),
                 };
-                let routes = Routes::new(&port.routes).map_err(|source| ConfigError::Route {
-                    service: name.clone(),
-                    source,
-                })?;
+                let routes =
+                    Routes::new(&port.routes, namespace).map_err(|source| ConfigError::Route {
+                        service: name.clone(),
+                        source,
+                    })?;
                 cfg.services.insert(
                     key,
                     Arc::new(ServicePort {
@@ -315,7 +318,7 @@ mod tests {
     }
 
     fn build(snap: &v1::Snapshot, prev: &MeshConfig, reg: &Registry) -> MeshConfig {
-        MeshConfig::from_snapshot(snap, "cluster.local", prev, reg).unwrap()
+        MeshConfig::from_snapshot(snap, "cluster.local", "default", prev, reg).unwrap()
     }
 
     fn db(c: &MeshConfig) -> Arc<ServicePort> {
@@ -408,6 +411,7 @@ mod tests {
         let e = MeshConfig::from_snapshot(
             &snap,
             "cluster.local",
+            "default",
             &MeshConfig::default(),
             &Registry::default(),
         )

@@ -6,10 +6,12 @@ pub mod access_log;
 pub mod balance;
 pub mod breaker;
 pub mod bulkhead;
+pub mod cors;
 pub mod detect;
 pub mod frames;
 pub mod headers;
 pub mod inbound;
+pub mod mirror;
 pub mod observe;
 pub mod outbound;
 pub mod pool;
@@ -270,6 +272,10 @@ pub enum ProxyError {
     NoRoute,
     #[error("the route has no usable backend")]
     NoBackend,
+    #[error("invalid backend: {0}")]
+    InvalidBackend(String),
+    #[error("invalid route rule: {0}")]
+    InvalidRule(String),
     #[error("{0} has no endpoints")]
     NoEndpoints(String),
     #[error("connecting to {0} timed out")]
@@ -304,6 +310,8 @@ impl ProxyError {
             ProxyError::BudgetExhausted(_) => "retry-budget-exhausted",
             ProxyError::NoRoute => "no-route",
             ProxyError::NoBackend => "no-backend",
+            ProxyError::InvalidBackend(_) => "invalid-backend",
+            ProxyError::InvalidRule(_) => "invalid-route",
             ProxyError::NoEndpoints(_) => "no-endpoints",
             ProxyError::ConnectTimeout(_) => "connect-timeout",
             ProxyError::Connect(_, e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -350,7 +358,10 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend | ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::NoBackend
+            | ProxyError::InvalidBackend(_)
+            | ProxyError::InvalidRule(_)
+            | ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -373,8 +384,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::UriTooLong(_) => 3,  // INVALID_ARGUMENT
             ProxyError::HeadersTooLarge(_) => 8,                         // RESOURCE_EXHAUSTED
             ProxyError::BodyTimeout(_) => 4,                             // DEADLINE_EXCEEDED
-            ProxyError::Internal(_) | ProxyError::NoBackend => 13,       // INTERNAL
-            _ => 14,                                                     // UNAVAILABLE
+            ProxyError::Internal(_) | ProxyError::InvalidRule(_) => 13,  // INTERNAL
+            // GRPCRoute: a backend that cannot be used is UNAVAILABLE.
+            _ => 14, // UNAVAILABLE
         }
     }
 

@@ -27,6 +27,8 @@ use crate::telemetry::{Direction, HttpMetrics, RequestLabels};
 pub struct Routed {
     pub service: String,
     pub route: String,
+    /// The matched rule's `name`, if it has one.
+    pub rule: String,
 }
 
 /// What a connection's requests are, known when it is accepted.
@@ -143,6 +145,11 @@ where
                         .and_then(|s| s.identity.as_ref())
                         .map(ToString::to_string)
                         .unwrap_or_default();
+                    if let Some(s) = &span
+                        && !routed.rule.is_empty()
+                    {
+                        s.set(KeyValue::new("weft.route.rule", routed.rule.clone()));
+                    }
                     let labels = RequestLabels {
                         direction: Direction::Outbound,
                         service: routed.service,

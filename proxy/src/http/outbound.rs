@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,16 +24,20 @@ use super::pool::PeerPool;
 use super::send::{Sender, authority_of};
 use super::server::{Client, Proto, Server};
 use super::stack::{RouteStack, ServiceStacks, StackCache, StackParts};
-use super::{Attempts, Body, BoxFuture, Failed, ProxyError, Served, boxed, full, headers, upgrade};
+use super::{
+    Attempts, Body, BoxFuture, Failed, ProxyError, Served, boxed, full, headers, mirror, upgrade,
+};
 use crate::destination::{Plan, Target};
 use crate::discovery::Mesh;
-use crate::routes::Rule;
+use crate::routes::{Mirror, Rule};
 use crate::telemetry::RetryMetrics;
 use crate::tls::Alpn;
 
 #[derive(Debug)]
 pub struct HttpOutbound {
     server: Arc<Server>,
+    /// Mirrored requests in flight (past the cap, copies are dropped).
+    mirrors: Arc<tokio::sync::Semaphore>,
     stacks: StackCache,
     parts: StackParts,
     observer: Arc<Observer>,
@@ -50,6 +54,7 @@ impl HttpOutbound {
     ) -> Self {
         HttpOutbound {
             server,
+            mirrors: Arc::new(tokio::sync::Semaphore::new(mirror::MAX_IN_FLIGHT)),
             stacks: StackCache::new(mesh),
             parts: StackParts {
                 sender: Arc::new(Sender::new(pool, idle_timeout)),
@@ -169,8 +174,8 @@ impl HttpOutbound {
         };
         routed.service = sp.name.clone();
         let stacks = self.stacks_for(plan.dst, sp);
-        let backend = match &stacks.direct {
-            Some(b) => b,
+        let (backend, routed_to) = match &stacks.direct {
+            Some(b) => (b, None),
             None => {
                 let routes = &stacks.service.routes;
                 let i = routes
@@ -178,12 +183,31 @@ impl HttpOutbound {
                     .ok_or(ProxyError::NoRoute)?;
                 let rule = &routes.rules()[i];
                 routed.route = rule.route.clone();
-                if let Some(r) = &rule.redirect {
-                    return Ok(redirect(r, rule, &parts));
+                routed.rule = rule.name.clone();
+                if let Some(why) = &rule.invalid {
+                    return Err(ProxyError::InvalidRule(why.clone()).into());
                 }
-                apply_filters(rule, &mut parts)?;
+                if let Some(res) = rule
+                    .cors
+                    .as_ref()
+                    .and_then(|c| c.preflight(&parts.method, &parts.headers))
+                {
+                    return Ok(res);
+                }
+                if let Some(r) = &rule.redirect {
+                    let mut res = redirect(r, rule, &parts, plan.dst.port());
+                    rule.filters.response.apply(res.headers_mut());
+                    return Ok(res);
+                }
+                apply_rule_filters(rule, &mut parts)?;
                 let b = rule.pick_backend_index().ok_or(ProxyError::NoBackend)?;
-                stacks.rules[i][b].as_ref().ok_or(ProxyError::NoBackend)?
+                let chosen = &rule.backends[b];
+                if let Some(why) = &chosen.invalid {
+                    return Err(ProxyError::InvalidBackend(why.clone()).into());
+                }
+                chosen.filters.request.apply(&mut parts.headers);
+                let stack = stacks.rules[i][b].as_ref().ok_or(ProxyError::NoBackend)?;
+                (stack, Some((rule, chosen)))
             }
         };
         if let Some(on_upgrade) = client_upgrade {
@@ -202,7 +226,93 @@ impl HttpOutbound {
                 )
                 .await;
         }
-        call(&backend.stack, Request::from_parts(parts, body)).await
+        let Some((rule, chosen)) = routed_to else {
+            return call(&backend.stack, Request::from_parts(parts, body)).await;
+        };
+        let origin = rule
+            .cors
+            .as_ref()
+            .and_then(|_| parts.headers.get(header::ORIGIN).cloned());
+        let mirrors: Vec<&Mirror> = rule
+            .filters
+            .mirrors
+            .iter()
+            .chain(&chosen.filters.mirrors)
+            .filter(|m| m.sampled())
+            .collect();
+        let body = if mirrors.is_empty() {
+            body
+        } else {
+            self.mirror(&mirrors, &parts, body)
+        };
+        let mut res = call(&backend.stack, Request::from_parts(parts, body)).await?;
+        chosen.filters.response.apply(res.headers_mut());
+        rule.filters.response.apply(res.headers_mut());
+        if let Some(c) = &rule.cors {
+            c.decorate(origin.as_ref(), res.headers_mut());
+        }
+        Ok(res)
+    }
+
+    /// Sends a copy of the request to each mirror, fire and forget: the
+    /// copies' answers are dropped, and a copy that cannot keep up with the
+    /// request's body is cut off rather than slowing the request down.
+    /// Returns the body to send on.
+    fn mirror(&self, mirrors: &[&Mirror], parts: &http::request::Parts, body: Body) -> Body {
+        let Some(stacks) = self.stacks.current() else {
+            return body;
+        };
+        let mut copies = Vec::new();
+        for m in mirrors {
+            let Some(sp) = stacks.mesh.service(m.address) else {
+                continue;
+            };
+            let Ok(ep) = sp.pick_request(None) else {
+                debug!(mirror = %m.name, "mirror has no endpoint; copy dropped");
+                continue;
+            };
+            let Ok(permit) = self.mirrors.clone().try_acquire_owned() else {
+                debug!(mirror = %m.name, "too many mirrored requests in flight; copy dropped");
+                continue;
+            };
+            copies.push((m.name.clone(), ep, permit));
+        }
+        if copies.is_empty() {
+            return body;
+        }
+        let (body, tees) = mirror::tee(body, copies.len());
+        for ((name, ep, permit), tee) in copies.into_iter().zip(tees) {
+            let mut head = http::Request::builder()
+                .method(parts.method.clone())
+                .uri(parts.uri.clone())
+                .version(parts.version);
+            if let Some(h) = head.headers_mut() {
+                h.clone_from(&parts.headers);
+            }
+            let Ok(req) = head.body(tee) else { continue };
+            let sender = self.parts.sender.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let sent = tokio::time::timeout(
+                    mirror::DEADLINE,
+                    sender.send(ep.addr, ep.identity.as_ref(), req, None),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(res)) => {
+                        // Read the answer to its end so the connection is reused.
+                        let _ = tokio::time::timeout(
+                            mirror::DEADLINE,
+                            http_body_util::BodyExt::collect(res.into_body()),
+                        )
+                        .await;
+                    }
+                    Ok(Err(e)) => debug!(mirror = %name, error = %e, "mirrored request failed"),
+                    Err(_) => debug!(mirror = %name, "mirrored request timed out"),
+                }
+            });
+        }
+        body
     }
 
     /// The current stacks of the Service port at `vip`; a Service the
@@ -303,43 +413,33 @@ impl Service<Request<Body>> for RouteService {
     }
 }
 
-/// The path after a rule's filters: a full replacement, or the matched
-/// prefix swapped for another.
-fn rewritten_path(path: &str, full: &str, prefix: &str, matched: Option<&str>) -> Option<String> {
-    if !full.is_empty() {
+/// The path after a path modifier: a full replacement, or the matched
+/// prefix swapped for another (None: no modifier, the path stays).
+fn rewritten_path(
+    path: &str,
+    full: Option<&str>,
+    prefix: Option<&str>,
+    matched: Option<&str>,
+) -> Option<String> {
+    if let Some(full) = full {
         return Some(full.to_string());
     }
-    let matched = matched?.trim_end_matches('/');
-    if prefix.is_empty() && matched.is_empty() {
-        return None;
-    }
+    let prefix = prefix?.trim_end_matches('/');
+    let matched = matched.unwrap_or("/").trim_end_matches('/');
     let rest = path.strip_prefix(matched).unwrap_or(path);
-    let prefix = prefix.trim_end_matches('/');
     let joined = format!("{prefix}{rest}");
     Some(if joined.is_empty() {
         "/".into()
+    } else if !joined.starts_with('/') {
+        format!("/{joined}")
     } else {
         joined
     })
 }
 
-fn apply_filters(rule: &Rule, parts: &mut http::request::Parts) -> Result<(), ProxyError> {
-    for m in &rule.header_modifiers {
-        let name = |n: &str| {
-            HeaderName::from_bytes(n.as_bytes()).map_err(|e| ProxyError::BadRequest(e.to_string()))
-        };
-        let value =
-            |v: &str| HeaderValue::from_str(v).map_err(|e| ProxyError::BadRequest(e.to_string()));
-        for h in &m.set {
-            parts.headers.insert(name(&h.name)?, value(&h.value)?);
-        }
-        for h in &m.add {
-            parts.headers.append(name(&h.name)?, value(&h.value)?);
-        }
-        for n in &m.remove {
-            parts.headers.remove(n.as_str());
-        }
-    }
+/// The rule's request filters: header changes, then the URL rewrite.
+fn apply_rule_filters(rule: &Rule, parts: &mut http::request::Parts) -> Result<(), ProxyError> {
+    rule.filters.request.apply(&mut parts.headers);
     if let Some(rw) = &rule.rewrite {
         if !rw.hostname.is_empty() {
             parts.headers.insert(
@@ -350,8 +450,8 @@ fn apply_filters(rule: &Rule, parts: &mut http::request::Parts) -> Result<(), Pr
         }
         if let Some(path) = rewritten_path(
             parts.uri.path(),
-            &rw.path_full,
-            &rw.path_prefix,
+            rw.path_full.as_deref(),
+            rw.path_prefix.as_deref(),
             rule.prefix.as_deref(),
         ) {
             let pq = match parts.uri.query() {
@@ -369,42 +469,73 @@ fn apply_filters(rule: &Rule, parts: &mut http::request::Parts) -> Result<(), Pr
     Ok(())
 }
 
-/// A RequestRedirect filter's answer.
-fn redirect(r: &v1::Redirect, rule: &Rule, parts: &http::request::Parts) -> Response<Body> {
+/// The name in a Host header, without its port.
+fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// A RequestRedirect filter's answer. Unset parts come from the request:
+/// its scheme (plain HTTP, inside the mesh), its Host's name, its path and
+/// query. The port: the one set, else the scheme's own when the scheme is
+/// set, else the Service port called; left out when it is the scheme's.
+fn redirect(
+    r: &v1::Redirect,
+    rule: &Rule,
+    parts: &http::request::Parts,
+    service_port: u16,
+) -> Response<Body> {
     let host_header = parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.host())
         .unwrap_or_default();
-    let (host, port) = match host_header.rsplit_once(':') {
-        Some((h, p)) => (h.to_string(), p.parse::<u32>().ok()),
-        None => (host_header.to_string(), None),
-    };
+    let request_host = host_name(host_header);
     let scheme = if r.scheme.is_empty() {
         "http"
     } else {
         r.scheme.as_str()
     };
     let host = if r.hostname.is_empty() {
-        host
+        request_host
     } else {
-        r.hostname.clone()
+        r.hostname.as_str()
     };
-    let port = if r.port != 0 { Some(r.port) } else { port };
+    let well_known = if scheme == "https" { 443 } else { 80 };
+    let port = match (r.port, r.scheme.is_empty()) {
+        (p, _) if p != 0 => p,
+        (_, false) => well_known,
+        (_, true) => u32::from(service_port),
+    };
     let path = rewritten_path(
         parts.uri.path(),
-        &r.path_full,
-        &r.path_prefix,
+        r.path_full.as_deref(),
+        r.path_prefix.as_deref(),
         rule.prefix.as_deref(),
     )
     .unwrap_or_else(|| parts.uri.path().to_string());
-    let default_port = if scheme == "https" { 443 } else { 80 };
-    let location = match port {
-        Some(p) if p != default_port => format!("{scheme}://{host}:{p}{path}"),
-        _ => format!("{scheme}://{host}{path}"),
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let location = if port == well_known {
+        format!("{scheme}://{host}{path}{query}")
+    } else {
+        format!("{scheme}://{host}:{port}{path}{query}")
     };
     let mut res = Response::new(full(Vec::new()));
-    *res.status_mut() = StatusCode::from_u16(r.status_code as u16).unwrap_or(StatusCode::FOUND);
+    *res.status_mut() = u16::try_from(r.status_code)
+        .ok()
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .filter(StatusCode::is_redirection)
+        .unwrap_or(StatusCode::FOUND);
     if let Ok(v) = HeaderValue::from_str(&location) {
         res.headers_mut().insert(header::LOCATION, v);
     }
@@ -417,18 +548,123 @@ mod tests {
 
     #[test]
     fn prefix_rewrites_keep_the_rest_of_the_path() {
+        // The Gateway API's ReplacePrefixMatch table.
+        for (path, matched, replacement, want) in [
+            ("/api/v1/items", "/api/v1", "/v2", "/v2/items"),
+            ("/foo/bar", "/foo", "/xyz", "/xyz/bar"),
+            ("/foo/bar", "/foo/", "/xyz/", "/xyz/bar"),
+            ("/foo", "/foo", "/xyz", "/xyz"),
+            ("/foo/", "/foo", "/xyz", "/xyz/"),
+            ("/foo/bar", "/foo", "", "/bar"),
+            ("/foo/", "/foo", "", "/"),
+            ("/foo", "/foo", "", "/"),
+            ("/foo/", "/foo", "/", "/"),
+            ("/foo", "/foo", "/", "/"),
+            ("/strip-prefix/three", "/strip-prefix", "/", "/three"),
+            ("/anything", "/", "/x", "/x/anything"),
+        ] {
+            assert_eq!(
+                rewritten_path(path, None, Some(replacement), Some(matched)).as_deref(),
+                Some(want),
+                "{path} with {matched} -> {replacement}"
+            );
+        }
         assert_eq!(
-            rewritten_path("/api/v1/items", "", "/v2", Some("/api/v1")).as_deref(),
-            Some("/v2/items")
-        );
-        assert_eq!(
-            rewritten_path("/api", "", "/", Some("/api")).as_deref(),
-            Some("/")
-        );
-        assert_eq!(
-            rewritten_path("/x", "/fixed", "", Some("/")).as_deref(),
+            rewritten_path("/x", Some("/fixed"), None, Some("/")).as_deref(),
             Some("/fixed")
         );
-        assert_eq!(rewritten_path("/x", "", "", Some("/")), None);
+        assert_eq!(rewritten_path("/x", None, None, Some("/x")), None);
+    }
+
+    fn redirect_for(
+        r: v1::Redirect,
+        matched: &str,
+        path: &str,
+        host: &str,
+        port: u16,
+    ) -> (u16, String) {
+        let rule = Rule::new(&v1::RouteRule {
+            matches: vec![v1::RouteMatch {
+                path: matched.into(),
+                ..Default::default()
+            }],
+            redirect: Some(v1::Redirect { enabled: true, ..r }),
+            ..Default::default()
+        })
+        .unwrap();
+        let req = Request::get(path).header("host", host).body(()).unwrap();
+        let (parts, ()) = req.into_parts();
+        let res = redirect(rule.redirect.as_ref().unwrap(), &rule, &parts, port);
+        (
+            res.status().as_u16(),
+            res.headers()[header::LOCATION]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        )
+    }
+
+    #[test]
+    fn redirects_keep_what_they_do_not_change() {
+        let r = |scheme: &str, hostname: &str, port: u32, status: u32| v1::Redirect {
+            scheme: scheme.into(),
+            hostname: hostname.into(),
+            port,
+            status_code: status,
+            ..Default::default()
+        };
+        // Only a host: the path (and query) are the request's.
+        assert_eq!(
+            redirect_for(r("", "example.org", 0, 302), "/a", "/a/b?q=1", "echo", 80),
+            (302, "http://example.org/a/b?q=1".into())
+        );
+        for status in [301, 303, 307, 308] {
+            assert_eq!(
+                redirect_for(r("", "", 0, status), "/redirect", "/redirect", "echo", 80),
+                (status as u16, "http://echo/redirect".into())
+            );
+        }
+        // A scheme brings its own port; none keeps the Service port.
+        assert_eq!(
+            redirect_for(r("https", "", 0, 302), "/", "/scheme", "echo:8080", 8080),
+            (302, "https://echo/scheme".into())
+        );
+        assert_eq!(
+            redirect_for(r("", "", 0, 302), "/", "/p", "echo:8080", 8080),
+            (302, "http://echo:8080/p".into())
+        );
+        assert_eq!(
+            redirect_for(r("", "example.org", 8083, 302), "/", "/port", "echo", 80),
+            (302, "http://example.org:8083/port".into())
+        );
+        assert_eq!(
+            redirect_for(r("https", "", 443, 302), "/", "/s", "echo", 80),
+            (302, "https://echo/s".into())
+        );
+        // Path modifiers.
+        let prefix = v1::Redirect {
+            path_prefix: Some("/replacement-prefix".into()),
+            status_code: 302,
+            ..Default::default()
+        };
+        assert_eq!(
+            redirect_for(
+                prefix,
+                "/original-prefix",
+                "/original-prefix/lemon",
+                "echo",
+                80
+            ),
+            (302, "http://echo/replacement-prefix/lemon".into())
+        );
+        let full_path = v1::Redirect {
+            path_full: Some("/full-path-replacement".into()),
+            status_code: 301,
+            ..Default::default()
+        };
+        assert_eq!(
+            redirect_for(full_path, "/full", "/full/path/original", "echo", 80),
+            (301, "http://echo/full-path-replacement".into())
+        );
     }
 }

@@ -109,10 +109,12 @@ impl ServiceStacks {
                 rule.backends
                     .iter()
                     .map(|b| {
-                        mesh.service(b.address).map(|backend| Backend {
-                            stack: route_stack(&service, Some(rule), backend.clone(), parts),
-                            service: backend,
-                        })
+                        b.address
+                            .and_then(|a| mesh.service(a))
+                            .map(|backend| Backend {
+                                stack: route_stack(&service, Some(rule), backend.clone(), parts),
+                                service: backend,
+                            })
                     })
                     .collect()
             })
