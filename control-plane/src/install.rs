@@ -7,7 +7,21 @@
 use serde_json::{Value, json};
 
 const CRDS: &str = include_str!("../../k8s/crds/weft.dev_trafficpolicies.yaml");
-const GATEWAY_API: &str = include_str!("../../k8s/gateway-api/httproutes-experimental-v1.5.1.yaml");
+/// The Gateway API CRDs Weft reads, as `k8s/gateway-api` lists them.
+const GATEWAY_API: [(&str, &str); 3] = [
+    (
+        "k8s/gateway-api/httproutes-experimental-v1.5.1.yaml",
+        include_str!("../../k8s/gateway-api/httproutes-experimental-v1.5.1.yaml"),
+    ),
+    (
+        "k8s/gateway-api/grpcroutes-experimental-v1.5.1.yaml",
+        include_str!("../../k8s/gateway-api/grpcroutes-experimental-v1.5.1.yaml"),
+    ),
+    (
+        "k8s/gateway-api/referencegrants-experimental-v1.5.1.yaml",
+        include_str!("../../k8s/gateway-api/referencegrants-experimental-v1.5.1.yaml"),
+    ),
+];
 const NAMESPACE: &str = include_str!("../../k8s/base/namespace.yaml");
 const RBAC: &str = include_str!("../../k8s/base/rbac.yaml");
 const CONTROL_PLANE: &str = include_str!("../../k8s/base/control-plane.yaml");
@@ -43,7 +57,8 @@ pub struct InstallArgs {
     /// (pods start without a sidecar) or Fail (pods are refused).
     #[arg(long, value_parser = ["Ignore", "Fail"])]
     pub webhook_failure_policy: Option<String>,
-    /// Leave the Gateway API HTTPRoute CRD out (the cluster has it already).
+    /// Leave the Gateway API CRDs (HTTPRoute, GRPCRoute, ReferenceGrant) out
+    /// (the cluster has them already).
     #[arg(long)]
     pub skip_gateway_api_crds: bool,
 }
@@ -94,7 +109,9 @@ fn add_env(container: &mut Value, name: &str, value: &str) {
 pub fn objects(args: &InstallArgs) -> Result<Vec<Value>, InstallError> {
     let mut out = docs("k8s/crds", CRDS)?;
     if !args.skip_gateway_api_crds {
-        out.extend(docs("k8s/gateway-api", GATEWAY_API)?);
+        for (file, text) in GATEWAY_API {
+            out.extend(docs(file, text)?);
+        }
     }
     out.extend(docs("k8s/base/namespace.yaml", NAMESPACE)?);
     out.extend(docs("k8s/base/rbac.yaml", RBAC)?);
@@ -202,11 +219,14 @@ mod tests {
         a.skip_gateway_api_crds = true;
         let objs = objects(&a).unwrap();
         assert!(objs.iter().any(|o| is(o, "Deployment", "jaeger")));
-        assert!(
-            !objs
-                .iter()
-                .any(|o| o["metadata"]["name"] == "httproutes.gateway.networking.k8s.io")
-        );
+        for crd in [
+            "httproutes.gateway.networking.k8s.io",
+            "grpcroutes.gateway.networking.k8s.io",
+            "referencegrants.gateway.networking.k8s.io",
+        ] {
+            assert!(base.iter().any(|o| o["metadata"]["name"] == crd), "{crd}");
+            assert!(!objs.iter().any(|o| o["metadata"]["name"] == crd), "{crd}");
+        }
         let d = objs
             .iter()
             .find(|o| is(o, "Deployment", "weft-control"))

@@ -118,6 +118,8 @@ fn weftctl_check_before_an_install() {
     for expected in [
         "✘ CRD trafficpolicies.weft.dev: not installed — install Weft: weftctl install | kubectl apply --server-side -f -",
         "✘ CRD httproutes.gateway.networking.k8s.io: not installed — install Weft",
+        "✘ CRD grpcroutes.gateway.networking.k8s.io: not installed — install Weft",
+        "✘ CRD referencegrants.gateway.networking.k8s.io: not installed — install Weft",
         "✘ control plane: Deployment weft-system/weft-control not found — install Weft",
         "✘ control plane Service: Service weft-system/weft-control not found — install Weft",
         "✘ injector webhook: MutatingWebhookConfiguration weft-injector not found: pods are not injected — install Weft",
@@ -197,6 +199,8 @@ fn weftctl_check_after_an_install() {
         "✔ API server: ",
         "✔ CRD trafficpolicies.weft.dev: Established, serving v1alpha1",
         "✔ CRD httproutes.gateway.networking.k8s.io: Established, serving ",
+        "✔ CRD grpcroutes.gateway.networking.k8s.io: Established, serving v1, Gateway API v1.5.1",
+        "✔ CRD referencegrants.gateway.networking.k8s.io: Established, serving v1, v1beta1, Gateway API v1.5.1",
         "✔ control plane: Deployment weft-system/weft-control: 2/2 replicas available",
         "✔ control plane Service: Service weft-system/weft-control: 2 ready endpoint(s)",
         "✔ injector webhook: weft-injector: inject.weft.dev calls Service weft-system/weft-control port 443 path /inject",

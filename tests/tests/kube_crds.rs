@@ -17,6 +17,8 @@ use weft_e2e::{Node, require_root};
 
 const WEFT_CRD: &str = "crd/trafficpolicies.weft.dev";
 const HTTPROUTE_CRD: &str = "crd/httproutes.gateway.networking.k8s.io";
+const GRPCROUTE_CRD: &str = "crd/grpcroutes.gateway.networking.k8s.io";
+const REFERENCEGRANT_CRD: &str = "crd/referencegrants.gateway.networking.k8s.io";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -87,6 +89,8 @@ fn crds_and_examples_on_a_real_api_server() {
         "--timeout=60s",
         WEFT_CRD,
         HTTPROUTE_CRD,
+        GRPCROUTE_CRD,
+        REFERENCEGRANT_CRD,
     ]);
     // A schema the API server cannot prune by would be flagged here.
     let conditions: Value = serde_json::from_str(&cluster.kubectl_ok(&[

@@ -25,9 +25,11 @@ pub const CA_ANCHORS_KEY: &str = "ca.crt";
 /// The leader's Lease.
 pub const LEASE: &str = crate::kubernetes::leader::LEASE;
 /// The CRDs the control plane watches.
-pub const CRDS: [&str; 2] = [
+pub const CRDS: [&str; 4] = [
     "trafficpolicies.weft.dev",
     "httproutes.gateway.networking.k8s.io",
+    "grpcroutes.gateway.networking.k8s.io",
+    "referencegrants.gateway.networking.k8s.io",
 ];
 /// The control plane's admin `/status` through the API server's service
 /// proxy (`{ns}` is Weft's namespace).

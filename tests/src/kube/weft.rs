@@ -31,8 +31,9 @@ pub fn repo_path(rel: &str) -> String {
     repo().join(rel).to_string_lossy().into_owned()
 }
 
-/// Applies Weft's CRDs and the Gateway API HTTPRoute CRD and waits until
-/// they are served; then the namespace and RBAC of `k8s/base`.
+/// Applies Weft's CRDs and the Gateway API CRDs (HTTPRoute, GRPCRoute,
+/// ReferenceGrant) and waits until they are served; then the namespace and
+/// RBAC of `k8s/base`.
 pub fn install(cluster: &Cluster) {
     cluster.kubectl_ok(&["apply", "--server-side", "-k", &repo_path("k8s/crds")]);
     cluster.kubectl_ok(&[
@@ -47,6 +48,8 @@ pub fn install(cluster: &Cluster) {
         "--timeout=60s",
         "crd/trafficpolicies.weft.dev",
         "crd/httproutes.gateway.networking.k8s.io",
+        "crd/grpcroutes.gateway.networking.k8s.io",
+        "crd/referencegrants.gateway.networking.k8s.io",
     ]);
     cluster.kubectl_ok(&["apply", "-f", &repo_path("k8s/base/namespace.yaml")]);
     cluster.kubectl_ok(&["apply", "-f", &repo_path("k8s/base/rbac.yaml")]);
