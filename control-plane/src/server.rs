@@ -276,6 +276,7 @@ async fn start_kubernetes(
     kubernetes::status::spawn(
         client.clone(),
         stores.clone(),
+        state.clone(),
         leader.clone(),
         metrics.clone(),
     );

@@ -111,6 +111,14 @@ impl Store {
         changed
     }
 
+    /// The file `key` is read from (the first, when several define it).
+    pub fn file_of(&self, key: &ObjectKey) -> Option<PathBuf> {
+        self.files
+            .iter()
+            .find(|(_, state)| state.objects.contains_key(key))
+            .map(|(path, _)| path.clone())
+    }
+
     /// Every object, first file wins on duplicates (the later ones are errors).
     pub fn objects(&self) -> (BTreeMap<ObjectKey, Object>, Vec<ManifestError>) {
         let mut objects = BTreeMap::new();

@@ -10,6 +10,7 @@
 
 pub mod annotations;
 pub mod crds;
+pub mod findings;
 pub mod grpc;
 pub mod manifests;
 pub mod model;

@@ -1,6 +1,6 @@
 //! The Kubernetes source of truth: one kube-rs reflector per kind the model
 //! needs (Namespaces, Services, EndpointSlices, Pods, HTTPRoutes,
-//! TrafficPolicies), whose stores feed the same [`Publisher`] the manifest
+//! GRPCRoutes, ReferenceGrants, TrafficPolicies), whose stores feed the same [`Publisher`] the manifest
 //! directory feeds.
 //!
 //! The watchers relist on `410 Gone` and reconnect with jittered backoff
@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
+use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
@@ -29,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::discovery::annotations::validate_annotations;
 use crate::discovery::crds::TrafficPolicy;
+use crate::discovery::grpc;
 use crate::discovery::manifests::{self, ManifestError};
 use crate::discovery::objects::{Kind, Object, ObjectKey};
 use crate::discovery::snapshot::MeshSettings;
@@ -44,6 +47,10 @@ pub struct Stores {
     pub slices: Store<EndpointSlice>,
     pub pods: Store<Pod>,
     pub routes: Store<HttpRoute>,
+    pub grpc_routes: Store<GrpcRoute>,
+    /// ReferenceGrants (`gateway.networking.k8s.io/v1`, served by the
+    /// v1.5 CRDs of both channels next to v1beta1).
+    pub grants: Store<ReferenceGrant>,
     pub policies: Store<TrafficPolicy>,
 }
 
@@ -143,6 +150,21 @@ impl KubeSource {
                 },
                 reflect("HTTPRoute"),
             ),
+            grpc_routes: start(
+                Api::all(c.clone()),
+                |r: &mut GrpcRoute| {
+                    r.metadata.managed_fields = None;
+                },
+                reflect("GRPCRoute"),
+            ),
+            grants: start(
+                Api::all(c.clone()),
+                |g: &mut ReferenceGrant| {
+                    g.metadata.managed_fields = None;
+                    g.metadata.annotations = None;
+                },
+                reflect("ReferenceGrant"),
+            ),
             policies: start(
                 Api::all(c.clone()),
                 |p: &mut TrafficPolicy| {
@@ -153,7 +175,7 @@ impl KubeSource {
         };
 
         info!(
-            "listing the cluster's Namespaces, Services, EndpointSlices, Pods, HTTPRoutes and TrafficPolicies"
+            "listing the cluster's Namespaces, Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes, ReferenceGrants and TrafficPolicies"
         );
         let mut last_report = tokio::time::Instant::now();
         while !stores.settled(&failing) {
@@ -237,6 +259,8 @@ impl Stores {
             && ok("EndpointSlice", is_ready(&self.slices))
             && ok("Pod", is_ready(&self.pods))
             && ok("HTTPRoute", is_ready(&self.routes))
+            && ok("GRPCRoute", is_ready(&self.grpc_routes))
+            && ok("ReferenceGrant", is_ready(&self.grants))
             && ok("TrafficPolicy", is_ready(&self.policies))
     }
 }
@@ -379,6 +403,28 @@ impl Builder {
                 check,
             );
         }
+        for r in stores.grpc_routes.state() {
+            let Some(mut mesh) = mesh_grpc_route(&r) else {
+                continue;
+            };
+            volatile(&mut mesh.metadata);
+            mesh.status = None;
+            let check = manifests::validate_route(&grpc::to_http(&mesh));
+            add(
+                key(Kind::GrpcRoute, &*r, false),
+                Object::GrpcRoute(Arc::new(mesh)),
+                check,
+            );
+        }
+        for g in stores.grants.state() {
+            let mut spec_only = (*g).clone();
+            volatile(&mut spec_only.metadata);
+            add(
+                key(Kind::ReferenceGrant, &*g, false),
+                Object::ReferenceGrant(Arc::new(spec_only)),
+                Ok(()),
+            );
+        }
         for p in stores.policies.state() {
             let check = manifests::validate_policy(&p);
             let mut spec_only = (*p).clone();
@@ -434,6 +480,22 @@ fn key<K: Resource>(kind: Kind, obj: &K, cluster_scoped: bool) -> ObjectKey {
 /// A route with only its Service parents (the GAMMA part), or none when it
 /// has no Service parent.
 pub fn mesh_route(r: &HttpRoute) -> Option<HttpRoute> {
+    let parents = r.spec.parent_refs.as_deref().unwrap_or_default();
+    let mesh: Vec<_> = parents
+        .iter()
+        .filter(|p| is_service_ref(p.group.as_deref(), p.kind.as_deref()))
+        .cloned()
+        .collect();
+    if mesh.is_empty() {
+        return None;
+    }
+    let mut out = r.clone();
+    out.spec.parent_refs = Some(mesh);
+    Some(out)
+}
+
+/// [`mesh_route`] for a GRPCRoute.
+pub fn mesh_grpc_route(r: &GrpcRoute) -> Option<GrpcRoute> {
     let parents = r.spec.parent_refs.as_deref().unwrap_or_default();
     let mesh: Vec<_> = parents
         .iter()
