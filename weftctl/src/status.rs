@@ -90,6 +90,9 @@ fn proxy_line(p: &serde_json::Value) -> String {
     )
 }
 
+/// The errors outstanding: manifest problems, failing watches, and (in
+/// local mode) what a route's status would say, one a line as
+/// `file: object: field F: message`, leaving out what is empty.
 fn errors(s: &serde_json::Value) -> String {
     let errors = s["errors"].as_array().cloned().unwrap_or_default();
     if errors.is_empty() {
@@ -97,13 +100,40 @@ fn errors(s: &serde_json::Value) -> String {
     }
     let mut out = format!("\n{} manifest error(s):\n", errors.len());
     for e in errors {
-        out.push_str(&format!(
-            "  {}: {}: {}: {}\n",
-            e["file"].as_str().unwrap_or_default(),
-            e["object"].as_str().unwrap_or_default(),
-            e["field"].as_str().unwrap_or_default(),
-            e["message"].as_str().unwrap_or_default()
-        ));
+        let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+        let mut line = String::from("  ");
+        if !text("file").is_empty() {
+            line.push_str(&format!("{}: ", text("file")));
+        }
+        line.push_str(&text("object"));
+        if !text("field").is_empty() {
+            line.push_str(&format!(": field {}", text("field")));
+        }
+        line.push_str(&format!(": {}\n", text("message")));
+        out.push_str(&line);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_like_the_control_planes() {
+        let s = serde_json::json!({"errors": [
+            {"file": "/m/routes.yaml", "object": "HTTPRoute shop/web", "field": "spec.rules[0].backendRefs[1]",
+             "message": "Service shop/gone does not exist; its share of requests gets 500 (ResolvedRefs: BackendNotFound)"},
+            {"object": "watch GRPCRoute", "field": "", "message": "404 (is its CRD installed?)"},
+        ]});
+        assert_eq!(
+            errors(&s),
+            "\n2 manifest error(s):\n  /m/routes.yaml: HTTPRoute shop/web: field spec.rules[0].backendRefs[1]: Service shop/gone does not exist; its share of requests gets 500 (ResolvedRefs: BackendNotFound)\n  watch GRPCRoute: 404 (is its CRD installed?)\n"
+        );
+        assert!(!healthy(&s));
+        assert_eq!(
+            errors(&serde_json::json!({"errors": []})),
+            "\nno manifest errors\n"
+        );
+    }
 }

@@ -5,6 +5,9 @@
 //! ([`crate::kubernetes::source`]). Each hands it the objects it holds; the
 //! publisher builds the one [`Model`] and the shared snapshot part, and
 //! publishes them to every Watch stream through a `watch` channel.
+//!
+//! In local mode `/errors` also lists what is wrong with each route (the
+//! findings a cluster would see in the route's status, [`findings`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::info;
 
+use super::findings;
 use super::manifests::{ManifestError, Store};
 use super::model::Model;
 use super::objects::{Object, ObjectKey};
@@ -169,7 +173,7 @@ impl Source {
     pub fn spawn(self, metrics: Arc<Metrics>) -> watch::Receiver<Arc<State>> {
         let mut store = Store::new(&self.dir);
         store.refresh();
-        let (objects, errors) = store.objects();
+        let (objects, errors) = objects_and_findings(&store, &self.settings);
         let (mut publisher, rx) = Publisher::new(
             self.settings.clone(),
             self.trust_anchors_der.clone(),
@@ -191,7 +195,7 @@ impl Source {
                         break;
                     }
                 }
-                let (objects, errors) = store.objects();
+                let (objects, errors) = objects_and_findings(&store, &self.settings);
                 if !publisher.publish(&objects, errors, first_seen) {
                     return;
                 }
@@ -199,4 +203,18 @@ impl Source {
         });
         rx
     }
+}
+
+/// The directory's objects and errors, with what is wrong with its routes
+/// (what status would say on Kubernetes: a missing backend or parent, a
+/// cross-namespace backend no ReferenceGrant allows, a conflict). Such
+/// routes stay applied: an unresolved backend's share gets 500.
+fn objects_and_findings(
+    store: &Store,
+    settings: &MeshSettings,
+) -> (BTreeMap<ObjectKey, Object>, Vec<ManifestError>) {
+    let (objects, mut errors) = store.objects();
+    let model = Model::build(&objects, &settings.opaque_ports);
+    errors.extend(findings::route_errors(&model, |key| store.file_of(key)));
+    (objects, errors)
 }
