@@ -1,8 +1,8 @@
 //! The control plane on a real Kubernetes API server: `weft-control --source
 //! kubernetes`, running with its own ServiceAccount's least privileges,
 //! follows what `kubectl apply` does to Deployments (through the real
-//! controller-manager's ReplicaSets and EndpointSlices), Services, HTTPRoutes
-//! and TrafficPolicies; real sidecars get certificates through TokenReview
+//! controller-manager's ReplicaSets and EndpointSlices), Services, HTTPRoutes,
+//! GRPCRoutes, ReferenceGrants and TrafficPolicies; real sidecars get certificates through TokenReview
 //! and their snapshots follow; the leader writes route and policy status, the
 //! CA Secret and trust bundles; an API server restart and a leader's death
 //! are ridden out.
@@ -112,6 +112,53 @@ metadata: {name: backend, namespace: shop}
 spec:
   targetRef: {kind: Service, name: backend}
   outlierDetection: {consecutiveFailures: 3}
+"#;
+
+/// A GRPCRoute on shop/echo sending to a Service in another namespace, and
+/// an HTTPRoute on the same port (which GRPCRoutes take).
+const GRPC: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v2, namespace: other}
+spec:
+  ports: [{name: grpc, port: 9090, appProtocol: kubernetes.io/h2c}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: shop}
+spec:
+  ports: [{name: grpc, port: 9090, appProtocol: kubernetes.io/h2c}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 9090}]
+  rules:
+  - matches: [{method: {service: weft.test.Echo}}]
+    backendRefs: [{name: echo-v2, namespace: other, port: 9090}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo-http, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 9090}]
+  rules:
+  - backendRefs: [{name: echo, port: 9090}]
+"#;
+
+/// What lets shop's GRPCRoutes send to Services in `other`.
+const GRANT: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: shop-grpc, namespace: other}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: GRPCRoute, namespace: shop}]
+  to: [{group: "", kind: Service}]
 "#;
 
 /// The route on `backend`: `v1` percent to backend-v1, the rest to v2.
@@ -307,6 +354,42 @@ fn the_control_plane_follows_the_cluster() {
         let p = json(&m.cluster, &["get", "trafficpolicy", "backend", "-n", NS]);
         condition(&p["status"], "Accepted") == Some(("True".into(), "Accepted".into()))
     });
+
+    // A GRPCRoute gets status too: its backend in another namespace is not
+    // permitted until a ReferenceGrant there allows it; an HTTPRoute on the
+    // same Service port loses to it (Conflicted).
+    m.cluster.apply(GRPC);
+    let parent = |kind: &str, name: &str, type_: &str| {
+        let r = json(&m.cluster, &["get", kind, name, "-n", NS]);
+        r["status"]["parents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["controllerName"] == "weft.dev/control-plane")
+            .and_then(|p| condition(p, type_))
+    };
+    eventually("the GRPCRoute's backend is not permitted", WAIT, || {
+        parent("grpcroute", "echo", "ResolvedRefs")
+            == Some(("False".into(), "RefNotPermitted".into()))
+            && parent("grpcroute", "echo", "Accepted") == Some(("True".into(), "Accepted".into()))
+    });
+    eventually(
+        "the HTTPRoute on the GRPCRoute's port is conflicted",
+        WAIT,
+        || {
+            parent("httproute", "echo-http", "Accepted")
+                == Some(("False".into(), "Conflicted".into()))
+        },
+    );
+    m.cluster.apply(GRANT);
+    eventually(
+        "the ReferenceGrant resolves the GRPCRoute's backend",
+        WAIT,
+        || {
+            parent("grpcroute", "echo", "ResolvedRefs")
+                == Some(("True".into(), "ResolvedRefs".into()))
+        },
+    );
 
     // kubectl apply moves the split: now everything goes to v2.
     m.cluster.apply(&route(0));
