@@ -218,3 +218,59 @@ fn objects_and_findings(
     errors.extend(findings::route_errors(&model, |key| store.file_of(key)));
     (objects, errors)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::v1::MtlsMode;
+
+    /// A route whose backend is missing is applied (its share gets 500) and
+    /// listed at `/errors` with its file; fixing the directory clears it.
+    #[tokio::test]
+    async fn route_findings_are_errors_and_the_route_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 198.19.0.1\n  ports: [{port: 80}]\n";
+        let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{kind: Service, name: web, port: 80}]\n  rules:\n  - backendRefs: [{name: web, port: 80}, {name: web-v2, port: 80}]\n";
+        std::fs::write(dir.path().join("svc.yaml"), svc).unwrap();
+        std::fs::write(dir.path().join("route.yaml"), route).unwrap();
+        let source = Source {
+            dir: dir.path().to_path_buf(),
+            settings: MeshSettings {
+                trust_domain: "cluster.local".into(),
+                mtls_mode: MtlsMode::Permissive,
+                opaque_ports: vec![],
+            },
+            trust_anchors_der: vec![],
+            debounce: Duration::from_millis(10),
+        };
+        let mut rx = source.spawn(Arc::new(Metrics::default()));
+        let state = rx.borrow_and_update().clone();
+        assert_eq!(state.model.routes.len(), 1, "the route was dropped");
+        assert_eq!(state.errors.len(), 1, "{:?}", state.errors);
+        let e = &state.errors[0];
+        assert_eq!(
+            e.file.as_deref(),
+            Some(dir.path().join("route.yaml").as_path())
+        );
+        assert_eq!(
+            (e.object.as_str(), e.field.as_str()),
+            ("HTTPRoute default/r", "spec.rules[0].backendRefs[1]")
+        );
+        assert!(e.message.contains("BackendNotFound"), "{e:?}");
+
+        let v2 = svc
+            .replace("name: web}", "name: web-v2}")
+            .replace("198.19.0.1", "198.19.0.2");
+        std::fs::write(dir.path().join("svc-v2.yaml"), v2).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                rx.changed().await.unwrap();
+                if rx.borrow_and_update().errors.is_empty() {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("the error clears once the backend exists");
+    }
+}
