@@ -224,7 +224,7 @@ spec:
     - {{name: backend-v1, port: 80, weight: {v1}}}
     - {{name: backend-v2, port: 80, weight: {v2}}}
     timeouts: {{request: 3s, backendRequest: 1s}}
-    retry: {{attempts: 3, backoff: 10ms, codes: [502, 503, 504]}}
+    retry: {{attempts: 2, backoff: 10ms, codes: [502, 503, 504]}}
 ",
         v2 = 100 - v1
     )

@@ -278,6 +278,10 @@ spec:
     backendRefs: [{name: echo-v2, port: 8080}]
   - matches: [{path: {type: PathPrefix, value: /m}, method: POST}]
     backendRefs: [{name: echo-v2, port: 8080}]
+  - matches:
+    - path: {type: PathPrefix, value: /hdr}
+      headers: [{name: X-Re, type: RegularExpression, value: "v[0-9]+"}]
+    backendRefs: [{name: echo-v2, port: 8080}]
   - name: split
     matches: [{path: {type: PathPrefix, value: /split}}]
     backendRefs:
@@ -298,6 +302,19 @@ spec:
   rules:
   - matches: [{path: {type: RegularExpression, value: "/re/[0-9]+"}}]
     backendRefs: [{name: echo-v2, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: two-parents, namespace: gamma}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: echo-v1, port: 8080}
+  - {group: "", kind: Service, name: echo-v2, port: 8080}
+  rules:
+  - filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-parents, value: two}]}
+    backendRefs: [{name: echo, port: 8080}]
 "#,
     );
     // Only the route answers 500 here: it has applied.
@@ -322,6 +339,9 @@ spec:
         (get(ECHO, 80, "/q?animal=dolphin"), "echo-v1-0"),
         (get(ECHO, 80, "/m").method(Method::POST), "echo-v2-0"),
         (get(ECHO, 80, "/m"), "echo-v1-0"),
+        // Regexes match the whole value.
+        (get(ECHO, 80, "/hdr").header("x-re", "v12"), "echo-v2-0"),
+        (get(ECHO, 80, "/hdr").header("x-re", "xv1"), "echo-v1-0"),
         // The route is chosen by the address called, never by Host.
         (get(ECHO, 80, "/").header("host", "echo-v2"), "echo-v1-0"),
     ];
@@ -365,7 +385,19 @@ spec:
     assert_eq!(served_by(&r), "echo-v2-0");
     assert_eq!(g.call(NS, get(ECHO, 8080, "/re/x")).status, 404);
     assert_eq!(g.call(NS, get(ECHO, 8080, "/v2")).status, 404);
-    // A Service without routes, and a pod called directly, are untouched.
+    // One route, two parents: both Services' port 8080 follow it, their
+    // port 80 does not.
+    for vip in [ECHO_V1, ECHO_V2] {
+        let r = g.call(NS, get(vip, 8080, "/"));
+        assert_eq!(r.headers["x-parents"], "two", "{vip}");
+        assert!(
+            g.call(NS, get(vip, 80, "/"))
+                .headers
+                .get("x-parents")
+                .is_none()
+        );
+    }
+    // A Service port without routes, and a pod called directly, are untouched.
     let v1_ip = g.v1.ip.to_string();
     let r = g.call(NS, get(&v1_ip, 8080, "/v2"));
     assert_eq!(seen(&r).0, "echo-v1-0");

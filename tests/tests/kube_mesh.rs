@@ -162,7 +162,7 @@ spec:
   - backendRefs:
     - {{name: backend-v1, port: 80, weight: {v1}}}
     - {{name: backend-v2, port: 80, weight: {v2}}}
-    retry: {{attempts: 3, codes: [502, 503, 504]}}
+    retry: {{attempts: 2, codes: [502, 503, 504]}}
 "#,
         v2 = 100 - v1
     )

@@ -155,7 +155,7 @@ fn retries_make_a_flaky_service_look_healthy() {
 
     m.apply(
         "route.yaml",
-        &route("    retry: {attempts: 3, backoff: 5ms, codes: [503]}\n"),
+        &route("    retry: {attempts: 2, backoff: 5ms, codes: [503]}\n"),
     );
     let (with, reasons) = m.client.ns.block_on(load(Method::GET, "/", 3000, 4));
     let ok = with.get(&200).copied().unwrap_or(0);
@@ -177,7 +177,7 @@ fn resets_are_retried_for_gets_but_not_for_posts_unless_opted_in() {
     m.client.wait_endpoints(SVC, 1);
     m.apply(
         "route.yaml",
-        &route("    retry: {attempts: 3, backoff: 5ms}\n"),
+        &route("    retry: {attempts: 2, backoff: 5ms}\n"),
     );
 
     let (posts, reasons) = m.client.ns.block_on(load(Method::POST, "/echo", 10, 1));
@@ -221,7 +221,7 @@ fn the_retry_budget_stops_a_retry_storm() {
     );
     m.apply(
         "route.yaml",
-        &route("    retry: {attempts: 5, backoff: 1ms, codes: [503]}\n"),
+        &route("    retry: {attempts: 4, backoff: 1ms, codes: [503]}\n"),
     );
     let started = Instant::now();
     let (statuses, _) = m.client.ns.block_on(load(Method::GET, "/", 1000, 4));
@@ -275,7 +275,7 @@ fn timeouts_answer_504_at_the_deadline_and_per_try_timeouts_find_the_fast_endpoi
 
     // A per-try deadline below the slow endpoint's latency, with retries:
     // every request ends on the fast endpoint, well before the slow one answers.
-    m.apply("route.yaml", &route("    timeouts: {request: 2s, backendRequest: 200ms}\n    retry: {attempts: 3, backoff: 1ms}\n"));
+    m.apply("route.yaml", &route("    timeouts: {request: 2s, backendRequest: 200ms}\n    retry: {attempts: 2, backoff: 1ms}\n"));
     let before = fast.served();
     let (statuses, reasons) = m.client.ns.block_on(async {
         let start = Instant::now();
@@ -418,10 +418,14 @@ fn every_weft_error_reason_is_produced() {
     // no-route and no-backend.
     m.apply(
         "route.yaml",
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: app, namespace: default}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: app, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /missing}}]\n    backendRefs: [{name: nothing-here, port: 80}]\n",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: app, namespace: default}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: app, port: 80}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /missing}}]\n    backendRefs: [{name: nothing-here, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /none}}]\n  - matches: [{path: {type: PathPrefix, value: /magic}}]\n    filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Magic, name: m}}]\n    backendRefs: [{name: app, port: 80}]\n",
     );
     let (_, reasons) = m.client.ns.block_on(load(Method::GET, "/missing/x", 1, 1));
+    assert_eq!(reasons.get("invalid-backend"), Some(&1), "{reasons:?}");
+    let (_, reasons) = m.client.ns.block_on(load(Method::GET, "/none", 1, 1));
     assert_eq!(reasons.get("no-backend"), Some(&1), "{reasons:?}");
+    let (_, reasons) = m.client.ns.block_on(load(Method::GET, "/magic", 1, 1));
+    assert_eq!(reasons.get("invalid-route"), Some(&1), "{reasons:?}");
     let (_, reasons) = m.client.ns.block_on(load(Method::GET, "/elsewhere", 1, 1));
     assert_eq!(reasons.get("no-route"), Some(&1), "{reasons:?}");
     let _ = (&m.node, Duration::ZERO);

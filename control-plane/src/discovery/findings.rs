@@ -67,15 +67,7 @@ fn parent_service<'a>(
 /// Whether `p` binds port `port` of `svc`: by `port`, or by `sectionName` as
 /// the port's name; neither binds every port. (The same reading as the one
 /// [`routes::for_port`] attaches routes by.)
-fn binds(p: &HttpRouteParentRefs, route_ns: &str, svc: &ServiceModel, port: u16) -> bool {
-    is_service_ref(p.group.as_deref(), p.kind.as_deref())
-        && p.name == svc.name
-        && p.namespace.as_deref().unwrap_or(route_ns) == svc.namespace
-        && p.port.is_none_or(|pp| pp == i32::from(port))
-        && p.section_name
-            .as_deref()
-            .is_none_or(|s| svc.ports.iter().any(|sp| sp.port == port && sp.name == s))
-}
+use super::routes::parent_binds as binds;
 
 /// The ports of `svc` that `p` binds.
 fn bound_ports(p: &HttpRouteParentRefs, route_ns: &str, svc: &ServiceModel) -> Vec<u16> {
@@ -101,6 +93,9 @@ pub fn conflicted(model: &Model, route: &MeshRoute, p: &HttpRouteParentRefs) -> 
             .routes
             .iter()
             .filter(|r| r.kind == RouteKind::Grpc)
+            // Only a GRPCRoute of the same group (producer, or the same
+            // consumer namespace) takes the port from this route.
+            .filter(|r| super::routes::scope(r, svc) == super::routes::scope(route, svc))
             .filter(|r| {
                 let rns = r.namespace();
                 r.route

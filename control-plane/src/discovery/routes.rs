@@ -33,7 +33,12 @@ pub fn is_service_ref(group: Option<&str>, kind: Option<&str>) -> bool {
 
 /// Whether a parentRef names this Service port: by `port`, or by
 /// `sectionName` as the port's name; neither binds every port.
-fn parent_binds(p: &HttpRouteParentRefs, route_ns: &str, svc: &ServiceModel, port: u16) -> bool {
+pub fn parent_binds(
+    p: &HttpRouteParentRefs,
+    route_ns: &str,
+    svc: &ServiceModel,
+    port: u16,
+) -> bool {
     is_service_ref(p.group.as_deref(), p.kind.as_deref())
         && p.name == svc.name
         && p.namespace.as_deref().unwrap_or(route_ns) == svc.namespace
@@ -536,6 +541,16 @@ fn precedence(a: &v1::RouteMatch, b: &v1::RouteMatch) -> Ordering {
         .then_with(|| b.query_params.len().cmp(&a.query_params.len()))
 }
 
+/// Whose route `route` is for `svc`: "" for a producer route (in the
+/// Service's namespace), else the consumer namespace.
+pub fn scope<'r>(route: &'r MeshRoute, svc: &ServiceModel) -> &'r str {
+    if route.namespace() == svc.namespace {
+        ""
+    } else {
+        route.namespace()
+    }
+}
+
 /// The order between routes with equal matches: the oldest first, then by
 /// namespace/name.
 fn route_order(a: &MeshRoute, b: &MeshRoute) -> Ordering {
@@ -561,18 +576,18 @@ pub fn for_port(model: &Model, svc: &ServiceModel, port: u16) -> Vec<v1::RouteRu
         .iter()
         .filter(|r| attaches(r, svc, port))
         .collect();
-    // One kind per Service port: GRPCRoutes win over HTTPRoutes (GEP-1294).
-    if routes.iter().any(|r| r.kind == RouteKind::Grpc) {
-        routes.retain(|r| r.kind == RouteKind::Grpc);
-    }
+    // One kind per Service port and group of routes (the producer routes;
+    // each namespace's consumer routes): GRPCRoutes win (GEP-1294).
+    let grpc_scopes: Vec<&str> = routes
+        .iter()
+        .filter(|r| r.kind == RouteKind::Grpc)
+        .map(|r| scope(r, svc))
+        .collect();
+    routes.retain(|r| r.kind == RouteKind::Grpc || !grpc_scopes.contains(&scope(r, svc)));
     routes.sort_by(|a, b| route_order(a, b));
     let mut out = Vec::new();
     for route in routes {
-        let consumer = if route.namespace() == svc.namespace {
-            String::new()
-        } else {
-            route.namespace().to_string()
-        };
+        let consumer = scope(route, svc).to_string();
         for (i, rule) in route.route.spec.rules.iter().flatten().enumerate() {
             let compiled = compile_rule(model, route, i, rule, port).rule;
             let matches = rule.matches.clone().unwrap_or_default();
@@ -701,8 +716,9 @@ pub fn policy(model: &Model, svc: &ServiceModel, port: u16) -> v1::TrafficPolicy
         retry: spec
             .as_ref()
             .and_then(|s| s.retry.as_ref())
+            // Retries, as the Gateway API counts them; the proxy counts tries.
             .map(|r| v1::RetryPolicy {
-                attempts: r.attempts.unwrap_or(0),
+                attempts: r.attempts.map_or(0, |a| a + 1),
                 backoff_ms: ms(r.backoff.as_ref(), 0),
                 codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
             }),
