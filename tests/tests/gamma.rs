@@ -372,6 +372,32 @@ spec:
     if r.status == 500 {
         assert!(weft_error(&r).starts_with("invalid-backend"), "{r:?}");
     }
+    // The control plane says what is wrong, and the route stays applied.
+    let errors = g.cp.admin_json("/errors");
+    let found = errors["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| {
+            e["object"] == "HTTPRoute gamma/matching"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Service gamma/missing does not exist"))
+        })
+        .unwrap_or_else(|| panic!("no error for the missing backend: {errors}"));
+    assert!(
+        found["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("BackendNotFound")),
+        "{found}"
+    );
+    assert!(
+        found["field"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("spec.rules["),
+        "{found}"
+    );
     // Every weight zero, or no backends at all: 500.
     for path in ["/all-zero", "/no-backends"] {
         let r = g.call(NS, get(ECHO, 80, path));
