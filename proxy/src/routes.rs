@@ -251,6 +251,10 @@ pub struct Backend {
     pub invalid: Option<String>,
     pub weight: u32,
     pub filters: Filters,
+    /// This backend's own redirect, rewrite and CORS (the rule's come first).
+    pub redirect: Option<v1::Redirect>,
+    pub rewrite: Option<v1::Rewrite>,
+    pub cors: Option<crate::http::cors::Cors>,
 }
 
 #[derive(Debug)]
@@ -302,6 +306,13 @@ impl Rule {
                         &b.response_header_modifiers,
                         &b.mirrors,
                     )?,
+                    redirect: b.redirect.clone().filter(|r| r.enabled),
+                    rewrite: b.rewrite.clone().filter(|r| r.enabled),
+                    cors: b
+                        .cors
+                        .as_ref()
+                        .filter(|c| c.enabled)
+                        .map(crate::http::cors::Cors::new),
                 })
             })
             .collect::<Result<_, RouteError>>()?;

@@ -499,6 +499,21 @@ spec:
         exposeHeaders: [x-expose]
         maxAge: 3600
     backendRefs: [{{name: echo-v1, port: 8080}}]
+  - matches: [{{path: {{type: PathPrefix, value: /backend-rewrite}}}}]
+    backendRefs:
+    - name: echo-v1
+      port: 8080
+      filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /rewritten}}}}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /backend-redirect}}}}]
+    backendRefs:
+    - name: echo-v1
+      port: 8080
+      filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplaceFullPath, replaceFullPath: /redirected-full}}}}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /backend-cors}}}}]
+    backendRefs:
+    - name: echo-v1
+      port: 8080
+      filters: [{{type: CORS, cors: {{allowOrigins: ["*"], allowMethods: [GET]}}}}]
   - matches: [{{path: {{type: PathPrefix, value: /extension}}}}]
     filters: [{{type: ExtensionRef, extensionRef: {{group: example.com, kind: Magic, name: m}}}}]
     backendRefs: [{{name: echo-v1, port: 8080}}]
@@ -627,6 +642,25 @@ spec:
         "https://www.foo.com"
     );
     assert_eq!(r.headers["access-control-expose-headers"], "x-expose");
+
+    // A backendRef's own rewrite, redirect and CORS.
+    let (_, path, _, _) = seen(&g.call(NS, get(ECHO, 80, "/backend-rewrite/x")));
+    assert_eq!(path, "/rewritten/x");
+    let r = g.call(
+        NS,
+        get(ECHO, 80, "/backend-redirect/x").header("host", host),
+    );
+    assert_eq!(r.status, 302);
+    assert_eq!(r.headers["location"], "http://echo/redirected-full");
+    let r = g.call(
+        NS,
+        get(ECHO, 80, "/backend-cors")
+            .method(Method::OPTIONS)
+            .header("origin", "https://any.example")
+            .header("access-control-request-method", "GET"),
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(r.headers["access-control-allow-origin"], "*");
 
     // A filter Weft cannot apply is never skipped: its requests get 500.
     let r = g.call(NS, get(ECHO, 80, "/extension"));

@@ -43,6 +43,12 @@ fn one_trace_follows_a_request_across_services() {
         "svc-c.yaml",
         &service_yaml("c", C_VIP, "c", &[(80, 8080, "")]),
     );
+    // B's calls to C follow a route with a named rule (before any pod, so
+    // the first snapshots carry it).
+    cp.write_manifest(
+        "route-c.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: c, namespace: default}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: c, port: 80}]\n  rules:\n  - name: to-c\n    backendRefs: [{name: c, port: 80}]\n",
+    );
     let a = node.pod("a");
     cp.write_manifest("pod-a.yaml", &pod_yaml(&a, "a", &[("app", "a")], true));
     a.mesh_with(&cp, "a", &["--otlp-endpoint", &otlp]);
@@ -122,6 +128,15 @@ fn one_trace_follows_a_request_across_services() {
     assert!(
         attr(&c_in, "weft.peer_identity").is_some_and(|v| v.contains("/sa/b")),
         "{c_in:?}"
+    );
+    // The route and its named rule are on the span of the routed hop.
+    assert!(
+        attr(&b_out, "http.route").is_some_and(|v| v.contains("default/c")),
+        "{b_out:?}"
+    );
+    assert!(
+        attr(&b_out, "weft.route.rule").is_some_and(|v| v.contains("to-c")),
+        "{b_out:?}"
     );
     assert!(a_out.name.contains("GET"), "{}", a_out.name);
 

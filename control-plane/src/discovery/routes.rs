@@ -449,14 +449,12 @@ fn compile_rule(
         }
         let own = compile_filters(model, route, &at, &backend_filters(b), port);
         problems.extend(own.unresolved.iter().cloned());
-        let misplaced = own.redirect.is_some() || own.rewrite.is_some() || own.cors.is_some();
+        let incompatible = own.redirect.is_some() && own.rewrite.is_some();
         if let Some(p) = own.unsupported.clone().or_else(|| {
-            misplaced.then(|| {
+            incompatible.then(|| {
                 Problem::new(
-                    "UnsupportedValue",
-                    format!(
-                        "{at}.filters: a backendRef takes header modifiers and mirrors; redirects, rewrites and CORS go on the rule"
-                    ),
+                    "IncompatibleFilters",
+                    format!("{at}.filters: RequestRedirect and URLRewrite cannot be used together"),
                 )
             })
         }) {
@@ -468,6 +466,9 @@ fn compile_rule(
         backend.request_header_modifiers = own.request;
         backend.response_header_modifiers = own.response;
         backend.mirrors = own.mirrors;
+        backend.redirect = own.redirect;
+        backend.rewrite = own.rewrite;
+        backend.cors = own.cors;
         backends.push(backend);
     }
     let ms = |v: &Option<String>| {
@@ -813,6 +814,45 @@ spec:
                 rules[3].backends[0].weight
             ),
             ("198.19.0.2:80", 3)
+        );
+    }
+
+    #[test]
+    fn equal_matches_go_to_the_oldest_route_then_by_namespace_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 198.19.0.1\n  selector: {app: web}\n  ports: [{port: 80}]\n";
+        let route = |name: &str, ns: &str, created: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}, creationTimestamp: \"{created}\"}}\nspec:\n  parentRefs: [{{kind: Service, name: web, namespace: default}}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /api}}}}]\n    backendRefs: [{{name: web, namespace: default, port: 80}}]\n---\n"
+            )
+        };
+        let routes = [
+            route("zeta", "default", "2026-01-02T00:00:00Z"),
+            route("young", "default", "2026-06-01T00:00:00Z"),
+            route("alpha", "default", "2026-01-02T00:00:00Z"),
+            route("old", "default", "2025-01-01T00:00:00Z"),
+        ]
+        .concat();
+        std::fs::write(dir.path().join("s.yaml"), svc).unwrap();
+        std::fs::write(dir.path().join("r.yaml"), routes).unwrap();
+        let mut store = Store::new(dir.path());
+        store.refresh();
+        let (objects, errors) = store.objects();
+        assert!(errors.is_empty(), "{errors:?}");
+        let model = Model::build(&objects, &[]);
+        let web = &model.services[0];
+        let order: Vec<String> = for_port(&model, web, 80)
+            .into_iter()
+            .map(|r| r.route)
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "default/old",
+                "default/alpha",
+                "default/zeta",
+                "default/young"
+            ]
         );
     }
 }

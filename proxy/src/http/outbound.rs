@@ -205,7 +205,24 @@ impl HttpOutbound {
                 if let Some(why) = &chosen.invalid {
                     return Err(ProxyError::InvalidBackend(why.clone()).into());
                 }
+                // The backend's own filters, for the requests it is chosen for.
+                if let Some(res) = chosen
+                    .cors
+                    .as_ref()
+                    .and_then(|c| c.preflight(&parts.method, &parts.headers))
+                {
+                    return Ok(res);
+                }
+                if let Some(r) = &chosen.redirect {
+                    let mut res = redirect(r, rule, &parts, plan.dst.port());
+                    chosen.filters.response.apply(res.headers_mut());
+                    rule.filters.response.apply(res.headers_mut());
+                    return Ok(res);
+                }
                 chosen.filters.request.apply(&mut parts.headers);
+                if let Some(rw) = &chosen.rewrite {
+                    rewrite(rw, rule, &mut parts)?;
+                }
                 let stack = stacks.rules[i][b].as_ref().ok_or(ProxyError::NoBackend)?;
                 (stack, Some((rule, chosen)))
             }
@@ -229,10 +246,8 @@ impl HttpOutbound {
         let Some((rule, chosen)) = routed_to else {
             return call(&backend.stack, Request::from_parts(parts, body)).await;
         };
-        let origin = rule
-            .cors
-            .as_ref()
-            .and_then(|_| parts.headers.get(header::ORIGIN).cloned());
+        let cors = rule.cors.as_ref().or(chosen.cors.as_ref());
+        let origin = cors.and_then(|_| parts.headers.get(header::ORIGIN).cloned());
         let mirrors: Vec<&Mirror> = rule
             .filters
             .mirrors
@@ -248,7 +263,7 @@ impl HttpOutbound {
         let mut res = call(&backend.stack, Request::from_parts(parts, body)).await?;
         chosen.filters.response.apply(res.headers_mut());
         rule.filters.response.apply(res.headers_mut());
-        if let Some(c) = &rule.cors {
+        if let Some(c) = cors {
             c.decorate(origin.as_ref(), res.headers_mut());
         }
         Ok(res)
@@ -440,31 +455,42 @@ fn rewritten_path(
 /// The rule's request filters: header changes, then the URL rewrite.
 fn apply_rule_filters(rule: &Rule, parts: &mut http::request::Parts) -> Result<(), ProxyError> {
     rule.filters.request.apply(&mut parts.headers);
-    if let Some(rw) = &rule.rewrite {
-        if !rw.hostname.is_empty() {
-            parts.headers.insert(
-                header::HOST,
-                HeaderValue::from_str(&rw.hostname)
-                    .map_err(|e| ProxyError::BadRequest(e.to_string()))?,
-            );
-        }
-        if let Some(path) = rewritten_path(
-            parts.uri.path(),
-            rw.path_full.as_deref(),
-            rw.path_prefix.as_deref(),
-            rule.prefix.as_deref(),
-        ) {
-            let pq = match parts.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            let mut p = parts.uri.clone().into_parts();
-            p.path_and_query = Some(
-                pq.parse()
-                    .map_err(|_| ProxyError::BadRequest("rewritten path".into()))?,
-            );
-            parts.uri = Uri::from_parts(p).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        }
+    match &rule.rewrite {
+        Some(rw) => rewrite(rw, rule, parts),
+        None => Ok(()),
+    }
+}
+
+/// A URLRewrite: the Host, then the path (a prefix replaced is the one
+/// `rule` matched on).
+fn rewrite(
+    rw: &v1::Rewrite,
+    rule: &Rule,
+    parts: &mut http::request::Parts,
+) -> Result<(), ProxyError> {
+    if !rw.hostname.is_empty() {
+        parts.headers.insert(
+            header::HOST,
+            HeaderValue::from_str(&rw.hostname)
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?,
+        );
+    }
+    if let Some(path) = rewritten_path(
+        parts.uri.path(),
+        rw.path_full.as_deref(),
+        rw.path_prefix.as_deref(),
+        rule.prefix.as_deref(),
+    ) {
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut p = parts.uri.clone().into_parts();
+        p.path_and_query = Some(
+            pq.parse()
+                .map_err(|_| ProxyError::BadRequest("rewritten path".into()))?,
+        );
+        parts.uri = Uri::from_parts(p).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     }
     Ok(())
 }
