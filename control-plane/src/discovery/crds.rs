@@ -392,6 +392,332 @@ pub struct PolicyTargetRef {
     pub port: Option<u16>,
 }
 
+/// Who may call what at a workload's sidecar: rules over the caller's
+/// identity and, for HTTP, the request (and validated end-user claims).
+/// DENY wins over ALLOW; once any ALLOW policy targets a port, what no ALLOW
+/// rule allows is denied; AUDIT rules decide nothing and are counted and
+/// logged.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "AuthorizationPolicy",
+    namespaced,
+    derive = "PartialEq",
+    status = "TrafficPolicyStatus",
+    shortname = "authz",
+    category = "weft",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    doc = "A Weft authorization policy: which callers (mesh identities, namespaces, end users) \
+           may call a Service, one of its ports, or one HTTPRoute or GRPCRoute rule."
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = kubernetes_schema)]
+pub struct AuthorizationPolicySpec {
+    pub target_ref: AuthzTargetRef,
+    /// `ALLOW` (the default), `DENY` or `AUDIT`.
+    #[serde(default)]
+    pub action: AuthzAction,
+    /// Any one rule matching is a match. None: an ALLOW policy allows
+    /// nothing, a DENY or AUDIT policy matches every request.
+    #[serde(default)]
+    pub rules: Vec<AuthzRule>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum AuthzAction {
+    #[default]
+    #[serde(rename = "ALLOW")]
+    Allow,
+    #[serde(rename = "DENY")]
+    Deny,
+    #[serde(rename = "AUDIT")]
+    Audit,
+}
+
+/// A Service (optionally one port), or an HTTPRoute or GRPCRoute
+/// (optionally one rule, by its `name`), in the policy's namespace.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(self.kind == 'Service' && (!has(self.group) || self.group == '')) || ((self.kind == 'HTTPRoute' || self.kind == 'GRPCRoute') && has(self.group) && self.group == 'gateway.networking.k8s.io')",
+        "message": "the target is a Service (group \"\") or an HTTPRoute or GRPCRoute (group gateway.networking.k8s.io)",
+        "fieldPath": ".kind"
+    },
+    {
+        "rule": "!has(self.port) || self.kind == 'Service'",
+        "message": "only a Service target has a port",
+        "fieldPath": ".port"
+    },
+    {
+        "rule": "!has(self.sectionName) || self.kind != 'Service'",
+        "message": "a Service target names a port with `port`; sectionName names a route rule",
+        "fieldPath": ".sectionName"
+    }
+]))]
+pub struct AuthzTargetRef {
+    /// `""` for a Service, `gateway.networking.k8s.io` for a route.
+    #[serde(default)]
+    pub group: String,
+    /// `Service`, `HTTPRoute` or `GRPCRoute`.
+    pub kind: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// One port of the Service; all of them when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub port: Option<u16>,
+    /// One rule of the route, by its `name`; every rule when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub section_name: Option<String>,
+}
+
+/// A match: one of `from` (none: any caller), and `to`, and `when`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzRule {
+    #[serde(default)]
+    pub from: Vec<AuthzSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<AuthzOperation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<AuthzConditions>,
+}
+
+/// One kind of caller; exactly one field is set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.identity), has(self.serviceAccount), has(self.namespace), has(self.authenticated), has(self.unauthenticated)].filter(x, x).size() == 1",
+    "message": "exactly one of identity, serviceAccount, namespace, authenticated, unauthenticated"
+}]))]
+pub struct AuthzSource {
+    /// An exact SPIFFE ID (`spiffe://cluster.local/ns/shop/sa/checkout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^spiffe://[^/]+/.+$"))]
+    pub identity: Option<String>,
+    /// A ServiceAccount, in the policy's namespace unless one is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountRef>,
+    /// Any mesh workload of this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// `true`: any caller with a mesh identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated: Option<bool>,
+    /// `true`: callers without one (plaintext, from outside the mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unauthenticated: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccountRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// What is called (HTTP only): every field set must match; within one, any
+/// value.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzOperation {
+    #[serde(default)]
+    #[schemars(inner(regex(pattern = "^[A-Z]+$")))]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<AuthzPath>,
+    #[serde(default)]
+    pub headers: Vec<AuthzHeader>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzPath {
+    /// `Exact` or `PathPrefix` (whole segments, as HTTPRoute's).
+    #[serde(rename = "type")]
+    pub kind: AuthzPathKind,
+    #[schemars(regex(pattern = "^/"), length(max = 1024))]
+    pub value: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum AuthzPathKind {
+    Exact,
+    PathPrefix,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzHeader {
+    #[schemars(regex(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    pub name: String,
+    pub value: String,
+}
+
+/// Conditions on the end user (HTTP only).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzConditions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtCondition>,
+}
+
+/// A validated JWT (see RequestAuthentication) and claims it must carry.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtCondition {
+    /// Only requests with a valid token match.
+    #[serde(default)]
+    pub required: bool,
+    /// Each claim must have one of its values (a dotted name reaches into
+    /// objects; an array claim matches if any element does; `scope` is split
+    /// on spaces).
+    #[serde(default)]
+    pub claims: Vec<ClaimMatch>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimMatch {
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub values: Vec<String>,
+}
+
+impl AuthorizationPolicySpec {
+    /// What the schema (and its CEL rules) refuse, refused the same way in
+    /// local mode, naming the field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        fn err<T>(
+            field: impl Into<String>,
+            message: impl Into<String>,
+        ) -> Result<T, (String, String)> {
+            Err((field.into(), message.into()))
+        }
+        let t = &self.target_ref;
+        match (t.kind.as_str(), t.group.as_str()) {
+            ("Service", "") => {}
+            ("HTTPRoute" | "GRPCRoute", "gateway.networking.k8s.io") => {}
+            _ => {
+                return err(
+                    "spec.targetRef.kind",
+                    format!(
+                        "the target is a Service (group \"\") or an HTTPRoute or GRPCRoute (group gateway.networking.k8s.io), not {} in group `{}`",
+                        t.kind, t.group
+                    ),
+                );
+            }
+        }
+        if !(1..=253).contains(&t.name.chars().count()) {
+            return err("spec.targetRef.name", "a name of 1 to 253 characters");
+        }
+        match (t.kind.as_str(), t.port, &t.section_name) {
+            (_, Some(0), _) => return err("spec.targetRef.port", "0 is not a port (1-65535)"),
+            ("Service", _, Some(_)) => {
+                return err(
+                    "spec.targetRef.sectionName",
+                    "a Service target names a port with `port`; sectionName names a route rule",
+                );
+            }
+            ("HTTPRoute" | "GRPCRoute", Some(_), _) => {
+                return err("spec.targetRef.port", "only a Service target has a port");
+            }
+            _ => {}
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = format!("spec.rules[{i}]");
+            for (j, f) in rule.from.iter().enumerate() {
+                let at = format!("{at}.from[{j}]");
+                let set = [
+                    f.identity.is_some(),
+                    f.service_account.is_some(),
+                    f.namespace.is_some(),
+                    f.authenticated.is_some(),
+                    f.unauthenticated.is_some(),
+                ]
+                .iter()
+                .filter(|x| **x)
+                .count();
+                if set != 1 {
+                    return err(
+                        at,
+                        "exactly one of identity, serviceAccount, namespace, authenticated, unauthenticated",
+                    );
+                }
+                if let Some(id) = &f.identity
+                    && id.parse::<weft_api::SpiffeId>().is_err()
+                {
+                    return err(
+                        format!("{at}.identity"),
+                        format!(
+                            "`{id}` is not a SPIFFE ID (spiffe://<trust domain>/ns/<ns>/sa/<sa>)"
+                        ),
+                    );
+                }
+                if f.namespace.as_deref().is_some_and(str::is_empty) {
+                    return err(format!("{at}.namespace"), "a namespace name is not empty");
+                }
+                if let Some(sa) = &f.service_account
+                    && (sa.name.is_empty() || sa.namespace.as_deref().is_some_and(str::is_empty))
+                {
+                    return err(format!("{at}.serviceAccount"), "names are not empty");
+                }
+            }
+            if let Some(to) = &rule.to {
+                for (j, m) in to.methods.iter().enumerate() {
+                    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                        return err(
+                            format!("{at}.to.methods[{j}]"),
+                            format!("`{m}` is not an HTTP method in capitals (GET, POST)"),
+                        );
+                    }
+                }
+                for (j, p) in to.paths.iter().enumerate() {
+                    if !p.value.starts_with('/') {
+                        return err(
+                            format!("{at}.to.paths[{j}].value"),
+                            format!("`{}` does not start with /", p.value),
+                        );
+                    }
+                }
+                for (j, h) in to.headers.iter().enumerate() {
+                    if http::header::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                        return err(
+                            format!("{at}.to.headers[{j}].name"),
+                            format!("`{}` is not an HTTP header name", h.name),
+                        );
+                    }
+                }
+            }
+            if let Some(jwt) = rule.when.as_ref().and_then(|w| w.jwt.as_ref()) {
+                for (j, c) in jwt.claims.iter().enumerate() {
+                    if c.name.is_empty() {
+                        return err(format!("{at}.when.jwt.claims[{j}].name"), "not empty");
+                    }
+                    if c.values.is_empty() {
+                        return err(
+                            format!("{at}.when.jwt.claims[{j}].values"),
+                            "at least one value",
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the API server needs beyond what schemars derives, applied to the
 /// whole spec schema (kube's own transforms then make it structural):
 /// - unsigned integers get the bound of their type and a format Kubernetes
@@ -428,7 +754,7 @@ fn kubernetes_schema(schema: &mut schemars::Schema) {
 
 /// Every Weft CRD, generated from these types.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![TrafficPolicy::crd()]
+    vec![TrafficPolicy::crd(), AuthorizationPolicy::crd()]
 }
 
 /// Where k8s/crds/ keeps a CRD: `<group>_<plural>.yaml`.
@@ -643,5 +969,96 @@ mod tests {
             .zip(b.lines())
             .position(|(x, y)| x != y)
             .unwrap_or_else(|| a.lines().count().min(b.lines().count()))
+    }
+
+    #[test]
+    fn authorization_policy_validate_refuses_what_the_schema_refuses() {
+        let good = r#"
+targetRef: {group: "", kind: Service, name: orders, port: 8080}
+action: ALLOW
+rules:
+- from: [{serviceAccount: {name: checkout}}, {identity: "spiffe://cluster.local/ns/billing/sa/api"}, {namespace: ops}]
+  to: {methods: [POST], paths: [{type: PathPrefix, value: /orders}], headers: [{name: x-tenant, value: acme}]}
+  when: {jwt: {required: true, claims: [{name: scope, values: [orders.write]}]}}
+- from: [{authenticated: true}]
+"#;
+        let spec: AuthorizationPolicySpec = serde_norway::from_str(good).unwrap();
+        assert_eq!(spec.validate(), Ok(()));
+        assert_eq!(spec.action, AuthzAction::Allow);
+        let route: AuthorizationPolicySpec = serde_norway::from_str(
+            "targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: r, sectionName: writes}\naction: DENY\n",
+        )
+        .unwrap();
+        assert_eq!(route.validate(), Ok(()));
+        for (yaml, field) in [
+            (
+                "targetRef: {kind: Deployment, name: x}",
+                "spec.targetRef.kind",
+            ),
+            (
+                "targetRef: {group: gateway.networking.k8s.io, kind: Service, name: x}",
+                "spec.targetRef.kind",
+            ),
+            (
+                "targetRef: {kind: Service, name: x, sectionName: http}",
+                "spec.targetRef.sectionName",
+            ),
+            (
+                "targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: x, port: 80}",
+                "spec.targetRef.port",
+            ),
+            (
+                "targetRef: {kind: Service, name: x, port: 0}",
+                "spec.targetRef.port",
+            ),
+            (
+                "targetRef: {kind: Service, name: x}\nrules: [{from: [{namespace: a, authenticated: true}]}]",
+                "spec.rules[0].from[0]",
+            ),
+            (
+                "targetRef: {kind: Service, name: x}\nrules: [{from: [{}]}]",
+                "spec.rules[0].from[0]",
+            ),
+            (
+                "targetRef: {kind: Service, name: x}\nrules: [{from: [{identity: checkout}]}]",
+                "spec.rules[0].from[0].identity",
+            ),
+            (
+                "targetRef: {kind: Service, name: x}\nrules: [{to: {methods: [get]}}]",
+                "spec.rules[0].to.methods[0]",
+            ),
+            (
+                "targetRef: {kind: Service, name: x}\nrules: [{to: {paths: [{type: Exact, value: orders}]}}]",
+                "spec.rules[0].to.paths[0].value",
+            ),
+            (
+                "targetRef: {kind: Service, name: x}\nrules: [{to: {headers: [{name: \"bad header\", value: v}]}}]",
+                "spec.rules[0].to.headers[0].name",
+            ),
+            (
+                "targetRef: {kind: Service, name: x}\nrules: [{when: {jwt: {claims: [{name: scope, values: []}]}}}]",
+                "spec.rules[0].when.jwt.claims[0].values",
+            ),
+        ] {
+            let spec: AuthorizationPolicySpec = serde_norway::from_str(yaml).unwrap();
+            assert_eq!(
+                spec.validate().map_err(|e| e.0),
+                Err(field.to_string()),
+                "{yaml}"
+            );
+        }
+        // Unknown actions and fields are refused by serde, as by the schema.
+        assert!(
+            serde_norway::from_str::<AuthorizationPolicySpec>(
+                "targetRef: {kind: Service, name: x}\naction: LOG\n"
+            )
+            .is_err()
+        );
+        assert!(
+            serde_norway::from_str::<AuthorizationPolicySpec>(
+                "targetRef: {kind: Service, name: x}\nrulez: []\n"
+            )
+            .is_err()
+        );
     }
 }

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::annotations::validate_annotations;
-use super::crds::TrafficPolicy;
+use super::crds::{AuthorizationPolicy, TrafficPolicy};
 use super::objects::{Kind, Object, ObjectKey};
 
 /// One problem in the manifests, precise enough to fix without searching.
@@ -289,6 +289,11 @@ fn parse_object(doc: &Value) -> Result<Option<(ObjectKey, Object)>, ParseError> 
         Kind::ReferenceGrant => {
             let g: ReferenceGrant = typed(doc).map_err(|(f, m)| fail(f, m))?;
             Object::ReferenceGrant(Arc::new(g))
+        }
+        Kind::AuthorizationPolicy => {
+            let p: AuthorizationPolicy = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            p.spec.validate().map_err(|(f, m)| fail(f, m))?;
+            Object::AuthorizationPolicy(Arc::new(p))
         }
         Kind::TrafficPolicy => {
             let p: TrafficPolicy = typed(doc).map_err(|(f, m)| fail(f, m))?;
@@ -660,5 +665,20 @@ mod tests {
         let (objs, errs) = s.objects();
         assert_eq!(errs.len(), 1, "{objs:?}");
         assert_eq!(errs[0].field, "spec.parentRefs[0].kind", "{errs:?}");
+    }
+
+    #[test]
+    fn authorization_policies_are_read_and_checked() {
+        let good = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: web}\n  action: DENY\n  rules: [{from: [{namespace: ops}]}]\n";
+        let bad = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: web}\n  rules: [{to: {methods: [get]}}]\n";
+        let (_d, s) = store_with(&[("a.yaml", good), ("b.yaml", bad)]);
+        let (objs, errs) = s.objects();
+        assert!(
+            objs.keys()
+                .any(|k| k.kind == Kind::AuthorizationPolicy && k.name == "a")
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].object, "AuthorizationPolicy shop/b");
+        assert_eq!(errs[0].field, "spec.rules[0].to.methods[0]");
     }
 }

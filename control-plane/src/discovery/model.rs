@@ -200,6 +200,8 @@ pub struct Model {
     pub routes: Vec<MeshRoute>,
     pub policies: Vec<super::crds::TrafficPolicy>,
     pub reference_grants: Vec<ReferenceGrant>,
+    /// Read and checked; not yet compiled for the proxies.
+    pub authz_policies: Vec<super::crds::AuthorizationPolicy>,
 }
 
 /// Which Gateway API kind a route was written as.
@@ -299,6 +301,7 @@ impl Model {
                 | Object::HttpRoute(_)
                 | Object::GrpcRoute(_)
                 | Object::ReferenceGrant(_)
+                | Object::AuthorizationPolicy(_)
                 | Object::TrafficPolicy(_) => {}
             }
         }
@@ -371,6 +374,7 @@ impl Model {
                 }),
                 Object::ReferenceGrant(g) => m.reference_grants.push((**g).clone()),
                 Object::TrafficPolicy(p) => m.policies.push((**p).clone()),
+                Object::AuthorizationPolicy(p) => m.authz_policies.push((**p).clone()),
                 Object::Namespace(_) | Object::Pod(_) | Object::EndpointSlice(_) => {}
             }
         }

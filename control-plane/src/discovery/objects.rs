@@ -11,7 +11,7 @@ use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::crds::TrafficPolicy;
+use super::crds::{AuthorizationPolicy, TrafficPolicy};
 
 /// The kinds Weft reads. Others are skipped (a directory may hold anything).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -24,6 +24,7 @@ pub enum Kind {
     GrpcRoute,
     ReferenceGrant,
     TrafficPolicy,
+    AuthorizationPolicy,
 }
 
 impl Kind {
@@ -43,6 +44,7 @@ impl Kind {
                 "ReferenceGrant",
             ) => Some(Kind::ReferenceGrant),
             ("weft.dev/v1alpha1", "TrafficPolicy") => Some(Kind::TrafficPolicy),
+            ("weft.dev/v1alpha1", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
             _ => None,
         }
     }
@@ -59,6 +61,7 @@ impl fmt::Display for Kind {
             Kind::GrpcRoute => "GRPCRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::TrafficPolicy => "TrafficPolicy",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         })
     }
 }
@@ -91,4 +94,5 @@ pub enum Object {
     GrpcRoute(Arc<GrpcRoute>),
     ReferenceGrant(Arc<ReferenceGrant>),
     TrafficPolicy(Arc<TrafficPolicy>),
+    AuthorizationPolicy(Arc<AuthorizationPolicy>),
 }

@@ -47,6 +47,7 @@ pub fn install(cluster: &Cluster) {
         "--for=condition=established",
         "--timeout=60s",
         "crd/trafficpolicies.weft.dev",
+        "crd/authorizationpolicies.weft.dev",
         "crd/httproutes.gateway.networking.k8s.io",
         "crd/grpcroutes.gateway.networking.k8s.io",
         "crd/referencegrants.gateway.networking.k8s.io",
