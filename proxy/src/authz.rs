@@ -1,0 +1,527 @@
+//! Authorization at the server-side sidecar: the policies of one pod port,
+//! compiled once per snapshot, and the decision for one request (HTTP) or
+//! one connection (opaque TCP).
+//!
+//! The order is Istio's: a matching DENY policy denies; AUDIT policies only
+//! mark; once any ALLOW policy targets the port, a request no ALLOW rule
+//! matches is denied; with none, the port's default decides (`allow`,
+//! `all-authenticated`, `deny`).
+//!
+//! A connection (TCP) has no method, path or headers: an ALLOW rule that
+//! asks for them never matches one, and a DENY rule's HTTP conditions are
+//! left out, so it matches more connections rather than fewer (failing
+//! closed both ways).
+
+use http::{HeaderMap, Method};
+use weft_api::SpiffeId;
+
+/// What a port does when no policy decides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DefaultAuthz {
+    #[default]
+    Allow,
+    AllAuthenticated,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Deny,
+    Audit,
+}
+
+/// One kind of caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Identity(SpiffeId),
+    /// (namespace, ServiceAccount) in the port's trust domain.
+    ServiceAccount(String, String),
+    Namespace(String),
+    Authenticated,
+    Unauthenticated,
+}
+
+impl Source {
+    fn matches(&self, peer: Option<&SpiffeId>, trust_domain: &str) -> bool {
+        match (self, peer) {
+            (Source::Unauthenticated, None) => true,
+            (Source::Unauthenticated, Some(_)) | (_, None) => false,
+            (Source::Authenticated, Some(_)) => true,
+            (Source::Identity(id), Some(p)) => id == p,
+            // Another trust domain's `ns/sa` is another workload.
+            (Source::ServiceAccount(ns, sa), Some(p)) => {
+                p.trust_domain() == trust_domain && p.namespace() == ns && p.service_account() == sa
+            }
+            (Source::Namespace(ns), Some(p)) => {
+                p.trust_domain() == trust_domain && p.namespace() == ns
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathRule {
+    Exact(String),
+    /// Whole segments: `/a` matches `/a` and `/a/b`, not `/ab`.
+    Prefix(String),
+}
+
+impl PathRule {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathRule::Exact(p) => p == path,
+            PathRule::Prefix(p) => {
+                let p = p.trim_end_matches('/');
+                p.is_empty()
+                    || path == p
+                    || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+        }
+    }
+}
+
+/// What is called: every list that is not empty must have a match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Operation {
+    pub methods: Vec<Method>,
+    pub paths: Vec<PathRule>,
+    pub headers: Vec<(http::HeaderName, String)>,
+}
+
+impl Operation {
+    fn matches(&self, req: &Http<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.contains(req.method))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(req.path)))
+            && self.headers.iter().all(|(name, value)| {
+                req.headers
+                    .get_all(name)
+                    .iter()
+                    .any(|v| v.to_str().is_ok_and(|v| v == value))
+            })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.methods.is_empty() && self.paths.is_empty() && self.headers.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// Any one (none: any caller).
+    pub from: Vec<Source>,
+    pub to: Operation,
+}
+
+impl Rule {
+    /// `http` is None for a TCP connection.
+    fn matches(
+        &self,
+        action: Action,
+        peer: Option<&SpiffeId>,
+        http: Option<&Http<'_>>,
+        trust_domain: &str,
+    ) -> bool {
+        let caller =
+            self.from.is_empty() || self.from.iter().any(|s| s.matches(peer, trust_domain));
+        let call = match http {
+            Some(req) => self.to.matches(req),
+            None if self.to.is_empty() => true,
+            // TCP: an ALLOW that asks about HTTP never matches; a DENY
+            // ignores what it cannot see.
+            None => action == Action::Deny,
+        };
+        caller && call
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// `namespace/name`, for the error, the metrics and the log.
+    pub name: String,
+    pub action: Action,
+    /// Any one (none: an ALLOW matches nothing, a DENY or AUDIT everything).
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    fn matches(&self, peer: Option<&SpiffeId>, http: Option<&Http<'_>>, td: &str) -> bool {
+        if self.rules.is_empty() {
+            return self.action != Action::Allow;
+        }
+        self.rules
+            .iter()
+            .any(|r| r.matches(self.action, peer, http, td))
+    }
+}
+
+/// One HTTP request, as authorization sees it.
+#[derive(Debug)]
+pub struct Http<'a> {
+    pub method: &'a Method,
+    /// Normalised (no dot segments, no empty segments).
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// Why a request or connection was refused (a closed list: a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    /// A DENY policy matched.
+    DenyRule,
+    /// ALLOW policies target the port and none matched.
+    NoAllowRule,
+    /// The port's default is `all-authenticated` and the caller has no identity.
+    Unauthenticated,
+    /// The port's default is `deny`.
+    DefaultDeny,
+}
+
+impl DenyReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            DenyReason::DenyRule => "deny-rule",
+            DenyReason::NoAllowRule => "no-allow-rule",
+            DenyReason::Unauthenticated => "unauthenticated",
+            DenyReason::DefaultDeny => "default-deny",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed; by this policy when one decided, and marked by an AUDIT one.
+    Allow {
+        policy: Option<String>,
+        audit: Option<String>,
+    },
+    Deny {
+        /// The policy that decided, or `default`.
+        policy: String,
+        reason: DenyReason,
+    },
+}
+
+/// The policies of one pod port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortAuthz {
+    pub default: DefaultAuthz,
+    pub policies: Vec<Policy>,
+    /// The mesh's trust domain (ServiceAccounts and namespaces are in it).
+    pub trust_domain: String,
+}
+
+impl PortAuthz {
+    /// The decision for a request (`http`) or a connection (None) from
+    /// `peer` (None: no mesh identity).
+    pub fn decide(&self, peer: Option<&SpiffeId>, http: Option<&Http<'_>>) -> Decision {
+        let td = self.trust_domain.as_str();
+        let of = |action: Action| self.policies.iter().filter(move |p| p.action == action);
+        if let Some(p) = of(Action::Deny).find(|p| p.matches(peer, http, td)) {
+            return Decision::Deny {
+                policy: p.name.clone(),
+                reason: DenyReason::DenyRule,
+            };
+        }
+        let audit = of(Action::Audit)
+            .find(|p| p.matches(peer, http, td))
+            .map(|p| p.name.clone());
+        let mut allows = of(Action::Allow).peekable();
+        if let Some(first) = allows.peek().map(|p| p.name.clone()) {
+            return match allows.find(|p| p.matches(peer, http, td)) {
+                Some(p) => Decision::Allow {
+                    policy: Some(p.name.clone()),
+                    audit,
+                },
+                None => Decision::Deny {
+                    policy: first,
+                    reason: DenyReason::NoAllowRule,
+                },
+            };
+        }
+        let denied = |reason| Decision::Deny {
+            policy: "default".into(),
+            reason,
+        };
+        match (self.default, peer) {
+            (DefaultAuthz::Deny, _) => denied(DenyReason::DefaultDeny),
+            (DefaultAuthz::AllAuthenticated, None) => denied(DenyReason::Unauthenticated),
+            _ => Decision::Allow {
+                policy: None,
+                audit,
+            },
+        }
+    }
+}
+
+/// The path authorization matches: `.` and `..` segments resolved and
+/// empty segments dropped, as the app's router would read it (so `/a/../admin`
+/// cannot slip past a rule on `/admin`).
+pub fn normalize(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut s = format!("/{}", out.join("/"));
+    if path.ends_with('/') && s.len() > 1 {
+        s.push('/');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TD: &str = "cluster.local";
+
+    fn id(ns: &str, sa: &str) -> SpiffeId {
+        SpiffeId::new(TD, ns, sa).unwrap()
+    }
+
+    fn policy(name: &str, action: Action, rules: Vec<Rule>) -> Policy {
+        Policy {
+            name: name.into(),
+            action,
+            rules,
+        }
+    }
+
+    fn from(s: Source) -> Rule {
+        Rule {
+            from: vec![s],
+            to: Operation::default(),
+        }
+    }
+
+    fn port(default: DefaultAuthz, policies: Vec<Policy>) -> PortAuthz {
+        PortAuthz {
+            default,
+            policies,
+            trust_domain: TD.into(),
+        }
+    }
+
+    fn get(path: &str) -> (Method, String, HeaderMap) {
+        (Method::GET, path.into(), HeaderMap::new())
+    }
+
+    fn allowed(d: &Decision) -> bool {
+        matches!(d, Decision::Allow { .. })
+    }
+
+    #[test]
+    fn deny_wins_over_allow() {
+        let a = port(
+            DefaultAuthz::Allow,
+            vec![
+                policy(
+                    "shop/allow",
+                    Action::Allow,
+                    vec![from(Source::Authenticated)],
+                ),
+                policy(
+                    "shop/deny",
+                    Action::Deny,
+                    vec![from(Source::ServiceAccount("shop".into(), "bad".into()))],
+                ),
+            ],
+        );
+        assert_eq!(
+            a.decide(Some(&id("shop", "bad")), None),
+            Decision::Deny {
+                policy: "shop/deny".into(),
+                reason: DenyReason::DenyRule
+            }
+        );
+        assert!(allowed(&a.decide(Some(&id("shop", "good")), None)));
+    }
+
+    #[test]
+    fn with_an_allow_policy_what_no_rule_allows_is_denied() {
+        let a = port(
+            DefaultAuthz::Allow,
+            vec![policy(
+                "shop/only-checkout",
+                Action::Allow,
+                vec![from(Source::ServiceAccount(
+                    "shop".into(),
+                    "checkout".into(),
+                ))],
+            )],
+        );
+        assert!(allowed(&a.decide(Some(&id("shop", "checkout")), None)));
+        assert_eq!(
+            a.decide(Some(&id("shop", "web")), None),
+            Decision::Deny {
+                policy: "shop/only-checkout".into(),
+                reason: DenyReason::NoAllowRule
+            }
+        );
+        assert!(!allowed(&a.decide(None, None)));
+        // An ALLOW policy without rules allows nothing; a DENY one denies all.
+        let none = port(
+            DefaultAuthz::Allow,
+            vec![policy("p", Action::Allow, vec![])],
+        );
+        assert!(!allowed(&none.decide(Some(&id("shop", "x")), None)));
+        let all = port(DefaultAuthz::Allow, vec![policy("p", Action::Deny, vec![])]);
+        assert!(!allowed(&all.decide(Some(&id("shop", "x")), None)));
+    }
+
+    #[test]
+    fn defaults_allow_all_authenticated_and_deny() {
+        let peer = id("shop", "web");
+        for (default, with_peer, without) in [
+            (DefaultAuthz::Allow, true, true),
+            (DefaultAuthz::AllAuthenticated, true, false),
+            (DefaultAuthz::Deny, false, false),
+        ] {
+            let a = port(default, vec![]);
+            assert_eq!(
+                allowed(&a.decide(Some(&peer), None)),
+                with_peer,
+                "{default:?}"
+            );
+            assert_eq!(allowed(&a.decide(None, None)), without, "{default:?}");
+        }
+    }
+
+    #[test]
+    fn sources_match_identities_accounts_namespaces_and_authentication() {
+        let peer = id("shop", "checkout");
+        let foreign = SpiffeId::new("other.example", "shop", "checkout").unwrap();
+        for (source, mine, theirs, nobody) in [
+            (Source::Identity(peer.clone()), true, false, false),
+            (
+                Source::ServiceAccount("shop".into(), "checkout".into()),
+                true,
+                false,
+                false,
+            ),
+            (Source::Namespace("shop".into()), true, false, false),
+            (Source::Namespace("ops".into()), false, false, false),
+            (Source::Authenticated, true, true, false),
+            (Source::Unauthenticated, false, false, true),
+        ] {
+            assert_eq!(source.matches(Some(&peer), TD), mine, "{source:?}");
+            assert_eq!(
+                source.matches(Some(&foreign), TD),
+                theirs,
+                "{source:?} foreign"
+            );
+            assert_eq!(source.matches(None, TD), nobody, "{source:?} none");
+        }
+    }
+
+    #[test]
+    fn operations_match_methods_whole_segment_paths_and_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tenant", "acme".parse().unwrap());
+        let op = Operation {
+            methods: vec![Method::POST],
+            paths: vec![
+                PathRule::Prefix("/orders".into()),
+                PathRule::Exact("/x".into()),
+            ],
+            headers: vec![("x-tenant".parse().unwrap(), "acme".into())],
+        };
+        let req = |m: Method, p: &str, h: &HeaderMap| {
+            op.matches(&Http {
+                method: &m,
+                path: p,
+                headers: h,
+            })
+        };
+        assert!(req(Method::POST, "/orders", &headers));
+        assert!(req(Method::POST, "/orders/7", &headers));
+        assert!(req(Method::POST, "/x", &headers));
+        assert!(!req(Method::POST, "/ordersx", &headers));
+        assert!(!req(Method::POST, "/x/y", &headers));
+        assert!(!req(Method::GET, "/orders", &headers));
+        assert!(!req(Method::POST, "/orders", &HeaderMap::new()));
+    }
+
+    #[test]
+    fn audit_marks_and_never_decides() {
+        let a = port(
+            DefaultAuthz::Deny,
+            vec![policy(
+                "shop/watch",
+                Action::Audit,
+                vec![from(Source::Authenticated)],
+            )],
+        );
+        let d = a.decide(Some(&id("shop", "web")), None);
+        assert_eq!(
+            d,
+            Decision::Deny {
+                policy: "default".into(),
+                reason: DenyReason::DefaultDeny
+            }
+        );
+        let a = port(DefaultAuthz::Allow, a.policies.clone());
+        assert_eq!(
+            a.decide(Some(&id("shop", "web")), None),
+            Decision::Allow {
+                policy: None,
+                audit: Some("shop/watch".into())
+            }
+        );
+    }
+
+    #[test]
+    fn connections_fail_closed_on_http_conditions() {
+        let posts = Operation {
+            methods: vec![Method::POST],
+            ..Operation::default()
+        };
+        let rule = Rule {
+            from: vec![Source::Authenticated],
+            to: posts,
+        };
+        let peer = id("shop", "web");
+        // An ALLOW about POSTs never allows a connection...
+        let a = port(
+            DefaultAuthz::Allow,
+            vec![policy("p", Action::Allow, vec![rule.clone()])],
+        );
+        assert!(!allowed(&a.decide(Some(&peer), None)));
+        // ...and a DENY about POSTs denies it.
+        let d = port(
+            DefaultAuthz::Allow,
+            vec![policy("p", Action::Deny, vec![rule])],
+        );
+        assert!(!allowed(&d.decide(Some(&peer), None)));
+        // Over HTTP, each matches what it says.
+        let (m, p, h) = get("/");
+        let http = Http {
+            method: &m,
+            path: &p,
+            headers: &h,
+        };
+        assert!(!allowed(&a.decide(Some(&peer), Some(&http))));
+        assert!(allowed(&d.decide(Some(&peer), Some(&http))));
+    }
+
+    #[test]
+    fn dot_segments_and_empty_segments_are_normalized() {
+        for (raw, want) in [
+            ("/a/../admin", "/admin"),
+            ("/./admin", "/admin"),
+            ("//admin", "/admin"),
+            ("/a/b/../../admin/", "/admin/"),
+            ("/../..", "/"),
+            ("/orders", "/orders"),
+            ("/", "/"),
+        ] {
+            assert_eq!(normalize(raw), want, "{raw}");
+        }
+    }
+}
