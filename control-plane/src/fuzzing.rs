@@ -33,6 +33,7 @@ pub fn manifest_edit(before: &str, after: &str) -> (Vec<ManifestError>, Vec<Sent
     let settings = MeshSettings {
         trust_domain: TRUST_DOMAIN.into(),
         mtls_mode: MtlsMode::Permissive,
+        default_authz: weft_api::v1::DefaultAuthz::Allow,
         opaque_ports: vec![6379],
     };
     let path = Path::new("/fuzz/manifests/objects.yaml");

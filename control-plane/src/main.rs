@@ -134,6 +134,12 @@ struct Cli {
     #[arg(long, env = "WEFT_MTLS_MODE", value_enum, default_value_t = Mode::Permissive)]
     mtls_mode: Mode,
 
+    /// What a pod's ports do when no AuthorizationPolicy decides: `allow`,
+    /// `all-authenticated` or `deny`; a Namespace's
+    /// `weft.dev/default-authz` annotation overrides it.
+    #[arg(long, env = "WEFT_DEFAULT_AUTHZ", value_enum, default_value_t = DefaultAuthz::Allow)]
+    default_authz: DefaultAuthz,
+
     /// Ports never sniffed (server-speaks-first protocols), mesh-wide.
     #[arg(long, env = "WEFT_OPAQUE_PORTS", value_delimiter = ',', default_values_t = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211])]
     opaque_ports: Vec<u16>,
@@ -164,6 +170,13 @@ enum SourceKind {
 enum Mode {
     Permissive,
     Strict,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DefaultAuthz {
+    Allow,
+    AllAuthenticated,
+    Deny,
 }
 
 fn main() -> ExitCode {
@@ -224,6 +237,11 @@ fn main() -> ExitCode {
         mtls_mode: match cli.mtls_mode {
             Mode::Permissive => weft_api::v1::MtlsMode::Permissive,
             Mode::Strict => weft_api::v1::MtlsMode::Strict,
+        },
+        default_authz: match cli.default_authz {
+            DefaultAuthz::Allow => weft_api::v1::DefaultAuthz::Allow,
+            DefaultAuthz::AllAuthenticated => weft_api::v1::DefaultAuthz::AllAuthenticated,
+            DefaultAuthz::Deny => weft_api::v1::DefaultAuthz::Deny,
         },
         opaque_ports: cli.opaque_ports,
         debounce: cli.debounce,

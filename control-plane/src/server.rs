@@ -84,6 +84,9 @@ pub struct Config {
     pub identity: SpiffeId,
     pub source: SourceConfig,
     pub mtls_mode: weft_api::v1::MtlsMode,
+    /// What ports do when no AuthorizationPolicy decides (a Namespace's
+    /// `weft.dev/default-authz` overrides it).
+    pub default_authz: weft_api::v1::DefaultAuthz,
     pub opaque_ports: Vec<u16>,
     /// Quiet time that ends a burst of manifest changes.
     pub debounce: Duration,
@@ -105,6 +108,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let settings = MeshSettings {
         trust_domain: cfg.trust_domain.clone(),
         mtls_mode: cfg.mtls_mode,
+        default_authz: cfg.default_authz,
         opaque_ports: cfg.opaque_ports.clone(),
     };
     let (ca, tokens, state, rotations) = match &cfg.source {

@@ -254,6 +254,100 @@ impl PortAuthz {
     }
 }
 
+impl PortAuthz {
+    /// The policies of one port from the snapshot (`policies` None: the
+    /// port has none, only the default).
+    pub fn from_snapshot(
+        default: DefaultAuthz,
+        policies: Option<&weft_api::v1::PortAuthz>,
+        trust_domain: &str,
+    ) -> PortAuthz {
+        use weft_api::v1;
+        let source = |s: &v1::AuthzSource| -> Option<Source> {
+            use v1::authz_source::Kind;
+            Some(match s.kind.as_ref()? {
+                Kind::Identity(id) => Source::Identity(id.parse().ok()?),
+                Kind::ServiceAccount(nsa) => {
+                    let (ns, sa) = nsa.split_once('/')?;
+                    Source::ServiceAccount(ns.into(), sa.into())
+                }
+                Kind::Namespace(ns) => Source::Namespace(ns.clone()),
+                Kind::Authenticated(_) => Source::Authenticated,
+                Kind::Unauthenticated(_) => Source::Unauthenticated,
+            })
+        };
+        let rule = |r: &v1::AuthzRule, action: Action| -> Option<Rule> {
+            // A rule the proxy cannot check: an ALLOW never matches; a
+            // DENY matches everything it can see (the control plane already
+            // dropped what it cannot check from DENY rules).
+            if r.never {
+                return None;
+            }
+            let from: Vec<Source> = r.from.iter().filter_map(source).collect();
+            // A source the proxy cannot read narrows an ALLOW to nothing
+            // and widens a DENY to everyone.
+            if from.len() != r.from.len() && action == Action::Allow {
+                return None;
+            }
+            let from = if from.len() != r.from.len() {
+                Vec::new()
+            } else {
+                from
+            };
+            Some(Rule {
+                from,
+                to: Operation {
+                    methods: r
+                        .methods
+                        .iter()
+                        .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                        .collect(),
+                    paths: r
+                        .paths
+                        .iter()
+                        .map(|p| {
+                            if p.prefix {
+                                PathRule::Prefix(p.value.clone())
+                            } else {
+                                PathRule::Exact(p.value.clone())
+                            }
+                        })
+                        .collect(),
+                    headers: r
+                        .headers
+                        .iter()
+                        .filter_map(|h| Some((h.name.parse().ok()?, h.value.clone())))
+                        .collect(),
+                },
+            })
+        };
+        let policies = policies
+            .into_iter()
+            .flat_map(|p| p.policies.iter())
+            .map(|p| {
+                let action = match v1::AuthzAction::try_from(p.action) {
+                    Ok(v1::AuthzAction::Deny) => Action::Deny,
+                    Ok(v1::AuthzAction::Audit) => Action::Audit,
+                    _ => Action::Allow,
+                };
+                // An ALLOW whose every rule was dropped allows nothing, as
+                // an empty rule list says; a DENY never loses a rule.
+                let rules: Vec<Rule> = p.rules.iter().filter_map(|r| rule(r, action)).collect();
+                Policy {
+                    name: p.name.clone(),
+                    action,
+                    rules,
+                }
+            })
+            .collect();
+        PortAuthz {
+            default,
+            policies,
+            trust_domain: trust_domain.to_string(),
+        }
+    }
+}
+
 /// The path authorization matches: `.` and `..` segments resolved and
 /// empty segments dropped, as the app's router would read it (so `/a/../admin`
 /// cannot slip past a rule on `/admin`).

@@ -7,8 +7,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub(crate) mod admin;
-// Not on the request path yet: issue 17 wires it into the inbound stack.
-#[allow(dead_code)]
 pub(crate) mod authz;
 pub(crate) mod balance;
 pub(crate) mod breaker;

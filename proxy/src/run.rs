@@ -202,6 +202,7 @@ fn inbound_side(
                     metrics.defences.clone(),
                     Direction::Inbound,
                 )),
+                mesh.clone(),
             )),
         )),
         None => None,

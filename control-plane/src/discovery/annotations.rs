@@ -13,6 +13,21 @@ pub const MTLS_MODE_ANNOTATION: &str = "weft.dev/mtls-mode";
 /// Ports never sniffed (comma-separated numbers) on a Pod, Service or Namespace.
 pub const OPAQUE_PORTS_ANNOTATION: &str = "weft.dev/opaque-ports";
 
+/// What a Namespace's pods do when no AuthorizationPolicy decides
+/// (`allow`, `all-authenticated`, `deny`), over the mesh's default.
+pub const DEFAULT_AUTHZ_ANNOTATION: &str = "weft.dev/default-authz";
+
+/// A default-authz annotation's (or flag's) value.
+pub fn parse_default_authz(v: &str) -> Option<weft_api::v1::DefaultAuthz> {
+    use weft_api::v1::DefaultAuthz;
+    match v {
+        "allow" => Some(DefaultAuthz::Allow),
+        "all-authenticated" => Some(DefaultAuthz::AllAuthenticated),
+        "deny" => Some(DefaultAuthz::Deny),
+        _ => None,
+    }
+}
+
 /// An mTLS mode annotation's value (validated by the sources).
 pub fn parse_mtls_mode(v: &str) -> Option<MtlsMode> {
     match v {
@@ -48,6 +63,14 @@ pub fn validate_annotations(
         return Err((
             format!("metadata.annotations.{MTLS_MODE_ANNOTATION}"),
             format!("`{mode}` is not an mTLS mode (strict or permissive)"),
+        ));
+    }
+    if let Some(v) = a.get(DEFAULT_AUTHZ_ANNOTATION)
+        && parse_default_authz(v).is_none()
+    {
+        return Err((
+            format!("metadata.annotations.{DEFAULT_AUTHZ_ANNOTATION}"),
+            format!("`{v}` is not a default (allow, all-authenticated or deny)"),
         ));
     }
     if let Some(ports) = a.get(OPAQUE_PORTS_ANNOTATION) {

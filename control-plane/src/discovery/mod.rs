@@ -9,6 +9,7 @@
 //! acknowledged ([`registry::Registry`]).
 
 pub mod annotations;
+pub mod authz;
 pub mod crds;
 pub mod findings;
 pub mod grpc;

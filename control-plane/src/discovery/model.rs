@@ -161,6 +161,8 @@ pub struct NamespaceModel {
     pub opaque_ports: Vec<u16>,
     /// Labelled `weft.dev/inject=enabled`.
     pub inject: bool,
+    /// `weft.dev/default-authz`.
+    pub default_authz: Option<weft_api::v1::DefaultAuthz>,
 }
 
 /// The port on `pod` that `target` names.
@@ -275,6 +277,11 @@ impl Model {
                             opaque_ports: annotated_ports(meta.annotations.as_ref()),
                             inject: flag(meta.labels.as_ref(), INJECT)
                                 .is_some_and(|v| v == "enabled"),
+                            default_authz: flag(
+                                meta.annotations.as_ref(),
+                                super::annotations::DEFAULT_AUTHZ_ANNOTATION,
+                            )
+                            .and_then(|v| super::annotations::parse_default_authz(&v)),
                         },
                     );
                 }

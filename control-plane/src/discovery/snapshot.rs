@@ -22,6 +22,9 @@ pub struct MeshSettings {
     pub trust_domain: String,
     /// The default for pods without a `weft.dev/mtls-mode` annotation.
     pub mtls_mode: MtlsMode,
+    /// What ports do when no AuthorizationPolicy decides, for pods whose
+    /// Namespace says nothing.
+    pub default_authz: v1::DefaultAuthz,
     pub opaque_ports: Vec<u16>,
 }
 
@@ -211,7 +214,8 @@ pub fn inbound(model: &Model, settings: &MeshSettings, namespace: &str, pod: &st
     let Some(p) = model.pod(namespace, pod) else {
         return v1::Inbound {
             mtls_mode: settings.mtls_mode as i32,
-            ports: Vec::new(),
+            default_authz: settings.default_authz as i32,
+            ..Default::default()
         };
     };
     let opaque = model.pod_opaque_ports(p);
@@ -244,6 +248,8 @@ pub fn inbound(model: &Model, settings: &MeshSettings, namespace: &str, pod: &st
     v1::Inbound {
         mtls_mode: model.mtls_mode(p, settings.mtls_mode) as i32,
         ports,
+        default_authz: super::authz::default_for(model, p, settings.default_authz) as i32,
+        authz: super::authz::for_pod(model, p),
     }
 }
 
@@ -305,6 +311,7 @@ mod tests {
         let settings = MeshSettings {
             trust_domain: "cluster.local".into(),
             mtls_mode: MtlsMode::Permissive,
+            default_authz: weft_api::v1::DefaultAuthz::Allow,
             opaque_ports: vec![6379],
         };
         let model = Model::build(&objects, &settings.opaque_ports);
@@ -362,6 +369,7 @@ mod tests {
         let settings = MeshSettings {
             trust_domain: "cluster.local".into(),
             mtls_mode: MtlsMode::Permissive,
+            default_authz: weft_api::v1::DefaultAuthz::Allow,
             opaque_ports: vec![],
         };
         for pods in [
@@ -399,6 +407,7 @@ mod tests {
         let settings = MeshSettings {
             trust_domain: "cluster.local".into(),
             mtls_mode: MtlsMode::Permissive,
+            default_authz: weft_api::v1::DefaultAuthz::Allow,
             opaque_ports: vec![6379],
         };
         let model = Model::build(&objects, &settings.opaque_ports);

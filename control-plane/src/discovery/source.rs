@@ -238,6 +238,7 @@ mod tests {
             settings: MeshSettings {
                 trust_domain: "cluster.local".into(),
                 mtls_mode: MtlsMode::Permissive,
+                default_authz: weft_api::v1::DefaultAuthz::Allow,
                 opaque_ports: vec![],
             },
             trust_anchors_der: vec![],

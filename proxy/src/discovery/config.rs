@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use weft_api::SpiffeId;
 use weft_api::v1::{self, MtlsMode, Protocol};
 
+use crate::authz::{DefaultAuthz, PortAuthz};
 use crate::balance::{self, Endpoint, PickError, Registry};
 use crate::breaker;
 use crate::policy::ServicePolicy;
@@ -89,6 +90,9 @@ pub struct MeshConfig {
     inbound_ports: HashMap<u16, Protocol>,
     opaque_ports: HashSet<u16>,
     pub trust_anchors_der: Vec<Vec<u8>>,
+    /// This pod's authorization: per port, and for ports without policies.
+    authz: HashMap<u16, Arc<PortAuthz>>,
+    default_authz: Arc<PortAuthz>,
 }
 
 /// The current mesh configuration, swapped whole when a snapshot arrives.
@@ -180,6 +184,22 @@ impl MeshConfig {
                     );
                 }
             }
+            let default = match v1::DefaultAuthz::try_from(inb.default_authz) {
+                Ok(v1::DefaultAuthz::AllAuthenticated) => DefaultAuthz::AllAuthenticated,
+                Ok(v1::DefaultAuthz::Deny) => DefaultAuthz::Deny,
+                _ => DefaultAuthz::Allow,
+            };
+            cfg.default_authz = Arc::new(PortAuthz::from_snapshot(default, None, trust_domain));
+            for pa in &inb.authz {
+                let port = self::port(pa.port, "authorization port")?;
+                let built = PortAuthz::from_snapshot(default, Some(pa), trust_domain);
+                // Unchanged: the same Arc (nothing to rebuild per request).
+                let built = match prev.authz.get(&port) {
+                    Some(old) if **old == built => old.clone(),
+                    _ => Arc::new(built),
+                };
+                cfg.authz.insert(port, built);
+            }
         }
         Ok(cfg)
     }
@@ -202,6 +222,14 @@ impl MeshConfig {
     /// Whether `ip` is a meshed pod (its proxy speaks mTLS to us).
     pub fn is_meshed(&self, ip: IpAddr) -> bool {
         self.workloads.contains_key(&ip)
+    }
+
+    /// The authorization of one of this pod's ports.
+    pub fn authz(&self, port: u16) -> Arc<PortAuthz> {
+        self.authz
+            .get(&port)
+            .cloned()
+            .unwrap_or_else(|| self.default_authz.clone())
     }
 
     /// Whether an inbound port must never be sniffed.
@@ -309,7 +337,7 @@ mod tests {
             }],
             inbound: Some(v1::Inbound {
                 mtls_mode: MtlsMode::Strict as i32,
-                ports: vec![],
+                ..Default::default()
             }),
             trust_anchors_der: vec![],
             opaque_ports: vec![3306],

@@ -33,6 +33,9 @@ use weft_api::trace::Tracing;
 #[derive(Debug)]
 pub struct HttpInbound {
     server: Arc<Server>,
+    /// Authorization policies come with the snapshot (None: no discovery,
+    /// everything is allowed).
+    mesh: Option<crate::discovery::Mesh>,
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
     /// For upgrades, which take a connection of their own to the app.
@@ -51,6 +54,7 @@ impl HttpInbound {
         access_log: Option<AccessLog>,
         tracing: Option<Arc<Tracing>>,
         server: Arc<Server>,
+        mesh: Option<crate::discovery::Mesh>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -61,6 +65,7 @@ impl HttpInbound {
         };
         HttpInbound {
             server,
+            mesh,
             h1: builder().build(connector.clone()),
             h2: builder().http2_only(true).build(connector),
             connector: Connector::new(UPGRADE_CONNECT_TIMEOUT, None, TlsMetrics::default()),
@@ -87,6 +92,7 @@ impl HttpInbound {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let identity = peer.clone();
         let peer = peer.map(|p| p.to_string());
         let client = if peer.is_some() {
             ClientKind::Peer
@@ -98,10 +104,16 @@ impl HttpInbound {
             peer: peer.clone(),
         };
         let (observer, server) = (self.observer.clone(), self.server.clone());
-        let app = AppService {
-            inbound: self,
-            dst,
-            peer: peer.and_then(|p| HeaderValue::from_str(&p).ok()),
+        let mesh = self.mesh.clone();
+        let app = super::authz::Authorized {
+            inner: AppService {
+                inbound: self,
+                dst,
+                peer: peer.and_then(|p| HeaderValue::from_str(&p).ok()),
+            },
+            mesh,
+            port: dst.port(),
+            peer: identity,
         };
         server.serve(io, proto, client, app, scope, observer).await
     }

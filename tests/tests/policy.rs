@@ -1,0 +1,242 @@
+//! Authorization at the server-side sidecar (AuthorizationPolicy): by
+//! caller identity, ServiceAccount and namespace, by method, path and
+//! header; DENY over ALLOW; an ALLOW policy denying what it does not allow;
+//! the namespace default; a policy change applied to the next request of an
+//! open connection.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use weft_e2e::client::Reply;
+use weft_e2e::{ControlPlane, Node, Pod, http_pod_in, namespace_yaml, pod_yaml_in};
+
+const SHOP: &str = "shop";
+const OPS: &str = "ops";
+const WEB: &str = "198.19.0.40";
+const DB: &str = "198.19.0.41";
+
+fn service(name: &str, vip: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {SHOP}}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: {app}}}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
+    )
+}
+
+struct Policy {
+    _node: Node,
+    cp: ControlPlane,
+    /// Clients by (namespace, ServiceAccount).
+    clients: BTreeMap<(&'static str, &'static str), Arc<Pod>>,
+}
+
+fn policy(test: &str) -> Policy {
+    let node = Node::new(test);
+    let cp = ControlPlane::start(&node, "1h");
+    cp.write_manifest("ns-ops.yaml", &namespace_yaml(OPS));
+    cp.write_manifest("ns-shop.yaml", &namespace_yaml(SHOP));
+    cp.write_manifest("svc-web.yaml", &service("web", WEB, "web"));
+    cp.write_manifest("svc-db.yaml", &service("db", DB, "db"));
+    for (name, app) in [("web-0", "web"), ("db-0", "db")] {
+        http_pod_in(
+            &node,
+            &cp,
+            SHOP,
+            name,
+            app,
+            &[("app", app)],
+            &["--echo-requests"],
+            true,
+        );
+    }
+    let mut clients = BTreeMap::new();
+    for (ns, sa) in [(SHOP, "frontend"), (SHOP, "other"), (OPS, "tool")] {
+        let pod = node.pod(&format!("{sa}-{ns}"));
+        cp.write_manifest(
+            &format!("pod-{sa}-{ns}.yaml"),
+            &pod_yaml_in(ns, &pod, sa, &[("app", sa)], true),
+        );
+        pod.mesh_with_in(&cp, ns, sa, &[]);
+        pod.wait_endpoints("web.shop:80", 1);
+        pod.wait_endpoints("db.shop:80", 1);
+        clients.insert((ns, sa), pod);
+    }
+    Policy {
+        _node: node,
+        cp,
+        clients,
+    }
+}
+
+async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    method: Method,
+    url: &str,
+) -> Reply {
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(Full::default())
+        .expect("request");
+    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    let (parts, body) = res.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+impl Policy {
+    fn call(&self, from: (&'static str, &'static str), method: Method, url: &str) -> Reply {
+        let url = url.to_string();
+        self.clients[&from].ns.block_on(async move {
+            let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            send(&client, method, &url).await
+        })
+    }
+
+    /// `call` until `ready` holds (a policy applies asynchronously).
+    fn until(
+        &self,
+        from: (&'static str, &'static str),
+        method: Method,
+        url: &str,
+        ready: impl Fn(&Reply) -> bool,
+    ) -> Reply {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self.call(from, method.clone(), url);
+            if ready(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{method} {url} from {from:?}: still {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn weft_error(r: &Reply) -> String {
+    r.headers
+        .get("weft-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+const FRONTEND: (&str, &str) = (SHOP, "frontend");
+const OTHER: (&str, &str) = (SHOP, "other");
+const TOOL: (&str, &str) = (OPS, "tool");
+
+#[test]
+fn policies_allow_and_deny_by_identity_and_request() {
+    let p = policy("policy_basic");
+    let web = format!("http://{WEB}");
+    // Before any policy: everyone gets in.
+    for from in [FRONTEND, OTHER, TOOL] {
+        assert_eq!(p.call(from, Method::GET, &format!("{web}/api")).status, 200);
+    }
+    p.cp.write_manifest(
+        "authz.yaml",
+        r#"apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: frontend-reads, namespace: shop}
+spec:
+  targetRef: {group: "", kind: Service, name: web}
+  rules:
+  - from: [{serviceAccount: {name: frontend}}]
+    to: {methods: [GET], paths: [{type: PathPrefix, value: /api}]}
+  - from: [{namespace: ops}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  targetRef: {group: "", kind: Service, name: web, port: 80}
+  action: DENY
+  rules:
+  - to: {paths: [{type: PathPrefix, value: /admin}]}
+"#,
+    );
+    let r = p.until(OTHER, Method::GET, &format!("{web}/api"), |r| {
+        r.status == 403
+    });
+    assert_eq!(weft_error(&r), "forbidden; policy=shop/frontend-reads");
+    // The allowed caller, method and path.
+    let r = p.call(FRONTEND, Method::GET, &format!("{web}/api/items"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/api/items");
+    // Another method or path is not allowed.
+    assert_eq!(
+        p.call(FRONTEND, Method::POST, &format!("{web}/api")).status,
+        403
+    );
+    assert_eq!(
+        p.call(FRONTEND, Method::GET, &format!("{web}/apix")).status,
+        403
+    );
+    // A whole namespace allowed.
+    assert_eq!(
+        p.call(TOOL, Method::POST, &format!("{web}/anything"))
+            .status,
+        200
+    );
+    // DENY wins over ALLOW, and dot segments do not get past it.
+    for path in ["/admin", "/admin/users", "/api/../admin", "//admin"] {
+        let r = p.call(TOOL, Method::GET, &format!("{web}{path}"));
+        assert_eq!(r.status, 403, "{path}");
+        assert_eq!(weft_error(&r), "forbidden; policy=shop/no-admin", "{path}");
+    }
+    // Another Service of the namespace is untouched.
+    assert_eq!(
+        p.call(OTHER, Method::GET, &format!("http://{DB}/")).status,
+        200
+    );
+}
+
+#[test]
+fn the_namespace_default_and_live_changes() {
+    let p = policy("policy_default");
+    let db = format!("http://{DB}/");
+    assert_eq!(p.call(OTHER, Method::GET, &db).status, 200);
+    // Default deny for the namespace, by annotation.
+    p.cp.write_manifest(
+        "ns-shop.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  annotations: {weft.dev/default-authz: deny}\n",
+    );
+    let r = p.until(OTHER, Method::GET, &db, |r| r.status == 403);
+    assert_eq!(weft_error(&r), "forbidden; policy=default");
+    // One caller allowed: on a connection that was open before the policy,
+    // the next request follows it.
+    p.clients[&FRONTEND].ns.block_on({
+        let cp_dir = p.cp.manifests();
+        let db = db.clone();
+        async move {
+            let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            assert_eq!(send(&client, Method::GET, &db).await.status, 403);
+            let tmp = cp_dir.join("../.allow.tmp");
+            std::fs::write(
+                &tmp,
+                "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: frontend, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: db}\n  rules: [{from: [{serviceAccount: {name: frontend}}]}]\n",
+            )
+            .expect("write");
+            std::fs::rename(&tmp, cp_dir.join("allow.yaml")).expect("rename");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while send(&client, Method::GET, &db).await.status != 200 {
+                assert!(Instant::now() < deadline, "the policy never applied");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    assert_eq!(p.call(OTHER, Method::GET, &db).status, 403);
+}
