@@ -117,6 +117,7 @@ fn weftctl_check_before_an_install() {
     assert!(line(&health, "✔ API server: ").contains("v1.34.4"));
     for expected in [
         "✘ CRD trafficpolicies.weft.dev: not installed — install Weft: weftctl install | kubectl apply --server-side -f -",
+        "✘ CRD authorizationpolicies.weft.dev: not installed — install Weft",
         "✘ CRD httproutes.gateway.networking.k8s.io: not installed — install Weft",
         "✘ CRD grpcroutes.gateway.networking.k8s.io: not installed — install Weft",
         "✘ CRD referencegrants.gateway.networking.k8s.io: not installed — install Weft",
@@ -198,6 +199,7 @@ fn weftctl_check_after_an_install() {
     let must_pass = [
         "✔ API server: ",
         "✔ CRD trafficpolicies.weft.dev: Established, serving v1alpha1",
+        "✔ CRD authorizationpolicies.weft.dev: Established, serving v1alpha1",
         "✔ CRD httproutes.gateway.networking.k8s.io: Established, serving ",
         "✔ CRD grpcroutes.gateway.networking.k8s.io: Established, serving v1, Gateway API v1.5.1",
         "✔ CRD referencegrants.gateway.networking.k8s.io: Established, serving v1, v1beta1, Gateway API v1.5.1",

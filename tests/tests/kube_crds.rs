@@ -252,6 +252,62 @@ fn crds_and_examples_on_a_real_api_server() {
         "only the example policy is stored"
     );
 
+    // Bad AuthorizationPolicies: refused by the API server (schema and CEL)
+    // and by the control plane alike, naming the field.
+    let authz = |name: &str, spec: Value| {
+        json!({
+            "apiVersion": "weft.dev/v1alpha1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        })
+    };
+    let web = json!({"group": "", "kind": "Service", "name": "web"});
+    let bad_authz = [
+        (
+            "a Deployment target (CEL rule)",
+            json!({"targetRef": {"group": "", "kind": "Deployment", "name": "web"}}),
+            "spec.targetRef.kind",
+        ),
+        (
+            "a port on a route target (CEL rule)",
+            json!({"targetRef": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "r", "port": 80}}),
+            "spec.targetRef.port",
+        ),
+        (
+            "two kinds of caller in one source (CEL rule)",
+            json!({"targetRef": web, "rules": [{"from": [{"namespace": "a", "authenticated": true}]}]}),
+            "spec.rules[0].from[0]",
+        ),
+        (
+            "a lowercase method",
+            json!({"targetRef": web, "rules": [{"to": {"methods": ["get"]}}]}),
+            "spec.rules[0].to.methods[0]",
+        ),
+        (
+            "a path without /",
+            json!({"targetRef": web, "rules": [{"to": {"paths": [{"type": "Exact", "value": "x"}]}}]}),
+            "spec.rules[0].to.paths[0].value",
+        ),
+    ];
+    for (i, (what, spec, field)) in bad_authz.into_iter().enumerate() {
+        let p = authz(&format!("bad-authz-{i}"), spec);
+        assert_refused(&cluster, what, &p.to_string(), field);
+        let p: weft_control::discovery::crds::AuthorizationPolicy =
+            serde_json::from_value(p).expect("the control plane's type reads it");
+        assert_eq!(
+            p.spec.validate().as_ref().map_err(|(f, _)| f.as_str()),
+            Err(field),
+            "the control plane judged {what} otherwise"
+        );
+    }
+    let good = authz(
+        "good-authz",
+        json!({"targetRef": web, "action": "DENY", "rules": [{"from": [{"namespace": "ops"}], "to": {"methods": ["POST"]}}]}),
+    );
+    let out = cluster.apply_result(&good.to_string());
+    assert!(out.status.success(), "{:?}", text(&out));
+
     // The Gateway API CRD's own validation: a PathPrefix must be a path.
     assert_refused(
         &cluster,

@@ -240,3 +240,61 @@ fn the_namespace_default_and_live_changes() {
     });
     assert_eq!(p.call(OTHER, Method::GET, &db).status, 403);
 }
+
+#[test]
+fn an_opaque_port_closes_connections_its_policy_denies() {
+    use tokio::io::AsyncReadExt;
+    let p = policy("policy_tcp");
+    p.cp.write_manifest(
+        "svc-cache.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: cache, namespace: {SHOP}}}\nspec:\n  clusterIP: 198.19.0.42\n  selector: {{app: cache}}\n  ports: [{{name: tcp, port: 7000, targetPort: 7000, appProtocol: tcp}}]\n"
+        ),
+    );
+    let cache = p._node.pod("cache-0");
+    cache.spawn(
+        "tcp",
+        weft_e2e::bins::test_app(),
+        &[
+            "tcp",
+            "--listen",
+            "0.0.0.0:7000",
+            "--mode",
+            "banner",
+            "--pod",
+            "cache-0",
+        ],
+    );
+    cache.wait_listening(7000);
+    p.cp.write_manifest(
+        "pod-cache-0.yaml",
+        &pod_yaml_in(SHOP, &cache, "cache", &[("app", "cache")], true),
+    );
+    cache.mesh_with_in(&p.cp, SHOP, "cache", &[]);
+    p.cp.write_manifest(
+        "authz-cache.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: cache-clients, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: cache}\n  rules: [{from: [{serviceAccount: {name: frontend}}]}]\n",
+    );
+    // What a client reads: the banner, or nothing before the close.
+    let banner = |from: (&'static str, &'static str)| -> String {
+        p.clients[&from].wait_endpoints("cache.shop:7000", 1);
+        p.clients[&from].ns.block_on(async {
+            let mut s = tokio::net::TcpStream::connect("198.19.0.42:7000")
+                .await
+                .expect("connect");
+            let mut buf = vec![0u8; 64];
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+                Ok(Err(e)) => format!("error {e}"),
+                Err(_) => "timeout".into(),
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !banner(OTHER).is_empty() {
+        assert!(Instant::now() < deadline, "the policy never applied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(banner(FRONTEND), "cache-0\n");
+    assert_eq!(banner(TOOL), "");
+}

@@ -424,6 +424,7 @@ pub struct AuthorizationPolicySpec {
     /// Any one rule matching is a match. None: an ALLOW policy allows
     /// nothing, a DENY or AUDIT policy matches every request.
     #[serde(default)]
+    #[schemars(length(max = 64))]
     pub rules: Vec<AuthzRule>,
 }
 
@@ -482,6 +483,7 @@ pub struct AuthzTargetRef {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthzRule {
     #[serde(default)]
+    #[schemars(length(max = 32))]
     pub from: Vec<AuthzSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<AuthzOperation>,
@@ -493,7 +495,7 @@ pub struct AuthzRule {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "[has(self.identity), has(self.serviceAccount), has(self.namespace), has(self.authenticated), has(self.unauthenticated)].filter(x, x).size() == 1",
+    "rule": "(has(self.identity) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) + (has(self.namespace) ? 1 : 0) + (has(self.authenticated) ? 1 : 0) + (has(self.unauthenticated) ? 1 : 0) == 1",
     "message": "exactly one of identity, serviceAccount, namespace, authenticated, unauthenticated"
 }]))]
 pub struct AuthzSource {
@@ -532,11 +534,13 @@ pub struct ServiceAccountRef {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthzOperation {
     #[serde(default)]
-    #[schemars(inner(regex(pattern = "^[A-Z]+$")))]
+    #[schemars(length(max = 16), inner(regex(pattern = "^[A-Z]+$")))]
     pub methods: Vec<String>,
     #[serde(default)]
+    #[schemars(length(max = 64))]
     pub paths: Vec<AuthzPath>,
     #[serde(default)]
+    #[schemars(length(max = 32))]
     pub headers: Vec<AuthzHeader>,
 }
 
@@ -583,6 +587,7 @@ pub struct JwtCondition {
     /// objects; an array claim matches if any element does; `scope` is split
     /// on spaces).
     #[serde(default)]
+    #[schemars(length(max = 16))]
     pub claims: Vec<ClaimMatch>,
 }
 
@@ -591,7 +596,7 @@ pub struct JwtCondition {
 pub struct ClaimMatch {
     #[schemars(length(min = 1, max = 256))]
     pub name: String,
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 64))]
     pub values: Vec<String>,
 }
 

@@ -30,7 +30,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::discovery::annotations::validate_annotations;
-use crate::discovery::crds::TrafficPolicy;
+use crate::discovery::crds::{AuthorizationPolicy, TrafficPolicy};
 use crate::discovery::grpc;
 use crate::discovery::manifests::{self, ManifestError};
 use crate::discovery::objects::{Kind, Object, ObjectKey};
@@ -52,6 +52,7 @@ pub struct Stores {
     /// v1.5 CRDs of both channels next to v1beta1).
     pub grants: Store<ReferenceGrant>,
     pub policies: Store<TrafficPolicy>,
+    pub authz: Store<AuthorizationPolicy>,
 }
 
 /// Watches that are failing now, by kind: shown at `/errors` until they heal.
@@ -172,10 +173,17 @@ impl KubeSource {
                 },
                 reflect("TrafficPolicy"),
             ),
+            authz: start(
+                Api::all(c.clone()),
+                |p: &mut AuthorizationPolicy| {
+                    p.metadata.managed_fields = None;
+                },
+                reflect("AuthorizationPolicy"),
+            ),
         };
 
         info!(
-            "listing the cluster's Namespaces, Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes, ReferenceGrants and TrafficPolicies"
+            "listing the cluster's Namespaces, Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes, ReferenceGrants, TrafficPolicies and AuthorizationPolicies"
         );
         let mut last_report = tokio::time::Instant::now();
         while !stores.settled(&failing) {
@@ -262,6 +270,7 @@ impl Stores {
             && ok("GRPCRoute", is_ready(&self.grpc_routes))
             && ok("ReferenceGrant", is_ready(&self.grants))
             && ok("TrafficPolicy", is_ready(&self.policies))
+            && ok("AuthorizationPolicy", is_ready(&self.authz))
     }
 }
 
@@ -433,6 +442,17 @@ impl Builder {
             add(
                 key(Kind::TrafficPolicy, &*p, false),
                 Object::TrafficPolicy(Arc::new(spec_only)),
+                check,
+            );
+        }
+        for p in stores.authz.state() {
+            let check = p.spec.validate();
+            let mut spec_only = (*p).clone();
+            volatile(&mut spec_only.metadata);
+            spec_only.status = None;
+            add(
+                key(Kind::AuthorizationPolicy, &*p, false),
+                Object::AuthorizationPolicy(Arc::new(spec_only)),
                 check,
             );
         }

@@ -88,6 +88,7 @@ impl Inbound {
             }
         };
         let Some((tls, http)) = &self.tls else {
+            self.authorize(client_addr, dst, None)?;
             let upstream = self.connector.tcp(dst).await?;
             return self
                 .carrier
@@ -125,6 +126,7 @@ impl Inbound {
                     Detected::Http1 => Proto::Http1,
                     Detected::Http2 => Proto::Http2,
                     Detected::Opaque => {
+                        self.authorize(client_addr, dst, None)?;
                         let upstream = self.connector.tcp(dst).await?;
                         return self
                             .carrier
@@ -167,9 +169,32 @@ impl Inbound {
             return Ok((0, 0));
         }
         debug!(client_identity = %peer, "mTLS accepted");
+        // After the handshake: the peer knows it was heard, and refused.
+        self.authorize(client_addr, dst, Some(&peer))?;
         let upstream = self.connector.tcp(dst).await?;
         let counters = conn.open(TlsStatus::Mtls, Some(&peer));
         self.carrier.carry(*client, upstream, dst, counters).await
+    }
+
+    /// Whether the port's policies let `peer` open a connection the app will
+    /// see as bytes (no HTTP to check).
+    fn authorize(
+        &self,
+        client: SocketAddr,
+        dst: SocketAddr,
+        peer: Option<&weft_api::SpiffeId>,
+    ) -> Result<(), ForwardError> {
+        let Some(mesh) = &self.mesh else {
+            return Ok(());
+        };
+        match mesh.load().authz(dst.port()).decide(peer, None) {
+            crate::authz::Decision::Deny { policy, .. } => Err(ForwardError::Forbidden {
+                client,
+                dst,
+                policy,
+            }),
+            crate::authz::Decision::Allow { .. } => Ok(()),
+        }
     }
 
     /// The stricter of the local mTLS mode and the control plane's (a proxy

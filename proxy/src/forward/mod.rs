@@ -83,6 +83,12 @@ pub enum ForwardError {
     },
     #[error("refusing {client}: it already holds as many connections as one source may (to {dst})")]
     SourceCap { client: SocketAddr, dst: SocketAddr },
+    #[error("connection from {client} to {dst} forbidden by authorization policy {policy}")]
+    Forbidden {
+        client: SocketAddr,
+        dst: SocketAddr,
+        policy: String,
+    },
     #[error("HTTP on the connection to {dst}: {source}")]
     Http {
         dst: SocketAddr,
