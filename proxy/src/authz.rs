@@ -348,6 +348,42 @@ impl PortAuthz {
     }
 }
 
+/// Decides with the current snapshot's policies, and counts.
+#[derive(Clone, Debug, Default)]
+pub struct Enforcer {
+    /// None: no discovery, nothing to enforce.
+    pub mesh: Option<crate::discovery::Mesh>,
+    pub metrics: crate::telemetry::AuthzMetrics,
+}
+
+impl Enforcer {
+    /// The decision for a request (`http`) or connection to `port`.
+    pub fn decide(&self, port: u16, peer: Option<&SpiffeId>, http: Option<&Http<'_>>) -> Decision {
+        let Some(mesh) = &self.mesh else {
+            return Decision::Allow {
+                policy: None,
+                audit: None,
+            };
+        };
+        let decision = mesh.load().authz(port).decide(peer, http);
+        match &decision {
+            Decision::Allow { policy, audit } => {
+                if let Some(a) = audit {
+                    self.metrics.decided("audit", a, "audit-rule");
+                }
+                match policy {
+                    Some(p) => self.metrics.decided("allow", p, "allow-rule"),
+                    None => self.metrics.decided("allow", "default", "default"),
+                }
+            }
+            Decision::Deny { policy, reason } => {
+                self.metrics.decided("deny", policy, reason.label())
+            }
+        }
+        decision
+    }
+}
+
 /// The path authorization matches: `.` and `..` segments resolved and
 /// empty segments dropped, as the app's router would read it (so `/a/../admin`
 /// cannot slip past a rule on `/admin`).

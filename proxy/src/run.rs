@@ -202,7 +202,10 @@ fn inbound_side(
                     metrics.defences.clone(),
                     Direction::Inbound,
                 )),
-                mesh.clone(),
+                crate::authz::Enforcer {
+                    mesh: mesh.clone(),
+                    metrics: metrics.authz.clone(),
+                },
             )),
         )),
         None => None,
@@ -221,6 +224,7 @@ fn inbound_side(
             defences: metrics.defences.clone(),
             direction: Direction::Inbound,
         },
+        metrics.authz.clone(),
     )))
 }
 

@@ -32,6 +32,7 @@ struct Policy {
     cp: ControlPlane,
     /// Clients by (namespace, ServiceAccount).
     clients: BTreeMap<(&'static str, &'static str), Arc<Pod>>,
+    web: Arc<Pod>,
 }
 
 fn policy(test: &str) -> Policy {
@@ -41,7 +42,7 @@ fn policy(test: &str) -> Policy {
     cp.write_manifest("ns-shop.yaml", &namespace_yaml(SHOP));
     cp.write_manifest("svc-web.yaml", &service("web", WEB, "web"));
     cp.write_manifest("svc-db.yaml", &service("db", DB, "db"));
-    for (name, app) in [("web-0", "web"), ("db-0", "db")] {
+    let server = |name: &str, app: &str| {
         http_pod_in(
             &node,
             &cp,
@@ -51,8 +52,10 @@ fn policy(test: &str) -> Policy {
             &[("app", app)],
             &["--echo-requests"],
             true,
-        );
-    }
+        )
+    };
+    let web = server("web-0", "web");
+    server("db-0", "db");
     let mut clients = BTreeMap::new();
     for (ns, sa) in [(SHOP, "frontend"), (SHOP, "other"), (OPS, "tool")] {
         let pod = node.pod(&format!("{sa}-{ns}"));
@@ -69,6 +72,7 @@ fn policy(test: &str) -> Policy {
         _node: node,
         cp,
         clients,
+        web,
     }
 }
 
@@ -197,6 +201,19 @@ spec:
         assert_eq!(r.status, 403, "{path}");
         assert_eq!(weft_error(&r), "forbidden; policy=shop/no-admin", "{path}");
     }
+    // Every decision is counted at the server's sidecar.
+    let count = |action: &str, policy: &str, reason: &str| {
+        p.web.metric(&format!(
+            r#"authz_decisions_total{{action="{action}",policy="{policy}",reason="{reason}"}}"#
+        ))
+    };
+    assert!(
+        count("deny", "shop/no-admin", "deny-rule") >= 4.0,
+        "{}",
+        p.web.metrics()
+    );
+    assert!(count("deny", "shop/frontend-reads", "no-allow-rule") >= 3.0);
+    assert!(count("allow", "shop/frontend-reads", "allow-rule") >= 2.0);
     // Another Service of the namespace is untouched.
     assert_eq!(
         p.call(OTHER, Method::GET, &format!("http://{DB}/")).status,

@@ -37,6 +37,7 @@ pub struct Inbound {
     detect_timeout: Duration,
     defences: DefenceMetrics,
     carrier: Carrier,
+    authz_metrics: crate::telemetry::AuthzMetrics,
 }
 
 impl Inbound {
@@ -47,8 +48,10 @@ impl Inbound {
         connector: Connector,
         (max_per_source, detect_timeout): (u32, Duration),
         carrier: Carrier,
+        authz_metrics: crate::telemetry::AuthzMetrics,
     ) -> Self {
         Inbound {
+            authz_metrics,
             tls,
             mesh,
             mode,
@@ -184,10 +187,11 @@ impl Inbound {
         dst: SocketAddr,
         peer: Option<&weft_api::SpiffeId>,
     ) -> Result<(), ForwardError> {
-        let Some(mesh) = &self.mesh else {
-            return Ok(());
+        let enforcer = crate::authz::Enforcer {
+            mesh: self.mesh.clone(),
+            metrics: self.authz_metrics.clone(),
         };
-        match mesh.load().authz(dst.port()).decide(peer, None) {
+        match enforcer.decide(dst.port(), peer, None) {
             crate::authz::Decision::Deny { policy, .. } => Err(ForwardError::Forbidden {
                 client,
                 dst,

@@ -32,6 +32,8 @@ pub struct Entry<'a> {
     pub upstream: Option<std::net::SocketAddr>,
     pub retries: u32,
     pub weft_error: &'a str,
+    /// The authorization policy that decided (or audited) the request.
+    pub policy: &'a str,
 }
 
 impl AccessLog {
@@ -84,6 +86,7 @@ impl AccessLog {
             "upstream": e.upstream.map(|a| a.to_string()),
             "retries": e.retries,
             "weft_error": e.weft_error,
+            "policy": e.policy,
         })
         .to_string()
             + "\n";

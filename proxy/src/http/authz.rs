@@ -13,17 +13,20 @@ use tracing::debug;
 use weft_api::SpiffeId;
 
 use super::{Body, BoxFuture, full, headers};
-use crate::authz::{Decision, Http, normalize};
-use crate::discovery::Mesh;
+use crate::authz::{Decision, Enforcer, Http, normalize};
 
 /// Checks requests to `port` from `peer` (None: no mesh identity).
 #[derive(Clone, Debug)]
 pub struct Authorized<S> {
     pub inner: S,
-    pub mesh: Option<Mesh>,
+    pub enforcer: Enforcer,
     pub port: u16,
     pub peer: Option<SpiffeId>,
 }
+
+/// The policy that decided a request, for the access log.
+#[derive(Clone, Debug)]
+pub struct PolicyMark(pub String);
 
 /// The answer to a denied request: 403, or PERMISSION_DENIED for gRPC.
 pub fn forbidden(policy: &str, grpc: bool) -> Response<Body> {
@@ -73,10 +76,10 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if let Some(mesh) = &self.mesh {
-            let authz = mesh.load().authz(self.port);
+        if self.enforcer.mesh.is_some() {
             let path = normalize(req.uri().path());
-            let decision = authz.decide(
+            let decision = self.enforcer.decide(
+                self.port,
                 self.peer.as_ref(),
                 Some(&Http {
                     method: req.method(),
@@ -84,14 +87,31 @@ where
                     headers: req.headers(),
                 }),
             );
-            if let Decision::Deny { policy, reason } = decision {
-                debug!(%policy, reason = reason.label(), port = self.port, "request denied");
-                let grpc = req
-                    .headers()
-                    .get(header::CONTENT_TYPE)
-                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-                let res = forbidden(&policy, grpc);
-                return Box::pin(async move { Ok(res) });
+            match decision {
+                Decision::Deny { policy, reason } => {
+                    debug!(%policy, reason = reason.label(), port = self.port, "request denied");
+                    let grpc = req
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                    let mut res = forbidden(&policy, grpc);
+                    res.extensions_mut().insert(PolicyMark(policy));
+                    return Box::pin(async move { Ok(res) });
+                }
+                Decision::Allow { policy, audit } => {
+                    // The access log names the policy that decided (or audited).
+                    if let Some(p) = audit.or(policy) {
+                        // Boxed first: rustc cannot prove an associated
+                        // future Send inside the async block.
+                        let inner: BoxFuture<Result<Response<Body>, Infallible>> =
+                            Box::pin(self.inner.call(req));
+                        return Box::pin(async move {
+                            let mut res = inner.await?;
+                            res.extensions_mut().insert(PolicyMark(p));
+                            Ok(res)
+                        });
+                    }
+                }
             }
         }
         Box::pin(self.inner.call(req))

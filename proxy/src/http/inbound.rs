@@ -33,9 +33,8 @@ use weft_api::trace::Tracing;
 #[derive(Debug)]
 pub struct HttpInbound {
     server: Arc<Server>,
-    /// Authorization policies come with the snapshot (None: no discovery,
-    /// everything is allowed).
-    mesh: Option<crate::discovery::Mesh>,
+    /// Authorization with the snapshot's policies.
+    enforcer: crate::authz::Enforcer,
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
     /// For upgrades, which take a connection of their own to the app.
@@ -54,7 +53,7 @@ impl HttpInbound {
         access_log: Option<AccessLog>,
         tracing: Option<Arc<Tracing>>,
         server: Arc<Server>,
-        mesh: Option<crate::discovery::Mesh>,
+        enforcer: crate::authz::Enforcer,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -65,7 +64,7 @@ impl HttpInbound {
         };
         HttpInbound {
             server,
-            mesh,
+            enforcer,
             h1: builder().build(connector.clone()),
             h2: builder().http2_only(true).build(connector),
             connector: Connector::new(UPGRADE_CONNECT_TIMEOUT, None, TlsMetrics::default()),
@@ -104,14 +103,14 @@ impl HttpInbound {
             peer: peer.clone(),
         };
         let (observer, server) = (self.observer.clone(), self.server.clone());
-        let mesh = self.mesh.clone();
+        let enforcer = self.enforcer.clone();
         let app = super::authz::Authorized {
             inner: AppService {
                 inbound: self,
                 dst,
                 peer: peer.and_then(|p| HeaderValue::from_str(&p).ok()),
             },
-            mesh,
+            enforcer,
             port: dst.port(),
             peer: identity,
         };

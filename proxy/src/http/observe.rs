@@ -196,6 +196,11 @@ where
                         attempts.saturating_sub(1),
                     ),
                 };
+                let policy = res
+                    .extensions()
+                    .get::<super::authz::PolicyMark>()
+                    .map(|m| m.0.clone())
+                    .unwrap_or_default();
                 log.log(Entry {
                     direction,
                     trace_id: &trace_id,
@@ -208,6 +213,7 @@ where
                     upstream,
                     retries,
                     weft_error: weft_error.as_deref().unwrap_or_default(),
+                    policy: &policy,
                 });
             }
             Ok(count_response(&observer.metrics, res, &labels, bytes))

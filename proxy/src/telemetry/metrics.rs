@@ -321,6 +321,40 @@ struct DefenceLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthzLabels {
+    action: &'static str,
+    /// `namespace/name`, or `default` (bounded by this pod's policies).
+    policy: String,
+    reason: &'static str,
+}
+
+/// Authorization decisions at this pod's sidecar.
+#[derive(Clone, Debug, Default)]
+pub struct AuthzMetrics {
+    decisions: Family<AuthzLabels, Counter>,
+}
+
+impl AuthzMetrics {
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "authz_decisions",
+            "Authorization decisions on requests and connections, by action, policy and reason",
+            self.decisions.clone(),
+        );
+    }
+
+    pub fn decided(&self, action: &'static str, policy: &str, reason: &'static str) {
+        self.decisions
+            .get_or_create(&AuthzLabels {
+                action,
+                policy: policy.to_string(),
+                reason,
+            })
+            .inc();
+    }
+}
+
 /// Limits and deadlines enforced on clients and peers, by reason: every
 /// request refused or connection closed to protect the others is counted.
 #[derive(Clone, Debug, Default)]
@@ -494,6 +528,7 @@ pub struct Metrics {
     pub http: RetryMetrics,
     pub requests: HttpMetrics,
     pub defences: DefenceMetrics,
+    pub authz: AuthzMetrics,
     pub access_log_dropped: Counter,
     pub spans: weft_api::trace::ExportMetrics,
     registry: Registry,
@@ -522,6 +557,8 @@ impl Metrics {
         requests.register(&mut registry);
         let defences = DefenceMetrics::default();
         defences.register(&mut registry);
+        let authz = AuthzMetrics::default();
+        authz.register(&mut registry);
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped",
@@ -542,6 +579,7 @@ impl Metrics {
             http,
             requests,
             defences,
+            authz,
             access_log_dropped,
             spans,
             registry,
