@@ -292,7 +292,7 @@ fn parse_object(doc: &Value) -> Result<Option<(ObjectKey, Object)>, ParseError> 
         }
         Kind::AuthorizationPolicy => {
             let p: AuthorizationPolicy = typed(doc).map_err(|(f, m)| fail(f, m))?;
-            p.spec.validate().map_err(|(f, m)| fail(f, m))?;
+            validate_authz(&p).map_err(|(f, m)| fail(f, m))?;
             Object::AuthorizationPolicy(Arc::new(p))
         }
         Kind::TrafficPolicy => {
@@ -374,6 +374,23 @@ pub fn validate_pod(p: &Pod) -> Result<(), (String, String)> {
         ));
     }
     validate_annotations(p.metadata.annotations.as_ref())
+}
+
+/// What an AuthorizationPolicy must be: its schema, and a target Weft
+/// enforces. A route target is refused for now (rather than taken and
+/// not enforced).
+pub fn validate_authz(p: &AuthorizationPolicy) -> Result<(), (String, String)> {
+    p.spec.validate()?;
+    if p.spec.target_ref.kind != "Service" {
+        return Err((
+            "spec.targetRef.kind".into(),
+            format!(
+                "Weft does not enforce policies on a {} yet: target the Service (and port) its rules send to",
+                p.spec.target_ref.kind
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What a TrafficPolicy must be beyond its schema.
@@ -671,14 +688,18 @@ mod tests {
     fn authorization_policies_are_read_and_checked() {
         let good = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: web}\n  action: DENY\n  rules: [{from: [{namespace: ops}]}]\n";
         let bad = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: web}\n  rules: [{to: {methods: [get]}}]\n";
-        let (_d, s) = store_with(&[("a.yaml", good), ("b.yaml", bad)]);
+        // Route targets are refused until Weft enforces them.
+        let route = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: shop}\nspec:\n  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}\n";
+        let (_d, s) = store_with(&[("a.yaml", good), ("b.yaml", bad), ("c.yaml", route)]);
         let (objs, errs) = s.objects();
         assert!(
             objs.keys()
                 .any(|k| k.kind == Kind::AuthorizationPolicy && k.name == "a")
         );
-        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs.len(), 2, "{errs:?}");
         assert_eq!(errs[0].object, "AuthorizationPolicy shop/b");
         assert_eq!(errs[0].field, "spec.rules[0].to.methods[0]");
+        assert_eq!(errs[1].object, "AuthorizationPolicy shop/c");
+        assert_eq!(errs[1].field, "spec.targetRef.kind");
     }
 }

@@ -320,9 +320,10 @@ mod tests {
                 model.services.len(),
                 model.pods.len(),
                 model.routes.len(),
-                model.policies.len()
+                model.policies.len(),
+                model.authz_policies.len()
             ),
-            (2, 3, 1, 1)
+            (2, 3, 1, 1, 2)
         );
         let shared = super::shared(1, &model, &settings, &[], None);
         let web = shared
@@ -343,6 +344,16 @@ mod tests {
         let strict = inbound(&model, &settings, "default", "web-1");
         assert_eq!(strict.mtls_mode, MtlsMode::Strict as i32);
         assert_eq!(strict.ports[0].port, 8080);
+        // Both policies reach web's pods at their container port.
+        let names: Vec<&str> = strict.authz[0]
+            .policies
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            (strict.authz[0].port, names),
+            (8080, vec!["default/web-callers", "default/web-no-admin"])
+        );
         let relaxed = inbound(&model, &settings, "default", "web-0");
         assert_eq!(relaxed.mtls_mode, MtlsMode::Permissive as i32);
     }

@@ -446,7 +446,7 @@ impl Builder {
             );
         }
         for p in stores.authz.state() {
-            let check = p.spec.validate();
+            let check = manifests::validate_authz(&p);
             let mut spec_only = (*p).clone();
             volatile(&mut spec_only.metadata);
             spec_only.status = None;
