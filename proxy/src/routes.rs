@@ -213,10 +213,11 @@ impl Mirror {
 
     /// Whether this request is one of the share copied.
     pub fn sampled(&self) -> bool {
-        if self.denominator == 0 || self.numerator >= self.denominator {
-            return self.denominator == 0 || self.numerator > 0;
+        match (self.numerator, self.denominator) {
+            (_, 0) => true,
+            (n, d) if n >= d => true,
+            (n, d) => rand::random_range(0..d) < n,
         }
-        rand::random_range(0..self.denominator) < self.numerator
     }
 }
 

@@ -189,7 +189,10 @@ fn resolve<'a>(
             format!("{at}: Service {ns}/{name} has no cluster IP (headless)"),
         ));
     }
-    if !svc.ports.iter().any(|p| p.port == port) {
+    // `diagnose` judges a route for no port in particular (default 0): a
+    // backendRef without a port then takes the parent's, which exists.
+    let checked = port != 0;
+    if checked && !svc.ports.iter().any(|p| p.port == port) {
         return Err(Problem::new(
             "BackendNotFound",
             format!("{at}: Service {ns}/{name} has no port {port}"),
@@ -493,7 +496,6 @@ fn compile_rule(
         route: format!("{route_ns}/{}", route.name()),
         rule_index: i as u32,
         rule_name: rule.name.clone().unwrap_or_default(),
-        kind: route.kind.name().into(),
         backends,
         timeouts: rule.timeouts.as_ref().map(|t| v1::Timeouts {
             request_ms: ms(&t.request),
@@ -854,5 +856,24 @@ spec:
                 "default/young"
             ]
         );
+    }
+
+    #[test]
+    fn a_backend_without_a_port_resolves_in_status_as_in_the_data_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 198.19.0.1\n  selector: {app: web}\n  ports: [{port: 80}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{kind: Service, name: web, port: 80}]\n  rules: [{backendRefs: [{name: web}, {name: web, port: 81}]}]\n";
+        std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+        let mut store = Store::new(dir.path());
+        store.refresh();
+        let (objects, errors) = store.objects();
+        assert!(errors.is_empty(), "{errors:?}");
+        let model = Model::build(&objects, &[]);
+        let d = diagnose(&model, &model.routes[0]);
+        // Only the backend naming a port the Service lacks is unresolved.
+        assert_eq!(d.unresolved.len(), 1, "{d:?}");
+        assert!(d.unresolved[0].message.contains("no port 81"), "{d:?}");
+        let rules = for_port(&model, &model.services[0], 80);
+        assert!(rules[0].backends[0].invalid.is_empty());
+        assert!(!rules[0].backends[1].invalid.is_empty());
     }
 }
