@@ -26,6 +26,7 @@ pub(crate) mod limits;
 pub(crate) mod policy;
 pub(crate) mod ports;
 pub(crate) mod probes;
+pub(crate) mod ratelimit;
 pub(crate) mod routes;
 pub mod run;
 pub(crate) mod shutdown;

@@ -38,6 +38,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(&discovery_metrics),
     ));
     let mesh = start_discovery(&args, identity.as_ref(), discovery_metrics)?;
+    if let Some(mesh) = mesh.clone() {
+        // Rate-limit buckets that are full again are forgotten, so keys
+        // do not pile up (beyond the cap, new callers share one).
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::ratelimit::SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                mesh.load().sweep_rate_limits();
+            }
+        });
+    }
     let tracing_export = match &args.otlp_endpoint {
         Some(endpoint) => {
             let service = identity
@@ -205,6 +216,10 @@ fn inbound_side(
                 crate::authz::Enforcer {
                     mesh: mesh.clone(),
                     metrics: metrics.authz.clone(),
+                },
+                crate::ratelimit::Limiter {
+                    mesh: mesh.clone(),
+                    metrics: metrics.rate_limits.clone(),
                 },
             )),
         )),

@@ -227,6 +227,16 @@ fn crds_and_examples_on_a_real_api_server() {
             json!({"retryBudget": {"minPerSecond": 5_000_000_000u64}}),
             "spec.retryBudget.minPerSecond",
         ),
+        (
+            "a rate limit of 0 per second",
+            json!({"rateLimit": {"requestsPerSecond": 0}}),
+            "spec.rateLimit.requestsPerSecond",
+        ),
+        (
+            "a rate limit with an empty bucket",
+            json!({"rateLimit": {"requestsPerSecond": 10, "burst": 0}}),
+            "spec.rateLimit.burst",
+        ),
         ("an unknown field", json!({"retries": 3}), "spec.retries"),
     ];
     for (i, (what, spec, field)) in bad.into_iter().enumerate() {

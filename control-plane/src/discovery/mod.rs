@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod manifests;
 pub mod model;
 pub mod objects;
+pub mod ratelimit;
 pub mod registry;
 pub mod routes;
 pub mod service;

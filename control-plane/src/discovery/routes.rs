@@ -653,15 +653,18 @@ pub fn diagnose(model: &Model, route: &MeshRoute) -> Diagnosis {
     }
 }
 
-/// The TrafficPolicy for a Service port (a port-specific one wins over one
-/// for the whole Service), resolved with defaults.
-pub fn policy(model: &Model, svc: &ServiceModel, port: u16) -> v1::TrafficPolicy {
-    use super::crds::{duration_ms, grpc_code};
+/// The TrafficPolicy that applies to a Service port: a port-specific one
+/// wins over one for the whole Service.
+pub fn chosen_policy<'m>(
+    model: &'m Model,
+    svc: &ServiceModel,
+    port: u16,
+) -> Option<&'m super::crds::TrafficPolicy> {
     let targets = |p: &&super::crds::TrafficPolicy| {
         let t = &p.spec.target_ref;
         p.metadata.namespace.as_deref().unwrap_or("default") == svc.namespace && t.name == svc.name
     };
-    let chosen = model
+    model
         .policies
         .iter()
         .filter(targets)
@@ -672,8 +675,15 @@ pub fn policy(model: &Model, svc: &ServiceModel, port: u16) -> v1::TrafficPolicy
                 .iter()
                 .filter(targets)
                 .find(|p| p.spec.target_ref.port.is_none())
-        });
-    let spec = chosen.map(|p| p.spec.clone());
+        })
+}
+
+/// The TrafficPolicy for a Service port ([`chosen_policy`]), resolved with
+/// defaults. Its `rateLimit` is not here: the server-side sidecars enforce
+/// it (`super::ratelimit`), and a limit change then touches no Service.
+pub fn policy(model: &Model, svc: &ServiceModel, port: u16) -> v1::TrafficPolicy {
+    use super::crds::{duration_ms, grpc_code};
+    let spec = chosen_policy(model, svc, port).map(|p| p.spec.clone());
     let ms =
         |v: Option<&String>, default: u32| v.and_then(|s| duration_ms(s).ok()).unwrap_or(default);
     let budget = spec

@@ -250,6 +250,7 @@ pub fn inbound(model: &Model, settings: &MeshSettings, namespace: &str, pod: &st
         ports,
         default_authz: super::authz::default_for(model, p, settings.default_authz) as i32,
         authz: super::authz::for_pod(model, p),
+        rate_limits: super::ratelimit::for_pod(model, p),
     }
 }
 
@@ -353,6 +354,24 @@ mod tests {
         assert_eq!(
             (strict.authz[0].port, names),
             (8080, vec!["default/web-callers", "default/web-no-admin"])
+        );
+        // The TrafficPolicy's rate limit too, per caller.
+        let limit = strict.rate_limits[0].limit.as_ref().expect("a limit");
+        assert_eq!(
+            (
+                strict.rate_limits[0].port,
+                limit.name.as_str(),
+                limit.rps,
+                limit.burst,
+                limit.key
+            ),
+            (
+                8080,
+                "default/web",
+                100,
+                200,
+                weft_api::v1::RateLimitKey::Client as i32
+            )
         );
         let relaxed = inbound(&model, &settings, "default", "web-0");
         assert_eq!(relaxed.mtls_mode, MtlsMode::Permissive as i32);

@@ -15,6 +15,7 @@ use crate::authz::{DefaultAuthz, PortAuthz};
 use crate::balance::{self, Endpoint, PickError, Registry};
 use crate::breaker;
 use crate::policy::ServicePolicy;
+use crate::ratelimit::Limit;
 use crate::routes::{RouteError, Routes};
 
 /// What in a snapshot could not be applied (the previous one stays).
@@ -26,6 +27,13 @@ pub enum ConfigError {
     Port { what: &'static str, value: u32 },
     #[error("identity `{value}`: {reason}")]
     Identity { value: String, reason: String },
+    #[error("rate limit {limit} on port {port}: {source}")]
+    RateLimit {
+        port: u16,
+        limit: String,
+        #[source]
+        source: RouteError,
+    },
     #[error("{service}: {source}")]
     Route {
         service: String,
@@ -93,6 +101,9 @@ pub struct MeshConfig {
     /// This pod's authorization: per port, and for ports without policies.
     authz: HashMap<u16, Arc<PortAuthz>>,
     default_authz: Arc<PortAuthz>,
+    /// This pod's rate limits, per port (kept, with their buckets, while
+    /// a snapshot does not change them).
+    rate_limits: crate::ratelimit::PortLimits,
 }
 
 /// The current mesh configuration, swapped whole when a snapshot arrives.
@@ -200,6 +211,14 @@ impl MeshConfig {
                 };
                 cfg.authz.insert(port, built);
             }
+            cfg.rate_limits = crate::ratelimit::from_snapshot(&inb.rate_limits, |port| {
+                prev.rate_limits.get(&port).cloned().unwrap_or_default()
+            })
+            .map_err(|(port, limit, source)| ConfigError::RateLimit {
+                port,
+                limit,
+                source,
+            })?;
         }
         Ok(cfg)
     }
@@ -230,6 +249,16 @@ impl MeshConfig {
             .get(&port)
             .cloned()
             .unwrap_or_else(|| self.default_authz.clone())
+    }
+
+    /// The rate limits of one of this pod's ports (none: not limited).
+    pub fn rate_limits(&self, port: u16) -> &[Arc<Limit>] {
+        self.rate_limits.get(&port).map_or(&[], Vec::as_slice)
+    }
+
+    /// Forgets the buckets that are full again, in every limit.
+    pub fn sweep_rate_limits(&self) {
+        self.rate_limits.values().flatten().for_each(|l| l.sweep());
     }
 
     /// Whether an inbound port must never be sniffed.
@@ -265,11 +294,31 @@ impl MeshConfig {
             .map(|(ip, id)| serde_json::json!({ "ip": ip.to_string(), "identity": id.to_string() }))
             .collect();
         workloads.sort_by_key(|w| w["ip"].as_str().map(str::to_string));
+        let mut rate_limits: Vec<_> = self
+            .rate_limits
+            .iter()
+            .flat_map(|(port, limits)| {
+                limits.iter().map(move |l| {
+                    serde_json::json!({
+                        "port": port,
+                        "name": l.name(),
+                        "rps": l.spec.rps,
+                        "burst": l.spec.burst,
+                        "key": v1::RateLimitKey::try_from(l.spec.key)
+                            .map(|k| k.as_str_name())
+                            .unwrap_or_default(),
+                        "buckets": l.keys(),
+                    })
+                })
+            })
+            .collect();
+        rate_limits.sort_by_key(|l| (l["port"].as_u64(), l["name"].as_str().map(str::to_string)));
         serde_json::json!({
             "version": self.version,
             "mtls_mode": self.mtls_mode.map(|m| format!("{m:?}").to_lowercase()),
             "services": services,
             "workloads": workloads,
+            "rate_limits": rate_limits,
         })
     }
 

@@ -140,7 +140,7 @@ impl Inbound {
                 debug!(h2 = proto == Proto::Http2, "plaintext HTTP");
                 let io = Counted::new(client, read, written);
                 http.clone()
-                    .serve(io, dst, None, proto)
+                    .serve(io, client_addr, dst, None, proto)
                     .await
                     .map_err(|source| ForwardError::Http { dst, source })?;
                 return Ok((0, 0));
@@ -166,7 +166,7 @@ impl Inbound {
             let io = Counted::new(*client, read, written);
             let proto = if h2 { Proto::Http2 } else { Proto::Http1 };
             http.clone()
-                .serve(io, dst, Some(peer), proto)
+                .serve(io, client_addr, dst, Some(peer), proto)
                 .await
                 .map_err(|source| ForwardError::Http { dst, source })?;
             return Ok((0, 0));

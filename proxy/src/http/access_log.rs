@@ -34,6 +34,8 @@ pub struct Entry<'a> {
     pub weft_error: &'a str,
     /// The authorization policy that decided (or audited) the request.
     pub policy: &'a str,
+    /// The rate limit that refused the request (empty: none did).
+    pub rate_limit: &'a str,
 }
 
 impl AccessLog {
@@ -87,6 +89,7 @@ impl AccessLog {
             "retries": e.retries,
             "weft_error": e.weft_error,
             "policy": e.policy,
+            "rate_limit": e.rate_limit,
         })
         .to_string()
             + "\n";

@@ -35,6 +35,8 @@ pub struct HttpInbound {
     server: Arc<Server>,
     /// Authorization with the snapshot's policies.
     enforcer: crate::authz::Enforcer,
+    /// Rate limits with the snapshot's TrafficPolicies.
+    limiter: crate::ratelimit::Limiter,
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
     /// For upgrades, which take a connection of their own to the app.
@@ -54,6 +56,7 @@ impl HttpInbound {
         tracing: Option<Arc<Tracing>>,
         server: Arc<Server>,
         enforcer: crate::authz::Enforcer,
+        limiter: crate::ratelimit::Limiter,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -65,6 +68,7 @@ impl HttpInbound {
         HttpInbound {
             server,
             enforcer,
+            limiter,
             h1: builder().build(connector.clone()),
             h2: builder().http2_only(true).build(connector),
             connector: Connector::new(UPGRADE_CONNECT_TIMEOUT, None, TlsMetrics::default()),
@@ -80,10 +84,12 @@ impl HttpInbound {
     /// `dst` (the connection's original destination). `peer` is the peer
     /// sidecar's verified identity, or None for a plaintext client (permissive
     /// mode), whose requests reach the app with no `weft-client-id` and none
-    /// of the `weft-*` headers it may have sent.
+    /// of the `weft-*` headers it may have sent. `from` is the client's
+    /// address (a plaintext client's rate-limit key).
     pub async fn serve<I>(
         self: Arc<Self>,
         io: I,
+        from: SocketAddr,
         dst: SocketAddr,
         peer: Option<SpiffeId>,
         proto: Proto,
@@ -103,12 +109,22 @@ impl HttpInbound {
             peer: peer.clone(),
         };
         let (observer, server) = (self.observer.clone(), self.server.clone());
-        let enforcer = self.enforcer.clone();
+        let (enforcer, limiter) = (self.enforcer.clone(), self.limiter.clone());
+        let client_key: Arc<str> = match &peer {
+            Some(p) => Arc::from(p.as_str()),
+            None => Arc::from(format!("ip:{}", from.ip())),
+        };
+        // Authorization first: a denied request takes no token.
         let app = super::authz::Authorized {
-            inner: AppService {
-                inbound: self,
-                dst,
-                peer: peer.and_then(|p| HeaderValue::from_str(&p).ok()),
+            inner: super::ratelimit::RateLimited {
+                inner: AppService {
+                    inbound: self,
+                    dst,
+                    peer: peer.and_then(|p| HeaderValue::from_str(&p).ok()),
+                },
+                limiter,
+                port: dst.port(),
+                client: client_key,
             },
             enforcer,
             port: dst.port(),

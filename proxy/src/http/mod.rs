@@ -16,6 +16,7 @@ pub mod mirror;
 pub mod observe;
 pub mod outbound;
 pub mod pool;
+pub mod ratelimit;
 pub mod replay;
 pub mod retry;
 pub mod send;

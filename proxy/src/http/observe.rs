@@ -201,6 +201,11 @@ where
                     .get::<super::authz::PolicyMark>()
                     .map(|m| m.0.clone())
                     .unwrap_or_default();
+                let rate_limit = res
+                    .extensions()
+                    .get::<super::ratelimit::LimitMark>()
+                    .map(|m| m.0.clone())
+                    .unwrap_or_default();
                 log.log(Entry {
                     direction,
                     trace_id: &trace_id,
@@ -214,6 +219,7 @@ where
                     retries,
                     weft_error: weft_error.as_deref().unwrap_or_default(),
                     policy: &policy,
+                    rate_limit: &rate_limit,
                 });
             }
             Ok(count_response(&observer.metrics, res, &labels, bytes))

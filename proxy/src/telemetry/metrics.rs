@@ -355,6 +355,40 @@ impl AuthzMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitLabels {
+    /// `namespace/name` of the TrafficPolicy (bounded by this pod's limits).
+    limit: String,
+    /// `admitted` or `limited`.
+    decision: &'static str,
+}
+
+/// Rate-limit decisions at this pod's sidecar.
+#[derive(Clone, Debug, Default)]
+pub struct RateLimitMetrics {
+    decisions: Family<RateLimitLabels, Counter>,
+}
+
+impl RateLimitMetrics {
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "rate_limit_decisions",
+            "Requests admitted or refused by a rate limit, by limit",
+            self.decisions.clone(),
+        );
+    }
+
+    /// The counter of one limit's decisions (`admitted` or `limited`).
+    pub fn counter(&self, limit: &str, decision: &'static str) -> Counter {
+        self.decisions
+            .get_or_create(&RateLimitLabels {
+                limit: limit.to_string(),
+                decision,
+            })
+            .clone()
+    }
+}
+
 /// Limits and deadlines enforced on clients and peers, by reason: every
 /// request refused or connection closed to protect the others is counted.
 #[derive(Clone, Debug, Default)]
@@ -529,6 +563,7 @@ pub struct Metrics {
     pub requests: HttpMetrics,
     pub defences: DefenceMetrics,
     pub authz: AuthzMetrics,
+    pub rate_limits: RateLimitMetrics,
     pub access_log_dropped: Counter,
     pub spans: weft_api::trace::ExportMetrics,
     registry: Registry,
@@ -559,6 +594,8 @@ impl Metrics {
         defences.register(&mut registry);
         let authz = AuthzMetrics::default();
         authz.register(&mut registry);
+        let rate_limits = RateLimitMetrics::default();
+        rate_limits.register(&mut registry);
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped",
@@ -580,6 +617,7 @@ impl Metrics {
             requests,
             defences,
             authz,
+            rate_limits,
             access_log_dropped,
             spans,
             registry,

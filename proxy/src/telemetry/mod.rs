@@ -3,6 +3,6 @@
 pub mod metrics;
 
 pub use metrics::{
-    AuthzMetrics, DefenceMetrics, Direction, HttpMetrics, Metrics, RequestLabels, RetryMetrics,
-    TcpMetrics, TlsMetrics, TlsStatus,
+    AuthzMetrics, DefenceMetrics, Direction, HttpMetrics, Metrics, RateLimitMetrics, RequestLabels,
+    RetryMetrics, TcpMetrics, TlsMetrics, TlsStatus,
 };
