@@ -273,6 +273,8 @@ pub struct Rule {
     pub cors: Option<crate::http::cors::Cors>,
     /// Why the rule cannot be served as written: its requests get 500.
     pub invalid: Option<String>,
+    /// A fault injected into a share of the rule's requests.
+    pub fault: Option<crate::http::fault::Fault>,
     /// The path prefix this rule matched on, for prefix rewrites.
     pub prefix: Option<String>,
     pub timeouts: Option<v1::Timeouts>,
@@ -339,6 +341,7 @@ impl Rule {
                 .filter(|c| c.enabled)
                 .map(crate::http::cors::Cors::new),
             invalid: reason(&r.invalid),
+            fault: r.fault.as_ref().map(crate::http::fault::Fault::new),
             prefix,
             timeouts: r.timeouts,
             retry: r.retry.clone(),

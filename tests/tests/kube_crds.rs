@@ -16,6 +16,7 @@ use weft_e2e::kube::Cluster;
 use weft_e2e::{Node, require_root};
 
 const WEFT_CRD: &str = "crd/trafficpolicies.weft.dev";
+const FAULT_CRD: &str = "crd/faultinjections.weft.dev";
 const HTTPROUTE_CRD: &str = "crd/httproutes.gateway.networking.k8s.io";
 const GRPCROUTE_CRD: &str = "crd/grpcroutes.gateway.networking.k8s.io";
 const REFERENCEGRANT_CRD: &str = "crd/referencegrants.gateway.networking.k8s.io";
@@ -88,6 +89,7 @@ fn crds_and_examples_on_a_real_api_server() {
         "--for=condition=Established",
         "--timeout=60s",
         WEFT_CRD,
+        FAULT_CRD,
         HTTPROUTE_CRD,
         GRPCROUTE_CRD,
         REFERENCEGRANT_CRD,
@@ -314,6 +316,65 @@ fn crds_and_examples_on_a_real_api_server() {
     let good = authz(
         "good-authz",
         json!({"targetRef": web, "action": "DENY", "rules": [{"from": [{"namespace": "ops"}], "to": {"methods": ["POST"]}}]}),
+    );
+    let out = cluster.apply_result(&good.to_string());
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    // Bad FaultInjections, likewise.
+    let fault = |name: &str, spec: Value| {
+        json!({
+            "apiVersion": "weft.dev/v1alpha1",
+            "kind": "FaultInjection",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        })
+    };
+    let bad_faults = [
+        (
+            "neither a delay nor an abort (CEL rule)",
+            json!({"headers": [{"name": "x-fault", "value": "me"}]}),
+            "spec",
+        ),
+        (
+            "an abort without a status (CEL rule)",
+            json!({"abort": {"percent": 10}}),
+            "spec.abort",
+        ),
+        (
+            "a percentage over 100",
+            json!({"delay": {"fixedDelay": "1s", "percent": 101}}),
+            "spec.delay.percent",
+        ),
+        (
+            "a delay in words",
+            json!({"delay": {"fixedDelay": "1 second", "percent": 10}}),
+            "spec.delay.fixedDelay",
+        ),
+        (
+            "status 100",
+            json!({"abort": {"httpStatus": 100, "percent": 10}}),
+            "spec.abort.httpStatus",
+        ),
+        (
+            "an unknown gRPC code name",
+            json!({"abort": {"grpcStatus": "NOPE", "percent": 10}}),
+            "spec.abort.grpcStatus",
+        ),
+    ];
+    for (i, (what, spec, field)) in bad_faults.into_iter().enumerate() {
+        let f = fault(&format!("bad-fault-{i}"), spec);
+        assert_refused(&cluster, what, &f.to_string(), field);
+        let f: weft_control::discovery::crds::FaultInjection =
+            serde_json::from_value(f).expect("the control plane's type reads it");
+        assert_eq!(
+            f.spec.validate().as_ref().map_err(|(f, _)| f.as_str()),
+            Err(field),
+            "the control plane judged {what} otherwise"
+        );
+    }
+    let good = fault(
+        "good-fault",
+        json!({"delay": {"fixedDelay": "20ms", "percent": 12.5}, "abort": {"httpStatus": 503, "grpcStatus": "UNAVAILABLE", "percent": 0.1}, "headers": [{"name": "x-fault", "value": "me"}]}),
     );
     let out = cluster.apply_result(&good.to_string());
     assert!(out.status.success(), "{:?}", text(&out));

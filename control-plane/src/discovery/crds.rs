@@ -766,6 +766,151 @@ impl AuthorizationPolicySpec {
     }
 }
 
+/// A fault for testing how callers cope: a fixed delay and/or an abort,
+/// each for a share of requests, optionally only for requests that carry
+/// given headers (so a tester can target their own traffic). An HTTPRoute
+/// or GRPCRoute rule in the same namespace applies it with the filter
+/// `{type: ExtensionRef, extensionRef: {group: weft.dev, kind:
+/// FaultInjection, name}}`; the caller's sidecar injects it where it
+/// matches the rule, and marks what it injected (`weft-error:
+/// fault-injected`, the access log's `fault`, the span's `weft.fault`).
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "FaultInjection",
+    namespaced,
+    derive = "PartialEq",
+    shortname = "fault",
+    category = "weft",
+    printcolumn = r#"{"name":"Delay","type":"string","jsonPath":".spec.delay.fixedDelay"}"#,
+    printcolumn = r#"{"name":"Delayed%","type":"number","jsonPath":".spec.delay.percent"}"#,
+    printcolumn = r#"{"name":"Aborted%","type":"number","jsonPath":".spec.abort.percent"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    doc = "A Weft fault: a fixed delay and/or an abort for a share of the requests of the \
+           HTTPRoute or GRPCRoute rules that refer to it (an ExtensionRef filter)."
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = kubernetes_schema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.delay) || has(self.abort)",
+    "message": "a fault has a delay, an abort, or both"
+}]))]
+pub struct FaultInjectionSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+    /// Only requests carrying every one of these headers (exact values)
+    /// get the fault; none: every request of the rule may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<FaultHeader>,
+}
+
+/// Hold `percent` of the requests for `fixedDelay` before they are sent
+/// (outside the route's timeouts and retries).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultDelay {
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub fixed_delay: String,
+    /// The share of requests delayed, 0 to 100 (to a millionth).
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: f64,
+}
+
+/// Answer `percent` of the requests at once, without sending them: with
+/// `httpStatus`, and gRPC requests with `grpcStatus` (trailers-only). One
+/// of the two is enough: the other is mapped from it.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.httpStatus) || has(self.grpcStatus)",
+    "message": "an abort has an httpStatus, a grpcStatus, or both"
+}]))]
+pub struct FaultAbort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 200, max = 599))]
+    pub http_status: Option<u16>,
+    /// A gRPC status code by name, e.g. `UNAVAILABLE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = GRPC_CODE_PATTERN))]
+    pub grpc_status: Option<String>,
+    /// The share of requests aborted, 0 to 100 (to a millionth).
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultHeader {
+    #[schemars(regex(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    pub name: String,
+    pub value: String,
+}
+
+impl FaultInjectionSpec {
+    /// What the schema (and its CEL rules) refuse, refused the same way in
+    /// local mode, naming the field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        fn err<T>(
+            field: impl Into<String>,
+            message: impl Into<String>,
+        ) -> Result<T, (String, String)> {
+            Err((field.into(), message.into()))
+        }
+        let percent = |field: &str, p: f64| {
+            if (0.0..=100.0).contains(&p) {
+                Ok(())
+            } else {
+                err(field, format!("{p} is not a percentage (0 to 100)"))
+            }
+        };
+        if self.delay.is_none() && self.abort.is_none() {
+            return err("spec", "a fault has a delay, an abort, or both");
+        }
+        if let Some(d) = &self.delay {
+            gateway_duration(&d.fixed_delay).map_err(|e| ("spec.delay.fixedDelay".into(), e))?;
+            percent("spec.delay.percent", d.percent)?;
+        }
+        if let Some(a) = &self.abort {
+            if a.http_status.is_none() && a.grpc_status.is_none() {
+                return err(
+                    "spec.abort",
+                    "an abort has an httpStatus, a grpcStatus, or both",
+                );
+            }
+            if let Some(s) = a.http_status
+                && !(200..=599).contains(&s)
+            {
+                return err(
+                    "spec.abort.httpStatus",
+                    format!("{s} is not a status to answer with (200-599)"),
+                );
+            }
+            if let Some(c) = &a.grpc_status
+                && grpc_code(c).is_none()
+            {
+                return err(
+                    "spec.abort.grpcStatus",
+                    format!("`{c}` is not a gRPC status code name (e.g. UNAVAILABLE)"),
+                );
+            }
+            percent("spec.abort.percent", a.percent)?;
+        }
+        for (i, h) in self.headers.iter().enumerate() {
+            if http::header::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                return err(
+                    format!("spec.headers[{i}].name"),
+                    format!("`{}` is not an HTTP header name", h.name),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the API server needs beyond what schemars derives, applied to the
 /// whole spec schema (kube's own transforms then make it structural):
 /// - unsigned integers get the bound of their type and a format Kubernetes
@@ -802,7 +947,11 @@ fn kubernetes_schema(schema: &mut schemars::Schema) {
 
 /// Every Weft CRD, generated from these types.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![TrafficPolicy::crd(), AuthorizationPolicy::crd()]
+    vec![
+        TrafficPolicy::crd(),
+        AuthorizationPolicy::crd(),
+        FaultInjection::crd(),
+    ]
 }
 
 /// Where k8s/crds/ keeps a CRD: `<group>_<plural>.yaml`.
@@ -1028,6 +1177,71 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn fault_injection_validate_refuses_what_the_schema_refuses() {
+        let good = "delay: {fixedDelay: 20ms, percent: 12.5}\nabort: {httpStatus: 503, grpcStatus: UNAVAILABLE, percent: 10}\nheaders: [{name: x-fault, value: me}]\n";
+        let spec: FaultInjectionSpec = serde_norway::from_str(good).unwrap();
+        assert_eq!(spec.validate(), Ok(()));
+        for yaml in [
+            "abort: {grpcStatus: ABORTED, percent: 100}",
+            "abort: {httpStatus: 200, percent: 0}",
+            "delay: {fixedDelay: 1h, percent: 100}",
+        ] {
+            let spec: FaultInjectionSpec = serde_norway::from_str(yaml).unwrap();
+            assert_eq!(spec.validate(), Ok(()), "{yaml}");
+        }
+        for (yaml, field) in [
+            ("headers: [{name: x, value: y}]", "spec"),
+            (
+                "delay: {fixedDelay: 1 s, percent: 10}",
+                "spec.delay.fixedDelay",
+            ),
+            (
+                "delay: {fixedDelay: 1s, percent: 101}",
+                "spec.delay.percent",
+            ),
+            ("delay: {fixedDelay: 1s, percent: -1}", "spec.delay.percent"),
+            ("abort: {percent: 10}", "spec.abort"),
+            (
+                "abort: {httpStatus: 100, percent: 10}",
+                "spec.abort.httpStatus",
+            ),
+            (
+                "abort: {httpStatus: 600, percent: 10}",
+                "spec.abort.httpStatus",
+            ),
+            (
+                "abort: {grpcStatus: unavailable, percent: 10}",
+                "spec.abort.grpcStatus",
+            ),
+            (
+                "abort: {httpStatus: 503, percent: 100.5}",
+                "spec.abort.percent",
+            ),
+            (
+                "abort: {httpStatus: 503, percent: 1}\nheaders: [{name: \"a b\", value: c}]",
+                "spec.headers[0].name",
+            ),
+        ] {
+            let spec: FaultInjectionSpec = serde_norway::from_str(yaml).unwrap();
+            assert_eq!(
+                spec.validate().map_err(|e| e.0),
+                Err(field.to_string()),
+                "{yaml}"
+            );
+        }
+        // A percentage is required; unknown fields are refused.
+        for yaml in [
+            "abort: {httpStatus: 503}",
+            "abort: {httpStatus: 503, percent: 1, fraction: 2}",
+        ] {
+            assert!(
+                serde_norway::from_str::<FaultInjectionSpec>(yaml).is_err(),
+                "{yaml}"
+            );
+        }
     }
 
     fn first_difference(a: &str, b: &str) -> usize {

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::annotations::validate_annotations;
-use super::crds::{AuthorizationPolicy, TrafficPolicy};
+use super::crds::{AuthorizationPolicy, FaultInjection, TrafficPolicy};
 use super::objects::{Kind, Object, ObjectKey};
 
 /// One problem in the manifests, precise enough to fix without searching.
@@ -294,6 +294,11 @@ fn parse_object(doc: &Value) -> Result<Option<(ObjectKey, Object)>, ParseError> 
             let p: AuthorizationPolicy = typed(doc).map_err(|(f, m)| fail(f, m))?;
             validate_authz(&p).map_err(|(f, m)| fail(f, m))?;
             Object::AuthorizationPolicy(Arc::new(p))
+        }
+        Kind::FaultInjection => {
+            let f: FaultInjection = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            f.spec.validate().map_err(|(f, m)| fail(f, m))?;
+            Object::FaultInjection(Arc::new(f))
         }
         Kind::TrafficPolicy => {
             let p: TrafficPolicy = typed(doc).map_err(|(f, m)| fail(f, m))?;
@@ -673,6 +678,21 @@ mod tests {
         let errs = s.objects().1;
         assert!(errs[0].message.contains("prot"), "{errs:?}");
         assert_eq!(errs[0].object, "TrafficPolicy default/p");
+    }
+
+    #[test]
+    fn fault_injections_are_read_and_checked() {
+        let good = "apiVersion: weft.dev/v1alpha1\nkind: FaultInjection\nmetadata: {name: flaky}\nspec:\n  abort: {httpStatus: 503, percent: 10}\n";
+        let bad = "apiVersion: weft.dev/v1alpha1\nkind: FaultInjection\nmetadata: {name: worse}\nspec:\n  delay: {fixedDelay: 1 s, percent: 10}\n";
+        let (_d, s) = store_with(&[("a.yaml", good), ("b.yaml", bad)]);
+        let (objs, errs) = s.objects();
+        assert!(
+            objs.keys()
+                .any(|k| k.kind == Kind::FaultInjection && k.name == "flaky")
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].object, "FaultInjection default/worse");
+        assert_eq!(errs[0].field, "spec.delay.fixedDelay");
     }
 
     #[test]

@@ -204,6 +204,8 @@ pub struct Model {
     pub reference_grants: Vec<ReferenceGrant>,
     /// Read and checked; not yet compiled for the proxies.
     pub authz_policies: Vec<super::crds::AuthorizationPolicy>,
+    /// FaultInjections, applied by the route rules that refer to them.
+    pub faults: Vec<super::crds::FaultInjection>,
 }
 
 /// Which Gateway API kind a route was written as.
@@ -309,6 +311,7 @@ impl Model {
                 | Object::GrpcRoute(_)
                 | Object::ReferenceGrant(_)
                 | Object::AuthorizationPolicy(_)
+                | Object::FaultInjection(_)
                 | Object::TrafficPolicy(_) => {}
             }
         }
@@ -382,6 +385,7 @@ impl Model {
                 Object::ReferenceGrant(g) => m.reference_grants.push((**g).clone()),
                 Object::TrafficPolicy(p) => m.policies.push((**p).clone()),
                 Object::AuthorizationPolicy(p) => m.authz_policies.push((**p).clone()),
+                Object::FaultInjection(f) => m.faults.push((**f).clone()),
                 Object::Namespace(_) | Object::Pod(_) | Object::EndpointSlice(_) => {}
             }
         }

@@ -11,7 +11,7 @@ use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::crds::{AuthorizationPolicy, TrafficPolicy};
+use super::crds::{AuthorizationPolicy, FaultInjection, TrafficPolicy};
 
 /// The kinds Weft reads. Others are skipped (a directory may hold anything).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,6 +25,7 @@ pub enum Kind {
     ReferenceGrant,
     TrafficPolicy,
     AuthorizationPolicy,
+    FaultInjection,
 }
 
 impl Kind {
@@ -45,6 +46,7 @@ impl Kind {
             ) => Some(Kind::ReferenceGrant),
             ("weft.dev/v1alpha1", "TrafficPolicy") => Some(Kind::TrafficPolicy),
             ("weft.dev/v1alpha1", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
+            ("weft.dev/v1alpha1", "FaultInjection") => Some(Kind::FaultInjection),
             _ => None,
         }
     }
@@ -62,6 +64,7 @@ impl fmt::Display for Kind {
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::FaultInjection => "FaultInjection",
         })
     }
 }
@@ -95,4 +98,5 @@ pub enum Object {
     ReferenceGrant(Arc<ReferenceGrant>),
     TrafficPolicy(Arc<TrafficPolicy>),
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
+    FaultInjection(Arc<FaultInjection>),
 }

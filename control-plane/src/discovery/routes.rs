@@ -238,6 +238,8 @@ struct Filters {
     redirect: Option<v1::Redirect>,
     rewrite: Option<v1::Rewrite>,
     cors: Option<v1::Cors>,
+    /// A FaultInjection (an ExtensionRef filter).
+    fault: Option<v1::Fault>,
     /// A filter Weft cannot apply: the requests it would see get 500.
     unsupported: Option<Problem>,
     /// Mirrors whose Service cannot be used (dropped; reported).
@@ -370,6 +372,22 @@ fn compile_filters(
                     max_age_seconds: c.max_age.and_then(|a| u32::try_from(a).ok()).unwrap_or(5),
                 });
             }
+            "ExtensionRef" => {
+                let Some(r) = &f.extension_ref else {
+                    out.unsupported = Some(missing(&at, &kind));
+                    continue;
+                };
+                match fault(model, route, &format!("{at}.extensionRef"), r) {
+                    Ok(_) if out.fault.is_some() => {
+                        out.unsupported = Some(Problem::new(
+                            "IncompatibleFilters",
+                            format!("{at}: a rule applies one FaultInjection at most"),
+                        ));
+                    }
+                    Ok(f) => out.fault = Some(f),
+                    Err(p) => out.unsupported = Some(p),
+                }
+            }
             other => {
                 out.unsupported = Some(Problem::new(
                     "UnsupportedValue",
@@ -379,6 +397,68 @@ fn compile_filters(
         }
     }
     out
+}
+
+/// The FaultInjection an ExtensionRef filter names, in the route's
+/// namespace, compiled; any other kind, or one that does not exist, is a
+/// filter Weft cannot apply (its requests get 500, never skip the fault).
+fn fault(
+    model: &Model,
+    route: &MeshRoute,
+    at: &str,
+    r: &gateway_api::experimental::httproutes::HttpRouteRulesFiltersExtensionRef,
+) -> Result<v1::Fault, Problem> {
+    use super::crds::{duration_ms, grpc_code};
+    if r.group != "weft.dev" || r.kind != "FaultInjection" {
+        return Err(Problem::new(
+            "UnsupportedValue",
+            format!(
+                "{at}: Weft does not support ExtensionRef filters to {} in group `{}` (only FaultInjection in weft.dev)",
+                r.kind, r.group
+            ),
+        ));
+    }
+    let ns = route.namespace();
+    let Some(f) = model.faults.iter().find(|f| {
+        f.metadata.namespace.as_deref().unwrap_or("default") == ns
+            && f.metadata.name.as_deref() == Some(&r.name)
+    }) else {
+        return Err(Problem::new(
+            "UnsupportedValue",
+            format!("{at}: FaultInjection {ns}/{} does not exist", r.name),
+        ));
+    };
+    // Parts per million: a percentage to a millionth.
+    let ppm = |percent: f64| (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
+    let s = &f.spec;
+    Ok(v1::Fault {
+        name: format!("{ns}/{}", r.name),
+        delay_ms: s
+            .delay
+            .as_ref()
+            .and_then(|d| duration_ms(&d.fixed_delay).ok())
+            .unwrap_or(0),
+        delay_ppm: s.delay.as_ref().map_or(0, |d| ppm(d.percent)),
+        abort_http_status: s
+            .abort
+            .as_ref()
+            .and_then(|a| a.http_status)
+            .map_or(0, u32::from),
+        abort_grpc_status: s
+            .abort
+            .as_ref()
+            .and_then(|a| a.grpc_status.as_deref())
+            .and_then(grpc_code),
+        abort_ppm: s.abort.as_ref().map_or(0, |a| ppm(a.percent)),
+        headers: s
+            .headers
+            .iter()
+            .map(|h| v1::Header {
+                name: h.name.to_ascii_lowercase(),
+                value: h.value.clone(),
+            })
+            .collect(),
+    })
 }
 
 fn missing(at: &str, kind: &str) -> Problem {
@@ -453,14 +533,32 @@ fn compile_rule(
         let own = compile_filters(model, route, &at, &backend_filters(b), port);
         problems.extend(own.unresolved.iter().cloned());
         let incompatible = own.redirect.is_some() && own.rewrite.is_some();
-        if let Some(p) = own.unsupported.clone().or_else(|| {
-            incompatible.then(|| {
-                Problem::new(
-                    "IncompatibleFilters",
-                    format!("{at}.filters: RequestRedirect and URLRewrite cannot be used together"),
-                )
+        if let Some(p) = own
+            .unsupported
+            .clone()
+            .or_else(|| {
+                incompatible.then(|| {
+                    Problem::new(
+                        "IncompatibleFilters",
+                        format!(
+                            "{at}.filters: RequestRedirect and URLRewrite cannot be used together"
+                        ),
+                    )
+                })
             })
-        }) {
+            .or_else(|| {
+                // A fault acts where the rule is matched, before a backend
+                // is picked.
+                own.fault.as_ref().map(|_| {
+                    Problem::new(
+                        "UnsupportedValue",
+                        format!(
+                            "{at}.filters: a FaultInjection goes on the rule, not on a backendRef"
+                        ),
+                    )
+                })
+            })
+        {
             if backend.invalid.is_empty() {
                 backend.invalid = p.message.clone();
             }
@@ -521,6 +619,7 @@ fn compile_rule(
         redirect: filters.redirect,
         rewrite: filters.rewrite,
         cors: filters.cors,
+        fault: filters.fault,
         invalid,
         ..Default::default()
     };
@@ -865,6 +964,98 @@ spec:
                 "default/zeta",
                 "default/young"
             ]
+        );
+    }
+
+    #[test]
+    fn extension_refs_to_fault_injections_compile_and_anything_else_is_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = r#"apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {clusterIP: 198.19.0.1, selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: weft.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: flaky}
+spec:
+  delay: {fixedDelay: 20ms, percent: 12.5}
+  abort: {grpcStatus: UNAVAILABLE, percent: 0.0001}
+  headers: [{name: X-Fault, value: me}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{path: {type: Exact, value: /flaky}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: weft.dev, kind: FaultInjection, name: flaky}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: Exact, value: /missing}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: weft.dev, kind: FaultInjection, name: nope}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: Exact, value: /magic}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Magic, name: m}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: Exact, value: /backend}}]
+    backendRefs:
+    - name: web
+      port: 80
+      filters: [{type: ExtensionRef, extensionRef: {group: weft.dev, kind: FaultInjection, name: flaky}}]
+"#;
+        std::fs::write(dir.path().join("m.yaml"), yaml).unwrap();
+        let mut store = Store::new(dir.path());
+        store.refresh();
+        let (objects, errors) = store.objects();
+        assert!(errors.is_empty(), "{errors:?}");
+        let model = Model::build(&objects, &[]);
+        let rules = for_port(&model, &model.services[0], 80);
+        let by_path = |p: &str| {
+            rules
+                .iter()
+                .find(|r| r.matches[0].path == p)
+                .unwrap_or_else(|| panic!("{p}"))
+        };
+        let flaky = by_path("/flaky");
+        assert!(flaky.invalid.is_empty(), "{flaky:?}");
+        assert_eq!(
+            flaky.fault,
+            Some(v1::Fault {
+                name: "default/flaky".into(),
+                delay_ms: 20,
+                delay_ppm: 125_000,
+                abort_http_status: 0,
+                abort_grpc_status: Some(14),
+                abort_ppm: 1,
+                headers: vec![v1::Header {
+                    name: "x-fault".into(),
+                    value: "me".into()
+                }],
+            })
+        );
+        // A missing FaultInjection, another kind: the rule is invalid (500),
+        // the fault is never skipped; on a backendRef, that backend is.
+        let missing = by_path("/missing");
+        assert!(
+            missing
+                .invalid
+                .contains("FaultInjection default/nope does not exist"),
+            "{missing:?}"
+        );
+        assert!(by_path("/magic").invalid.contains("example.com"));
+        let backend = by_path("/backend");
+        assert!(backend.fault.is_none() && backend.invalid.is_empty());
+        assert!(backend.backends[0].invalid.contains("not on a backendRef"));
+        // The route's status names the first problem.
+        let d = diagnose(&model, &model.routes[0]);
+        let accepted = d.accepted.expect("not accepted");
+        assert_eq!(accepted.reason, "UnsupportedValue");
+        assert!(
+            accepted
+                .message
+                .starts_with("spec.rules[1].filters[0].extensionRef"),
+            "{accepted:?}"
         );
     }
 

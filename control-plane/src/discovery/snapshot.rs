@@ -336,6 +336,27 @@ mod tests {
         assert_eq!(eps.len(), 2);
         assert!(eps.iter().all(|e| e.port == 8080 && e.identity == "spiffe://cluster.local/ns/default/sa/web"));
         assert_eq!(web.ports[0].protocol, Protocol::Http1 as i32);
+        // The route's fault, for testers' requests only.
+        assert_eq!(model.faults.len(), 1);
+        let fault = web.ports[0].routes[0].fault.as_ref().expect("a fault");
+        assert_eq!(
+            (
+                fault.name.as_str(),
+                fault.delay_ms,
+                fault.delay_ppm,
+                fault.abort_http_status,
+                fault.abort_ppm,
+                fault.headers[0].name.as_str()
+            ),
+            (
+                "default/web-chaos",
+                200,
+                500_000,
+                503,
+                100_000,
+                "x-weft-fault"
+            )
+        );
         let redis = shared
             .services
             .iter()

@@ -30,7 +30,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::discovery::annotations::validate_annotations;
-use crate::discovery::crds::{AuthorizationPolicy, TrafficPolicy};
+use crate::discovery::crds::{AuthorizationPolicy, FaultInjection, TrafficPolicy};
 use crate::discovery::grpc;
 use crate::discovery::manifests::{self, ManifestError};
 use crate::discovery::objects::{Kind, Object, ObjectKey};
@@ -53,6 +53,7 @@ pub struct Stores {
     pub grants: Store<ReferenceGrant>,
     pub policies: Store<TrafficPolicy>,
     pub authz: Store<AuthorizationPolicy>,
+    pub faults: Store<FaultInjection>,
 }
 
 /// Watches that are failing now, by kind: shown at `/errors` until they heal.
@@ -180,10 +181,17 @@ impl KubeSource {
                 },
                 reflect("AuthorizationPolicy"),
             ),
+            faults: start(
+                Api::all(c.clone()),
+                |f: &mut FaultInjection| {
+                    f.metadata.managed_fields = None;
+                },
+                reflect("FaultInjection"),
+            ),
         };
 
         info!(
-            "listing the cluster's Namespaces, Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes, ReferenceGrants, TrafficPolicies and AuthorizationPolicies"
+            "listing the cluster's Namespaces, Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes, ReferenceGrants, TrafficPolicies, AuthorizationPolicies and FaultInjections"
         );
         let mut last_report = tokio::time::Instant::now();
         while !stores.settled(&failing) {
@@ -271,6 +279,7 @@ impl Stores {
             && ok("ReferenceGrant", is_ready(&self.grants))
             && ok("TrafficPolicy", is_ready(&self.policies))
             && ok("AuthorizationPolicy", is_ready(&self.authz))
+            && ok("FaultInjection", is_ready(&self.faults))
     }
 }
 
@@ -453,6 +462,16 @@ impl Builder {
             add(
                 key(Kind::AuthorizationPolicy, &*p, false),
                 Object::AuthorizationPolicy(Arc::new(spec_only)),
+                check,
+            );
+        }
+        for f in stores.faults.state() {
+            let check = f.spec.validate();
+            let mut spec_only = (*f).clone();
+            volatile(&mut spec_only.metadata);
+            add(
+                key(Kind::FaultInjection, &*f, false),
+                Object::FaultInjection(Arc::new(spec_only)),
                 check,
             );
         }

@@ -36,6 +36,8 @@ pub struct Entry<'a> {
     pub policy: &'a str,
     /// The rate limit that refused the request (empty: none did).
     pub rate_limit: &'a str,
+    /// The fault injected (`delay`, `abort`, `delay,abort`; empty: none).
+    pub fault: &'a str,
 }
 
 impl AccessLog {
@@ -90,6 +92,7 @@ impl AccessLog {
             "weft_error": e.weft_error,
             "policy": e.policy,
             "rate_limit": e.rate_limit,
+            "fault": e.fault,
         })
         .to_string()
             + "\n";

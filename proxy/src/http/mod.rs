@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod bulkhead;
 pub mod cors;
 pub mod detect;
+pub mod fault;
 pub mod frames;
 pub mod headers;
 pub mod inbound;
@@ -300,6 +301,8 @@ pub enum ProxyError {
     BodyTimeout(std::time::Duration),
     #[error("internal: {0}")]
     Internal(&'static str),
+    #[error("fault injected by FaultInjection {fault} (not a real failure)")]
+    FaultInjected { fault: String, abort: fault::Abort },
 }
 
 impl ProxyError {
@@ -328,6 +331,7 @@ impl ProxyError {
             ProxyError::UriTooLong(_) => "uri-too-long",
             ProxyError::BodyTimeout(_) => "request-body-timeout",
             ProxyError::Internal(_) => "internal",
+            ProxyError::FaultInjected { .. } => "fault-injected",
         }
     }
 
@@ -374,6 +378,7 @@ impl ProxyError {
             | ProxyError::Tls(..)
             | ProxyError::Upstream(_)
             | ProxyError::Client(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::FaultInjected { abort, .. } => abort.http,
         }
     }
 
@@ -387,6 +392,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge(_) => 8,                         // RESOURCE_EXHAUSTED
             ProxyError::BodyTimeout(_) => 4,                             // DEADLINE_EXCEEDED
             ProxyError::Internal(_) | ProxyError::InvalidRule(_) => 13,  // INTERNAL
+            ProxyError::FaultInjected { abort, .. } => abort.grpc,
             // GRPCRoute: a backend that cannot be used is UNAVAILABLE.
             _ => 14, // UNAVAILABLE
         }

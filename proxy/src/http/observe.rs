@@ -29,6 +29,8 @@ pub struct Routed {
     pub route: String,
     /// The matched rule's `name`, if it has one.
     pub rule: String,
+    /// What fault was injected ([`super::fault::Injected::kind`]).
+    pub fault: &'static str,
 }
 
 /// What a connection's requests are, known when it is accepted.
@@ -145,10 +147,13 @@ where
                         .and_then(|s| s.identity.as_ref())
                         .map(ToString::to_string)
                         .unwrap_or_default();
-                    if let Some(s) = &span
-                        && !routed.rule.is_empty()
-                    {
-                        s.set(KeyValue::new("weft.route.rule", routed.rule.clone()));
+                    if let Some(s) = &span {
+                        if !routed.rule.is_empty() {
+                            s.set(KeyValue::new("weft.route.rule", routed.rule.clone()));
+                        }
+                        if !routed.fault.is_empty() {
+                            s.set(KeyValue::new("weft.fault", routed.fault));
+                        }
                     }
                     let labels = RequestLabels {
                         direction: Direction::Outbound,
@@ -206,6 +211,7 @@ where
                     .get::<super::ratelimit::LimitMark>()
                     .map(|m| m.0.clone())
                     .unwrap_or_default();
+                let fault = res.extensions().get::<Routed>().map_or("", |r| r.fault);
                 log.log(Entry {
                     direction,
                     trace_id: &trace_id,
@@ -220,6 +226,7 @@ where
                     weft_error: weft_error.as_deref().unwrap_or_default(),
                     policy: &policy,
                     rate_limit: &rate_limit,
+                    fault,
                 });
             }
             Ok(count_response(&observer.metrics, res, &labels, bytes))

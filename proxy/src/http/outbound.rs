@@ -187,6 +187,9 @@ impl HttpOutbound {
                 if let Some(why) = &rule.invalid {
                     return Err(ProxyError::InvalidRule(why.clone()).into());
                 }
+                if let Some(fault) = &rule.fault {
+                    self.inject(fault, rule, &parts.headers, routed).await?;
+                }
                 if let Some(res) = rule
                     .cors
                     .as_ref()
@@ -267,6 +270,32 @@ impl HttpOutbound {
             c.decorate(origin.as_ref(), res.headers_mut());
         }
         Ok(res)
+    }
+
+    /// A rule's fault: the delay (outside the route's timeouts and retries,
+    /// so it is neither cut short nor drawn again), then the abort, which
+    /// answers at once without sending anything.
+    async fn inject(
+        &self,
+        fault: &crate::http::fault::Fault,
+        rule: &Rule,
+        headers: &http::HeaderMap,
+        routed: &mut Routed,
+    ) -> Result<(), ProxyError> {
+        let injected = fault.sample(headers);
+        routed.fault = injected.kind();
+        if let Some(delay) = injected.delay {
+            self.parts.metrics.fault(&rule.route, "delay");
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(abort) = injected.abort {
+            self.parts.metrics.fault(&rule.route, "abort");
+            return Err(ProxyError::FaultInjected {
+                fault: fault.name.clone(),
+                abort,
+            });
+        }
+        Ok(())
     }
 
     /// Sends a copy of the request to each mirror, fire and forget: the

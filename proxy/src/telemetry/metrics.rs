@@ -271,13 +271,22 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
-/// Resilience: retries (and whether the budget allowed them) and the
-/// reasons of the responses the proxy generated itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabels {
+    /// `namespace/name` of the route (bounded by the snapshot's routes).
+    route: String,
+    /// `delay` or `abort`.
+    kind: &'static str,
+}
+
+/// Resilience: retries (and whether the budget allowed them), the reasons
+/// of the responses the proxy generated itself, and the faults it injected.
 #[derive(Clone, Debug, Default)]
 pub struct RetryMetrics {
     retries: Family<RetryLabels, Counter>,
     errors: Family<ReasonLabels, Counter>,
     ejections: Counter,
+    faults: Family<FaultLabels, Counter>,
 }
 
 impl RetryMetrics {
@@ -297,6 +306,21 @@ impl RetryMetrics {
             "Endpoints ejected by outlier detection (circuit breaking)",
             self.ejections.clone(),
         );
+        reg.register(
+            "faults_injected",
+            "Faults injected by FaultInjections, by route and kind (delay, abort)",
+            self.faults.clone(),
+        );
+    }
+
+    /// A fault injected into a request of `route`.
+    pub fn fault(&self, route: &str, kind: &'static str) {
+        self.faults
+            .get_or_create(&FaultLabels {
+                route: route.to_string(),
+                kind,
+            })
+            .inc();
     }
 
     pub fn retry(&self, reason: &'static str, allowed: bool) {
