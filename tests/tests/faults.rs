@@ -88,13 +88,16 @@ spec:
   - backendRefs: [{name: web, port: 7070}]
 "#;
 
+/// Fields drop in order: the collector first, while the sidecars that
+/// export to it are alive to close their connections (its graceful
+/// shutdown waits for them), then the rest.
 struct Faults {
-    _node: Node,
+    collector: Collector,
     cp: ControlPlane,
     client: Arc<Pod>,
     /// The client sidecar's access log.
     log: std::path::PathBuf,
-    collector: Collector,
+    _node: Node,
 }
 
 fn faults(test: &str) -> Faults {
@@ -152,11 +155,11 @@ fn faults(test: &str) -> Faults {
     );
     client.wait_endpoints("web.default:80", 1);
     let f = Faults {
-        _node: node,
+        collector,
         cp,
         client,
         log,
-        collector,
+        _node: node,
     };
     // The routes apply: the targeted fault answers 418.
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -35,7 +35,7 @@ fn limits(test: &str) -> Limits {
     let cp = ControlPlane::start(&node, "1h");
     cp.write_manifest(
         "svc-web.yaml",
-        &service_yaml("web", WEB, "web", &[(80, 8080, "")]),
+        &service_yaml("web", WEB, "web", &[(80, 8080, ""), (7070, 9090, "")]),
     );
     let web = node.pod("web-0");
     web.spawn(
@@ -50,7 +50,13 @@ fn limits(test: &str) -> Limits {
             "--echo-requests",
         ],
     );
+    web.spawn(
+        "grpc",
+        weft_e2e::bins::test_app(),
+        &["grpc", "--listen", "0.0.0.0:9090", "--pod", "web-0"],
+    );
     web.wait_listening(8080);
+    web.wait_listening(9090);
     cp.write_manifest(
         "pod-web-0.yaml",
         &pod_yaml(&web, "web", &[("app", "web")], true),
@@ -255,7 +261,12 @@ fn client_and_route_keys_give_callers_and_rules_buckets_of_their_own() {
     let b = admitted(&m.bob, &format!("{web}/"), 10);
     assert!((5..=6).contains(&a), "alice: {a}");
     assert!((5..=6).contains(&b), "bob: {b}");
-    assert_eq!(m.decisions("admitted"), (a + b) as f64);
+    // A plaintext caller outside the mesh (permissive mode), calling the
+    // pod itself, is known by its address: a bucket of its own too.
+    let carol = m.node.pod("carol");
+    let c = admitted(&carol, &format!("http://{}/", m.web.addr(8080)), 10);
+    assert!((5..=6).contains(&c), "carol: {c}");
+    assert_eq!(m.decisions("admitted"), (a + b + c) as f64);
     // Per route rule, matched at the server: /a and /b are two rules with a
     // bucket each, whoever calls.
     m.cp.write_manifest(
@@ -268,4 +279,55 @@ fn client_and_route_keys_give_callers_and_rules_buckets_of_their_own() {
     let b = admitted(&m.bob, &format!("{web}/b"), 3);
     assert!((3..=4).contains(&(a1 + a2)), "/a: {a1} + {a2}");
     assert_eq!(b, 3, "/b has a bucket of its own");
+}
+
+#[test]
+fn grpc_callers_get_resource_exhausted() {
+    use tonic::Code;
+    use weft_e2e::echo::EchoRequest;
+    use weft_e2e::echo::echo_client::EchoClient;
+
+    let m = limits("ratelimit_grpc");
+    m.limit("{requestsPerSecond: 1, burst: 2}", 1);
+    m.alice.wait_endpoints("web.default:7070", 1);
+    let codes = m.alice.ns.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{WEB}:7070"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect through the mesh");
+        let mut echo = EchoClient::new(channel);
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            let req = EchoRequest {
+                message: "x".into(),
+                count: 1,
+            };
+            out.push(match echo.unary(req).await {
+                Ok(_) => (Code::Ok, String::new()),
+                Err(s) => (
+                    s.code(),
+                    s.metadata()
+                        .get("weft-error")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+            });
+        }
+        out
+    });
+    let limited = (
+        Code::ResourceExhausted,
+        "rate-limited; limit=default/web-limit".to_string(),
+    );
+    assert_eq!(
+        codes,
+        [
+            (Code::Ok, String::new()),
+            (Code::Ok, String::new()),
+            limited.clone(),
+            limited
+        ]
+    );
 }
