@@ -167,7 +167,8 @@ impl<C: Clock> Limit<C> {
             v1::RateLimitKey::Service => LimitKey::Whole,
             v1::RateLimitKey::Client => {
                 let k = LimitKey::Client(client.clone());
-                if self.store.0.len() >= MAX_KEYS && !self.store.0.contains_key(&k) {
+                // A known caller is one shard lookup; counting is for new ones.
+                if !self.store.0.contains_key(&k) && self.store.0.len() >= MAX_KEYS {
                     LimitKey::Overflow
                 } else {
                     k
