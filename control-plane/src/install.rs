@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 const CRDS: &str = concat!(
     include_str!("../../k8s/crds/weft.dev_trafficpolicies.yaml"),
     include_str!("../../k8s/crds/weft.dev_authorizationpolicies.yaml"),
+    include_str!("../../k8s/crds/weft.dev_requestauthentications.yaml"),
 );
 /// The Gateway API CRDs Weft reads, as `k8s/gateway-api` lists them.
 const GATEWAY_API: [(&str, &str); 3] = [

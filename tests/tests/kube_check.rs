@@ -118,6 +118,7 @@ fn weftctl_check_before_an_install() {
     for expected in [
         "✘ CRD trafficpolicies.weft.dev: not installed — install Weft: weftctl install | kubectl apply --server-side -f -",
         "✘ CRD authorizationpolicies.weft.dev: not installed — install Weft",
+        "✘ CRD requestauthentications.weft.dev: not installed — install Weft",
         "✘ CRD httproutes.gateway.networking.k8s.io: not installed — install Weft",
         "✘ CRD grpcroutes.gateway.networking.k8s.io: not installed — install Weft",
         "✘ CRD referencegrants.gateway.networking.k8s.io: not installed — install Weft",
@@ -200,6 +201,7 @@ fn weftctl_check_after_an_install() {
         "✔ API server: ",
         "✔ CRD trafficpolicies.weft.dev: Established, serving v1alpha1",
         "✔ CRD authorizationpolicies.weft.dev: Established, serving v1alpha1",
+        "✔ CRD requestauthentications.weft.dev: Established, serving v1alpha1",
         "✔ CRD httproutes.gateway.networking.k8s.io: Established, serving ",
         "✔ CRD grpcroutes.gateway.networking.k8s.io: Established, serving v1, Gateway API v1.5.1",
         "✔ CRD referencegrants.gateway.networking.k8s.io: Established, serving v1, v1beta1, Gateway API v1.5.1",

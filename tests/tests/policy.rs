@@ -2,7 +2,7 @@
 //! caller identity, ServiceAccount and namespace, by method, path and
 //! header; DENY over ALLOW; an ALLOW policy denying what it does not allow;
 //! the namespace default; a policy change applied to the next request of an
-//! open connection.
+//! open connection; end users' JWTs (RequestAuthentication) and API keys.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -100,10 +100,38 @@ async fn send(
 
 impl Policy {
     fn call(&self, from: (&'static str, &'static str), method: Method, url: &str) -> Reply {
+        self.call_with(from, method, url, &[])
+    }
+
+    fn call_with(
+        &self,
+        from: (&'static str, &'static str),
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let url = url.to_string();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
         self.clients[&from].ns.block_on(async move {
             let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-            send(&client, method, &url).await
+            let mut req = Request::builder().method(method).uri(&url);
+            for (n, v) in &headers {
+                req = req.header(n, v);
+            }
+            let req = req.body(Full::default()).expect("request");
+            let res = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                .await
+                .expect("answer in time")
+                .expect("answer");
+            let (parts, body) = res.into_parts();
+            Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.collect().await.expect("body").to_bytes(),
+            }
         })
     }
 
@@ -314,4 +342,212 @@ fn an_opaque_port_closes_connections_its_policy_denies() {
     }
     assert_eq!(banner(FRONTEND), "cache-0\n");
     assert_eq!(banner(TOOL), "");
+}
+
+/// Signs end-user tokens as an identity provider would: ES256 with `kid`.
+struct Idp {
+    key: jsonwebtoken::EncodingKey,
+    kid: &'static str,
+}
+
+impl Idp {
+    fn new(kid: &'static str) -> Idp {
+        let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        Idp {
+            key: jsonwebtoken::EncodingKey::from_ec_der(&k.serialize_der()),
+            kid,
+        }
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        let mut j =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&self.key, jsonwebtoken::Algorithm::ES256)
+                .expect("jwk");
+        j.common.key_id = Some(self.kid.into());
+        serde_json::to_value(j).expect("json")
+    }
+
+    fn token(&self, claims: serde_json::Value) -> String {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some(self.kid.into());
+        jsonwebtoken::encode(&h, &claims, &self.key).expect("sign")
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+const ISSUER: &str = "https://idp.test";
+
+fn claims(sub: &str, scope: &str) -> serde_json::Value {
+    serde_json::json!({"iss": ISSUER, "aud": "web", "sub": sub, "scope": scope, "exp": now() + 600})
+}
+
+#[test]
+fn end_user_tokens_and_api_keys() {
+    use base64::Engine;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let p = policy("policy_jwt");
+    let idp = Idp::new("k1");
+    let jwks = serde_json::json!({"keys": [idp.jwk()]}).to_string();
+    let digest: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(b"key-of-billing")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    p.cp.write_manifest(
+        "authn.yaml",
+        &format!(
+            r#"apiVersion: weft.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {{name: users, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: web}}
+  jwtRules:
+  - issuer: {ISSUER}
+    audiences: [web]
+    jwks: '{jwks}'
+    outputClaimToHeaders: [{{header: x-user, claim: sub}}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: readers, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: web}}
+  rules:
+  - to: {{paths: [{{type: PathPrefix, value: /public}}]}}
+  - to: {{paths: [{{type: PathPrefix, value: /orders}}]}}
+    when: {{jwt: {{claims: [{{name: scope, values: [orders.read]}}]}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: api-keys, namespace: shop}}
+stringData:
+  keys: |
+    # billing's job
+    sha256:{digest}
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: keyed, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: db}}
+  rules:
+  - when: {{apiKey: {{header: x-api-key, secretRef: {{name: api-keys, key: keys}}}}}}
+"#
+        ),
+    );
+    let web = format!("http://{WEB}");
+    let orders = format!("{web}/orders");
+    let bearer = |t: &str| format!("Bearer {t}");
+    // No token: the request passes authentication, and authorization wants one.
+    let r = p.until(FRONTEND, Method::GET, &orders, |r| r.status == 403);
+    assert_eq!(
+        weft_error(&r),
+        "forbidden; policy=shop/readers",
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        p.call(FRONTEND, Method::GET, &format!("{web}/public"))
+            .status,
+        200
+    );
+    // A good token with the scope: the app gets the claim, never the forged header.
+    let good = idp.token(claims("alice", "orders.read orders.write"));
+    let r = p.call_with(
+        FRONTEND,
+        Method::GET,
+        &orders,
+        &[("authorization", &bearer(&good)), ("x-user", "mallory")],
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["headers"]["x-user"], "alice");
+    // A good token without the scope.
+    let r = p.call_with(
+        FRONTEND,
+        Method::GET,
+        &orders,
+        &[(
+            "authorization",
+            &bearer(&idp.token(claims("bob", "profile"))),
+        )],
+    );
+    assert_eq!(r.status, 403);
+    // Bad tokens are refused, with the reason, even where no rule needs one.
+    let mut expired = claims("alice", "orders.read");
+    expired["exp"] = serde_json::json!(now() - 3600);
+    let mut other_aud = claims("alice", "orders.read");
+    other_aud["aud"] = serde_json::json!("billing");
+    let none = format!(
+        "{}.{}.",
+        b64(serde_json::json!({"alg": "none", "kid": "k1"})),
+        b64(claims("alice", "orders.read"))
+    );
+    let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs.kid = Some("k1".into());
+    let confused = jsonwebtoken::encode(
+        &hs,
+        &claims("alice", "orders.read"),
+        &jsonwebtoken::EncodingKey::from_secret(jwks.as_bytes()).expect("key"),
+    )
+    .expect("sign");
+    let stranger = Idp::new("k1").token(claims("alice", "orders.read"));
+    for (what, token, reason) in [
+        ("expired", idp.token(expired), "expired"),
+        ("another audience", idp.token(other_aud), "bad-audience"),
+        ("alg none", none, "alg-not-allowed"),
+        ("HS256 keyed with the JWKS", confused, "alg-not-allowed"),
+        ("another key under k1", stranger, "bad-signature"),
+        ("not a JWT", "abc".into(), "malformed"),
+    ] {
+        for path in ["/orders", "/public"] {
+            let r = p.call_with(
+                FRONTEND,
+                Method::GET,
+                &format!("{web}{path}"),
+                &[("authorization", &bearer(&token))],
+            );
+            assert_eq!(r.status, 401, "{what} {path}");
+            assert_eq!(
+                weft_error(&r),
+                format!("unauthenticated; reason={reason}"),
+                "{what}"
+            );
+            assert_eq!(
+                r.headers["www-authenticate"],
+                "Bearer error=\"invalid_token\""
+            );
+        }
+    }
+    assert_eq!(
+        p.web
+            .metric(r#"jwt_authn_total{result="invalid",reason="alg-not-allowed"}"#),
+        4.0
+    );
+    assert!(
+        p.web
+            .metric(r#"jwt_authn_total{result="valid",reason="valid"}"#)
+            >= 2.0
+    );
+
+    // API keys: the right key only; the Secret holds only its digest.
+    let db = format!("http://{DB}/");
+    let r = p.until(OTHER, Method::GET, &db, |r| r.status == 403);
+    assert_eq!(weft_error(&r), "forbidden; policy=shop/keyed");
+    let with_key = |k: &str| {
+        p.call_with(OTHER, Method::GET, &db, &[("x-api-key", k)])
+            .status
+    };
+    assert_eq!(with_key("key-of-billing"), 200);
+    assert_eq!(with_key("key-of-someone"), 403);
+    assert_eq!(with_key("sha256:".to_string().as_str()), 403);
 }

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::annotations::validate_annotations;
-use super::crds::{AuthorizationPolicy, TrafficPolicy};
+use super::crds::{AuthorizationPolicy, RequestAuthentication, TrafficPolicy};
 use super::objects::{Kind, Object, ObjectKey};
 
 /// One problem in the manifests, precise enough to fix without searching.
@@ -295,6 +295,18 @@ fn parse_object(doc: &Value) -> Result<Option<(ObjectKey, Object)>, ParseError> 
             validate_authz(&p).map_err(|(f, m)| fail(f, m))?;
             Object::AuthorizationPolicy(Arc::new(p))
         }
+        Kind::RequestAuthentication => {
+            let p: RequestAuthentication = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            p.spec.validate().map_err(|(f, m)| fail(f, m))?;
+            Object::RequestAuthentication(Arc::new(p))
+        }
+        Kind::Secret => {
+            let sec: k8s_openapi::api::core::v1::Secret =
+                typed(doc).map_err(|(f, m)| fail(f, m))?;
+            Object::Secret(Arc::new(secret_data(sec)))
+        }
+        // Fetched by the control plane, never written in a manifest.
+        Kind::Jwks => return Ok(None),
         Kind::TrafficPolicy => {
             let p: TrafficPolicy = typed(doc).map_err(|(f, m)| fail(f, m))?;
             validate_policy(&p).map_err(|(f, m)| fail(f, m))?;
@@ -391,6 +403,21 @@ pub fn validate_authz(p: &AuthorizationPolicy) -> Result<(), (String, String)> {
         ));
     }
     Ok(())
+}
+
+/// A Secret's data, `stringData` merged over `data` as the API server
+/// does; the rest of the object is dropped.
+pub fn secret_data(s: k8s_openapi::api::core::v1::Secret) -> super::objects::SecretData {
+    let mut out: std::collections::BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    for (k, v) in s.string_data.unwrap_or_default() {
+        out.insert(k, v.into_bytes());
+    }
+    super::objects::SecretData(out)
 }
 
 /// What a TrafficPolicy must be beyond its schema.

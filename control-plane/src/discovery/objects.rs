@@ -11,7 +11,7 @@ use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::crds::{AuthorizationPolicy, TrafficPolicy};
+use super::crds::{AuthorizationPolicy, RequestAuthentication, TrafficPolicy};
 
 /// The kinds Weft reads. Others are skipped (a directory may hold anything).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -25,6 +25,11 @@ pub enum Kind {
     ReferenceGrant,
     TrafficPolicy,
     AuthorizationPolicy,
+    RequestAuthentication,
+    /// Only the data of Secrets that policies name (API keys, key sets).
+    Secret,
+    /// A key set the control plane fetched; named by its URL.
+    Jwks,
 }
 
 impl Kind {
@@ -45,6 +50,8 @@ impl Kind {
             ) => Some(Kind::ReferenceGrant),
             ("weft.dev/v1alpha1", "TrafficPolicy") => Some(Kind::TrafficPolicy),
             ("weft.dev/v1alpha1", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
+            ("weft.dev/v1alpha1", "RequestAuthentication") => Some(Kind::RequestAuthentication),
+            ("v1", "Secret") => Some(Kind::Secret),
             _ => None,
         }
     }
@@ -62,6 +69,9 @@ impl fmt::Display for Kind {
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::Secret => "Secret",
+            Kind::Jwks => "JWKS",
         })
     }
 }
@@ -95,4 +105,27 @@ pub enum Object {
     ReferenceGrant(Arc<ReferenceGrant>),
     TrafficPolicy(Arc<TrafficPolicy>),
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
+    RequestAuthentication(Arc<RequestAuthentication>),
+    /// A Secret's data, by key (nothing else of it is kept).
+    Secret(Arc<SecretData>),
+    /// The last key set fetched from a `jwksUri`, or why none could be.
+    Jwks(Arc<FetchedJwks>),
+}
+
+/// A Secret's data, by key; its Debug never shows a value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretData(pub std::collections::BTreeMap<String, Vec<u8>>);
+
+impl fmt::Debug for SecretData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// What the control plane has for one `jwksUri`: the last key set it
+/// fetched (kept when a later fetch fails), and the last failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchedJwks {
+    pub jwks: Option<Arc<str>>,
+    pub error: Option<String>,
 }

@@ -85,6 +85,7 @@ where
                     method: req.method(),
                     path: &path,
                     headers: req.headers(),
+                    jwt: req.extensions().get::<crate::authn::Verified>(),
                 }),
             );
             match decision {

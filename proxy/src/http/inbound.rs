@@ -104,15 +104,22 @@ impl HttpInbound {
         };
         let (observer, server) = (self.observer.clone(), self.server.clone());
         let enforcer = self.enforcer.clone();
-        let app = super::authz::Authorized {
-            inner: AppService {
-                inbound: self,
-                dst,
-                peer: peer.and_then(|p| HeaderValue::from_str(&p).ok()),
-            },
-            enforcer,
+        // Authentication, then authorization (which reads the verified
+        // token), then the app.
+        let app = super::authn::Authenticated {
+            mesh: enforcer.mesh.clone(),
+            metrics: enforcer.metrics.clone(),
             port: dst.port(),
-            peer: identity,
+            inner: super::authz::Authorized {
+                inner: AppService {
+                    inbound: self,
+                    dst,
+                    peer: peer.and_then(|p| HeaderValue::from_str(&p).ok()),
+                },
+                enforcer,
+                port: dst.port(),
+                peer: identity,
+            },
         };
         server.serve(io, proto, client, app, scope, observer).await
     }

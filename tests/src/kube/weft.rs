@@ -48,6 +48,7 @@ pub fn install(cluster: &Cluster) {
         "--timeout=60s",
         "crd/trafficpolicies.weft.dev",
         "crd/authorizationpolicies.weft.dev",
+        "crd/requestauthentications.weft.dev",
         "crd/httproutes.gateway.networking.k8s.io",
         "crd/grpcroutes.gateway.networking.k8s.io",
         "crd/referencegrants.gateway.networking.k8s.io",
