@@ -36,8 +36,12 @@ struct Policy {
 }
 
 fn policy(test: &str) -> Policy {
-    let node = Node::new(test);
-    let cp = ControlPlane::start(&node, "1h");
+    policy_on(Node::new(test), &[])
+}
+
+/// The fixture on `node`, with more flags for the control plane.
+fn policy_on(node: Node, extra: &[&str]) -> Policy {
+    let cp = ControlPlane::start_with(&node, "1h", extra);
     cp.write_manifest("ns-ops.yaml", &namespace_yaml(OPS));
     cp.write_manifest("ns-shop.yaml", &namespace_yaml(SHOP));
     cp.write_manifest("svc-web.yaml", &service("web", WEB, "web"));
@@ -133,6 +137,28 @@ impl Policy {
                 body: body.collect().await.expect("body").to_bytes(),
             }
         })
+    }
+
+    /// A GET with headers until `ready` holds.
+    fn until_with(
+        &self,
+        from: (&'static str, &'static str),
+        url: &str,
+        headers: &[(&str, &str)],
+        ready: impl Fn(&Reply) -> bool,
+    ) -> Reply {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.call_with(from, Method::GET, url, headers);
+            if ready(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET {url} from {from:?}: still {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `call` until `ready` holds (a policy applies asynchronously).
@@ -550,4 +576,147 @@ spec:
     assert_eq!(with_key("key-of-billing"), 200);
     assert_eq!(with_key("key-of-someone"), 403);
     assert_eq!(with_key("sha256:".to_string().as_str()), 403);
+}
+
+/// Keys fetched from a `jwksUri` rotate by `kid` with no request refused:
+/// the provider publishes k2 next to k1, starts signing with k2, then
+/// drops k1; a failed fetch keeps the last good set.
+#[test]
+fn jwks_fetched_over_https_rotate_by_kid_without_a_gap() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let node = Node::new("policy_jwks");
+    let idp_pod = node.pod("idp");
+    let (k1, k2) = (Idp::new("k1"), Idp::new("k2"));
+    let set = |keys: &[&Idp]| {
+        serde_json::json!({"keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>()}).to_string()
+    };
+    let server = weft_e2e::jwks::JwksServer::start(&idp_pod, 8443, node.logs(), &set(&[&k1]));
+    let ca = server.ca_file.display().to_string();
+    let p = policy_on(node, &["--jwks-ca-file", &ca]);
+    p.cp.write_manifest(
+        "authn.yaml",
+        &format!(
+            r#"apiVersion: weft.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {{name: users, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: web}}
+  jwtRules:
+  - issuer: {ISSUER}
+    jwksUri: {url}
+    refreshInterval: 1s
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: users-only, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: web}}
+  rules: [{{when: {{jwt: {{}}}}}}]
+"#,
+            url = server.url
+        ),
+    );
+    let orders = format!("http://{WEB}/orders");
+    let t1 = k1.token(claims("alice", ""));
+    let auth = |t: &str| format!("Bearer {t}");
+    // Only the new policy refuses a request without a token; then k1's
+    // tokens pass once its key set is fetched and pushed.
+    p.until(FRONTEND, Method::GET, &orders, |r| r.status == 403);
+    p.until_with(FRONTEND, &orders, &[("authorization", &auth(&t1))], |r| {
+        r.status == 200
+    });
+    let kids = || -> Vec<String> {
+        p.web.config()["jwt_issuers"][0]["kids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(kids(), ["k1"]);
+
+    // A client calls all along, with the key the provider signs with now.
+    let t2 = k2.token(claims("alice", ""));
+    let use_k2 = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let caller =
+        {
+            let (use_k2, stop, sent, failed) =
+                (use_k2.clone(), stop.clone(), sent.clone(), failed.clone());
+            let (t1, t2, orders) = (t1.clone(), t2.clone(), orders.clone());
+            p.clients[&FRONTEND]
+                .ns
+                .thread("caller", move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async move {
+                    let client =
+                        Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+                    while !stop.load(Ordering::SeqCst) {
+                        let t = if use_k2.load(Ordering::SeqCst) { &t2 } else { &t1 };
+                        let req = Request::get(&orders)
+                            .header("authorization", format!("Bearer {t}"))
+                            .body(Full::default())
+                            .expect("request");
+                        let ok = matches!(
+                            tokio::time::timeout(Duration::from_secs(5), client.request(req)).await,
+                            Ok(Ok(r)) if r.status() == 200
+                        );
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        if !ok {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+                })
+                .expect("caller thread")
+        };
+    let wait_kids = |want: &[&str]| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while kids() != want {
+            assert!(
+                Instant::now() < deadline,
+                "kids still {:?}, want {want:?}",
+                kids()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    server.set(&set(&[&k1, &k2]));
+    wait_kids(&["k1", "k2"]);
+    use_k2.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    server.set(&set(&[&k2]));
+    wait_kids(&["k2"]);
+    // A fetch that fails keeps the last good set.
+    let before = server.fetches();
+    server.set("not json");
+    while server.fetches() < before + 2 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(kids(), ["k2"]);
+    stop.store(true, Ordering::SeqCst);
+    caller.join().expect("caller").expect("caller netns");
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert!(sent > 20, "only {sent} requests");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests refused during the rotation"
+    );
+    // k1 is gone.
+    let r = p.call_with(
+        FRONTEND,
+        Method::GET,
+        &orders,
+        &[("authorization", &auth(&t1))],
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(weft_error(&r), "unauthenticated; reason=unknown-kid");
 }
