@@ -191,6 +191,22 @@ impl Rule {
     }
 }
 
+/// The requests of one route rule (as this pod sees them): a policy on
+/// the rule covers only those.
+#[derive(Clone, Debug)]
+pub struct RouteScope {
+    source: weft_api::v1::RouteMatch,
+    compiled: std::sync::Arc<crate::routes::Match>,
+}
+
+impl PartialEq for RouteScope {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for RouteScope {}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// `namespace/name`, for the error, the metrics and the log.
@@ -198,9 +214,25 @@ pub struct Policy {
     pub action: Action,
     /// Any one (none: an ALLOW matches nothing, a DENY or AUDIT everything).
     pub rules: Vec<Rule>,
+    /// Any one (none: every request and connection of the port).
+    pub routes: Vec<RouteScope>,
 }
 
 impl Policy {
+    /// Whether the policy covers this request: a route-scoped one covers
+    /// the requests of its route, and no connection.
+    fn covers(&self, http: Option<&Http<'_>>) -> bool {
+        if self.routes.is_empty() {
+            return true;
+        }
+        http.is_some_and(|h| {
+            self.routes.iter().any(|r| {
+                r.compiled
+                    .matches_parts(h.method, h.path, h.query, h.headers)
+            })
+        })
+    }
+
     fn matches(&self, peer: Option<&SpiffeId>, http: Option<&Http<'_>>, td: &str) -> bool {
         if self.rules.is_empty() {
             return self.action != Action::Allow;
@@ -218,6 +250,8 @@ pub struct Http<'a> {
     /// Normalised (no dot segments, no empty segments).
     pub path: &'a str,
     pub headers: &'a HeaderMap,
+    /// The raw query, for route matches.
+    pub query: Option<&'a str>,
     /// The end user's validated token, if the request had one.
     pub jwt: Option<&'a crate::authn::Verified>,
 }
@@ -274,7 +308,11 @@ impl PortAuthz {
     /// `peer` (None: no mesh identity).
     pub fn decide(&self, peer: Option<&SpiffeId>, http: Option<&Http<'_>>) -> Decision {
         let td = self.trust_domain.as_str();
-        let of = |action: Action| self.policies.iter().filter(move |p| p.action == action);
+        let of = |action: Action| {
+            self.policies
+                .iter()
+                .filter(move |p| p.action == action && p.covers(http))
+        };
         if let Some(p) = of(Action::Deny).find(|p| p.matches(peer, http, td)) {
             return Decision::Deny {
                 policy: p.name.clone(),
@@ -414,10 +452,24 @@ impl PortAuthz {
                 // An ALLOW whose every rule was dropped allows nothing, as
                 // an empty rule list says; a DENY never loses a rule.
                 let rules: Vec<Rule> = p.rules.iter().filter_map(|r| rule(r, action)).collect();
+                // A route match the proxy cannot compile widens the policy
+                // to the whole port (fails closed both ways).
+                let routes = p
+                    .routes
+                    .iter()
+                    .map(|m| {
+                        Some(RouteScope {
+                            source: m.clone(),
+                            compiled: std::sync::Arc::new(crate::routes::Match::new(m).ok()?),
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .unwrap_or_default();
                 Policy {
                     name: p.name.clone(),
                     action,
                     rules,
+                    routes,
                 }
             })
             .collect();
@@ -501,6 +553,7 @@ mod tests {
             name: name.into(),
             action,
             rules,
+            routes: vec![],
         }
     }
 
@@ -649,6 +702,7 @@ mod tests {
                 method: &m,
                 path: p,
                 headers: h,
+                query: None,
                 jwt: None,
             })
         };
@@ -719,6 +773,7 @@ mod tests {
             method: &m,
             path: &p,
             headers: &h,
+            query: None,
             jwt: None,
         };
         assert!(!allowed(&a.decide(Some(&peer), Some(&http))));
@@ -767,6 +822,7 @@ mod tests {
                     method: &m,
                     path: &p,
                     headers: h,
+                    query: None,
                     jwt,
                 }),
             ))

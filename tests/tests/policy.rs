@@ -720,3 +720,74 @@ spec:
     assert_eq!(r.status, 401);
     assert_eq!(weft_error(&r), "unauthenticated; reason=unknown-kid");
 }
+
+/// A policy on one HTTPRoute rule: only `frontend` may POST to /orders.
+/// It is enforced where the requests land, on the rule's own matches, so
+/// calling the pod directly or through a rule that rewrites to the same
+/// path gets the same answer; other requests to the Service are untouched.
+#[test]
+fn a_policy_on_a_route_rule_covers_that_rule_only() {
+    let p = policy("policy_route");
+    p.cp.write_manifest(
+        "route.yaml",
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - name: writes
+    matches: [{method: POST, path: {type: PathPrefix, value: /orders}}]
+    backendRefs: [{name: web, port: 80}]
+  - name: legacy
+    matches: [{path: {type: PathPrefix, value: /v1/orders}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /orders}}
+    backendRefs: [{name: web, port: 80}]
+  - backendRefs: [{name: web, port: 80}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: order-writers, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: web, sectionName: writes}
+  rules: [{from: [{serviceAccount: {name: frontend}}]}]
+"#,
+    );
+    let web = format!("http://{WEB}");
+    let r = p.until(OTHER, Method::POST, &format!("{web}/orders"), |r| {
+        r.status == 403
+    });
+    assert_eq!(weft_error(&r), "forbidden; policy=shop/order-writers");
+    assert_eq!(
+        p.call(FRONTEND, Method::POST, &format!("{web}/orders/7"))
+            .status,
+        200
+    );
+    // Outside the rule: another method, another path.
+    assert_eq!(
+        p.call(OTHER, Method::GET, &format!("{web}/orders")).status,
+        200
+    );
+    assert_eq!(
+        p.call(OTHER, Method::POST, &format!("{web}/carts")).status,
+        200
+    );
+    // Around the route: the pod itself, and a rule rewriting to /orders.
+    let pod = format!("http://{}", p.web.addr(8080));
+    assert_eq!(
+        p.call(OTHER, Method::POST, &format!("{pod}/orders")).status,
+        403
+    );
+    assert_eq!(
+        p.call(FRONTEND, Method::POST, &format!("{pod}/orders"))
+            .status,
+        200
+    );
+    let r = p.call(OTHER, Method::POST, &format!("{web}/v1/orders"));
+    assert_eq!(r.status, 403);
+    let r = p.call(FRONTEND, Method::POST, &format!("{web}/v1/orders"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/orders");
+}

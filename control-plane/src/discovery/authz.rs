@@ -102,7 +102,52 @@ fn compile(p: &AuthorizationPolicy) -> v1::AuthzPolicy {
         name: format!("{ns}/{}", p.metadata.name.as_deref().unwrap_or_default()),
         action: action(p.spec.action) as i32,
         rules: p.spec.rules.iter().map(|r| rule(r, ns)).collect(),
+        routes: Vec::new(),
     }
+}
+
+/// Where a policy on a route rule lands: the container ports of `pod` that
+/// the rule's backends in the policy's own namespace reach, each with the
+/// rule's matches as the pod sees them. (A backend in another namespace is
+/// its owner's to protect.)
+fn route_targets(
+    model: &Model,
+    pod: &PodModel,
+    p: &AuthorizationPolicy,
+) -> Vec<(u16, Vec<v1::RouteMatch>)> {
+    let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+    let t = &p.spec.target_ref;
+    let kind = match t.kind.as_str() {
+        "HTTPRoute" => super::model::RouteKind::Http,
+        "GRPCRoute" => super::model::RouteKind::Grpc,
+        _ => return Vec::new(),
+    };
+    let Some(route) = model
+        .routes
+        .iter()
+        .find(|r| r.kind == kind && r.namespace() == ns && r.name() == t.name)
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u16, Vec<v1::RouteMatch>)> = Vec::new();
+    for scope in super::routes::policy_scopes(model, route, t.section_name.as_deref()) {
+        if scope.namespace != ns {
+            continue;
+        }
+        for port in target_ports(model, pod, ns, &scope.service, Some(scope.port)) {
+            match out.iter_mut().find(|(p, _)| *p == port) {
+                Some((_, ms)) => {
+                    for m in &scope.matches {
+                        if !ms.contains(m) {
+                            ms.push(m.clone());
+                        }
+                    }
+                }
+                None => out.push((port, scope.matches.clone())),
+            }
+        }
+    }
+    out
 }
 
 /// The pod's default: its Namespace's `weft.dev/default-authz`, else the
@@ -160,10 +205,14 @@ pub fn for_pod(model: &Model, pod: &PodModel) -> PodPolicies {
     for p in &model.authz_policies {
         let ns = p.metadata.namespace.as_deref().unwrap_or("default");
         let t = &p.spec.target_ref;
-        if t.kind != "Service" {
-            continue;
-        }
-        let targets = target_ports(model, pod, ns, &t.name, t.port);
+        let targets: Vec<(u16, Vec<v1::RouteMatch>)> = if t.kind == "Service" {
+            target_ports(model, pod, ns, &t.name, t.port)
+                .into_iter()
+                .map(|port| (port, Vec::new()))
+                .collect()
+        } else {
+            route_targets(model, pod, p)
+        };
         if targets.is_empty() {
             continue;
         }
@@ -173,13 +222,17 @@ pub fn for_pod(model: &Model, pod: &PodModel) -> PodPolicies {
                 sets.insert(k.set.clone());
             }
         }
-        for port in targets {
+        for (port, routes) in targets {
             let e = ports.entry(port).or_insert_with(|| v1::PortAuthz {
                 port: u32::from(port),
                 ..Default::default()
             });
-            if !e.policies.contains(&compiled) {
-                e.policies.push(compiled.clone());
+            let scoped = v1::AuthzPolicy {
+                routes,
+                ..compiled.clone()
+            };
+            if !e.policies.contains(&scoped) {
+                e.policies.push(scoped);
             }
         }
     }
@@ -572,6 +625,63 @@ spec:
             for_pod(&m, m.pod("shop", "web-0").unwrap()).api_key_sets[0]
                 .sha256
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_route_policy_lands_on_the_backends_with_the_matches_they_see() {
+        let yaml = format!(
+            "{MESH}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r, namespace: shop}}
+spec:
+  parentRefs: [{{kind: Service, name: web, port: 80}}]
+  rules:
+  - name: legacy
+    matches: [{{path: {{type: PathPrefix, value: /v1}}, headers: [{{name: x-tenant, value: a}}, {{name: x-keep, value: b}}]}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}}
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: X-Tenant, value: b}}]}}
+    backendRefs: [{{name: web, port: 80}}]
+  - name: other
+    backendRefs: [{{name: web, port: 80}}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: legacy-only, namespace: shop}}
+spec:
+  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r, sectionName: legacy}}
+  rules: [{{from: [{{namespace: ops}}]}}]
+"
+        );
+        let m = model(&yaml);
+        let got = for_pod(&m, m.pod("shop", "web-0").unwrap());
+        let on_8080 = &got.ports[0];
+        assert_eq!(on_8080.port, 8080);
+        let p = on_8080
+            .policies
+            .iter()
+            .find(|p| p.name == "shop/legacy-only")
+            .unwrap();
+        // The backend sees /v2 (rewritten), and x-tenant is set by the
+        // route, so it is no condition of the scope; x-keep still is.
+        assert_eq!(p.routes.len(), 1);
+        assert_eq!(p.routes[0].path, "/v2");
+        let names: Vec<&str> = p.routes[0]
+            .headers
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(names, ["x-keep"]);
+        // Not on the Service's other port.
+        assert!(
+            got.ports[1]
+                .policies
+                .iter()
+                .all(|p| p.name != "shop/legacy-only")
         );
     }
 }

@@ -388,21 +388,9 @@ pub fn validate_pod(p: &Pod) -> Result<(), (String, String)> {
     validate_annotations(p.metadata.annotations.as_ref())
 }
 
-/// What an AuthorizationPolicy must be: its schema, and a target Weft
-/// enforces. A route target is refused for now (rather than taken and
-/// not enforced).
+/// What an AuthorizationPolicy must be: its schema.
 pub fn validate_authz(p: &AuthorizationPolicy) -> Result<(), (String, String)> {
-    p.spec.validate()?;
-    if p.spec.target_ref.kind != "Service" {
-        return Err((
-            "spec.targetRef.kind".into(),
-            format!(
-                "Weft does not enforce policies on a {} yet: target the Service (and port) its rules send to",
-                p.spec.target_ref.kind
-            ),
-        ));
-    }
-    Ok(())
+    p.spec.validate()
 }
 
 /// A Secret's data, `stringData` merged over `data` as the API server
@@ -715,14 +703,22 @@ mod tests {
     fn authorization_policies_are_read_and_checked() {
         let good = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: web}\n  action: DENY\n  rules: [{from: [{namespace: ops}]}]\n";
         let bad = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: web}\n  rules: [{to: {methods: [get]}}]\n";
-        // Route targets are refused until Weft enforces them.
-        let route = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: shop}\nspec:\n  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}\n";
-        let (_d, s) = store_with(&[("a.yaml", good), ("b.yaml", bad), ("c.yaml", route)]);
+        // A route target without its group is refused (a Service has none).
+        let route = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: shop}\nspec:\n  targetRef: {kind: HTTPRoute, name: r}\n";
+        let ok_route = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: shop}\nspec:\n  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: r, sectionName: writes}\n";
+        let (_d, s) = store_with(&[
+            ("a.yaml", good),
+            ("b.yaml", bad),
+            ("c.yaml", route),
+            ("d.yaml", ok_route),
+        ]);
         let (objs, errs) = s.objects();
-        assert!(
-            objs.keys()
-                .any(|k| k.kind == Kind::AuthorizationPolicy && k.name == "a")
-        );
+        for name in ["a", "d"] {
+            assert!(
+                objs.keys()
+                    .any(|k| k.kind == Kind::AuthorizationPolicy && k.name == name)
+            );
+        }
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert_eq!(errs[0].object, "AuthorizationPolicy shop/b");
         assert_eq!(errs[0].field, "spec.rules[0].to.methods[0]");

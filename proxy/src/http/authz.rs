@@ -85,6 +85,7 @@ where
                     method: req.method(),
                     path: &path,
                     headers: req.headers(),
+                    query: req.uri().query(),
                     jwt: req.extensions().get::<crate::authn::Verified>(),
                 }),
             );
