@@ -16,6 +16,7 @@ use weft_api::v1;
 use super::crds::{
     AuthorizationPolicy, AuthzAction, AuthzPathKind, AuthzRule, JwtRule, RequestAuthentication,
 };
+use super::findings::Verdict;
 use super::model::{Model, PodModel, resolve_target};
 
 fn action(a: AuthzAction) -> v1::AuthzAction {
@@ -323,7 +324,12 @@ pub fn jwks_of(model: &Model, ns: &str, r: &JwtRule) -> Result<String, String> {
         let data = model
             .secrets
             .get(&(ns.to_string(), s.name.clone()))
-            .ok_or_else(|| format!("Secret {ns}/{} not found", s.name))?;
+            .ok_or_else(|| {
+                format!(
+                    "Secret {ns}/{} not found or not readable (see weft-policy-secrets)",
+                    s.name
+                )
+            })?;
         let v = data
             .0
             .get(&s.key)
@@ -387,7 +393,9 @@ pub fn api_key_digests(model: &Model, id: &str) -> Result<Vec<Vec<u8>>, String> 
     let data = model
         .secrets
         .get(&(ns.to_string(), name.to_string()))
-        .ok_or_else(|| format!("Secret {ns}/{name} not found"))?;
+        .ok_or_else(|| {
+            format!("Secret {ns}/{name} not found or not readable (see weft-policy-secrets)")
+        })?;
     let v = data
         .0
         .get(key)
@@ -426,6 +434,224 @@ fn hex_32(h: &str) -> Option<Vec<u8>> {
 /// The digest the proxies compare an API key with.
 pub fn api_key_digest(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
+}
+
+/// What status says of a policy: `Accepted` (`Accepted`, `Invalid`,
+/// `TargetNotFound`) and `ResolvedRefs` (`ResolvedRefs`, `SecretNotFound`,
+/// `InvalidSecret`, `NoJwtProvider`, `JwksUnavailable`), each with the field
+/// at fault first in its message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyVerdict {
+    pub accepted: Verdict,
+    pub resolved_refs: Verdict,
+}
+
+fn target_service<'a>(
+    model: &'a Model,
+    ns: &str,
+    name: &str,
+) -> Option<&'a super::model::ServiceModel> {
+    model
+        .services
+        .iter()
+        .find(|s| s.namespace == ns && s.name == name)
+}
+
+/// An AuthorizationPolicy's conditions, from the model the proxies get.
+pub fn authz_verdict(model: &Model, p: &AuthorizationPolicy) -> PolicyVerdict {
+    let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+    let t = &p.spec.target_ref;
+    let accepted = match p.spec.validate() {
+        Err((field, message)) => Verdict::no("Invalid", format!("{field}: {message}")),
+        Ok(()) if t.kind == "Service" => match target_service(model, ns, &t.name) {
+            None => Verdict::no(
+                "TargetNotFound",
+                format!("spec.targetRef: Service {ns}/{} does not exist", t.name),
+            ),
+            Some(s)
+                if t.port
+                    .is_some_and(|port| !s.ports.iter().any(|sp| sp.port == port)) =>
+            {
+                Verdict::no(
+                    "TargetNotFound",
+                    format!(
+                        "spec.targetRef.port: Service {ns}/{} has no port {}",
+                        t.name,
+                        t.port.unwrap_or_default()
+                    ),
+                )
+            }
+            Some(_) => Verdict::yes("Accepted", format!("applies to Service {ns}/{}", t.name)),
+        },
+        Ok(()) => {
+            let route = model
+                .routes
+                .iter()
+                .find(|r| r.kind.name() == t.kind && r.namespace() == ns && r.name() == t.name);
+            match (route, &t.section_name) {
+                (None, _) => Verdict::no(
+                    "TargetNotFound",
+                    format!("spec.targetRef: {} {ns}/{} does not exist", t.kind, t.name),
+                ),
+                (Some(r), Some(section))
+                    if !r
+                        .route
+                        .spec
+                        .rules
+                        .iter()
+                        .flatten()
+                        .any(|rule| rule.name.as_deref() == Some(section)) =>
+                {
+                    Verdict::no(
+                        "TargetNotFound",
+                        format!(
+                            "spec.targetRef.sectionName: {} {ns}/{} has no rule named {section}",
+                            t.kind, t.name
+                        ),
+                    )
+                }
+                (Some(r), section) => {
+                    let scopes = super::routes::policy_scopes(model, r, section.as_deref());
+                    let here = scopes.iter().filter(|s| s.namespace == ns).count();
+                    Verdict::yes(
+                        "Accepted",
+                        format!(
+                            "applies to the requests of {} {ns}/{} at {here} backend Service port(s) in {ns}",
+                            t.kind, t.name
+                        ),
+                    )
+                }
+            }
+        }
+    };
+    let mut resolved = Verdict::yes("ResolvedRefs", "every reference resolved");
+    for (i, r) in p.spec.rules.iter().enumerate() {
+        let Some(when) = &r.when else { continue };
+        if let Some(k) = &when.api_key
+            && let Err(e) = api_key_digests(model, &key_set_id(ns, &k.secret_ref))
+        {
+            let reason = if e.contains("not found") {
+                "SecretNotFound"
+            } else {
+                "InvalidSecret"
+            };
+            resolved = Verdict::no(
+                reason,
+                format!("spec.rules[{i}].when.apiKey.secretRef: {e}"),
+            );
+            break;
+        }
+        if when.jwt.is_some() && t.kind == "Service" {
+            let has = model.request_authns.iter().any(|a| {
+                a.metadata.namespace.as_deref().unwrap_or("default") == ns
+                    && a.spec.target_ref.name == t.name
+            });
+            if !has {
+                resolved = Verdict::no(
+                    "NoJwtProvider",
+                    format!(
+                        "spec.rules[{i}].when.jwt: no RequestAuthentication targets Service {ns}/{}, so no token is ever valid there",
+                        t.name
+                    ),
+                );
+                break;
+            }
+        }
+    }
+    PolicyVerdict {
+        accepted,
+        resolved_refs: resolved,
+    }
+}
+
+/// A RequestAuthentication's conditions: its Service, and each issuer's
+/// key set (the last fetch error of a `jwksUri`, never key material).
+pub fn authn_verdict(model: &Model, a: &RequestAuthentication) -> PolicyVerdict {
+    let ns = a.metadata.namespace.as_deref().unwrap_or("default");
+    let t = &a.spec.target_ref;
+    let accepted = match a.spec.validate() {
+        Err((field, message)) => Verdict::no("Invalid", format!("{field}: {message}")),
+        Ok(()) => match target_service(model, ns, &t.name) {
+            None => Verdict::no(
+                "TargetNotFound",
+                format!("spec.targetRef: Service {ns}/{} does not exist", t.name),
+            ),
+            Some(_) => Verdict::yes("Accepted", format!("applies to Service {ns}/{}", t.name)),
+        },
+    };
+    let mut resolved = Verdict::yes("ResolvedRefs", "every key set is available");
+    for (i, r) in a.spec.jwt_rules.iter().enumerate() {
+        if let Err(e) = jwks_of(model, ns, r) {
+            let (reason, field) = if r.jwks_secret_ref.is_some() {
+                (
+                    if e.contains("not found") {
+                        "SecretNotFound"
+                    } else {
+                        "InvalidSecret"
+                    },
+                    "jwksSecretRef",
+                )
+            } else if r.jwks_uri.is_some() {
+                ("JwksUnavailable", "jwksUri")
+            } else {
+                ("InvalidJwks", "jwks")
+            };
+            resolved = Verdict::no(reason, format!("spec.jwtRules[{i}].{field}: {e}"));
+            break;
+        }
+    }
+    PolicyVerdict {
+        accepted,
+        resolved_refs: resolved,
+    }
+}
+
+/// The same for the manifest directory's `/errors`: one entry per failing
+/// condition, naming the file and the field.
+pub fn policy_errors(
+    model: &Model,
+    file: impl Fn(&super::objects::ObjectKey) -> Option<std::path::PathBuf>,
+) -> Vec<super::manifests::ManifestError> {
+    use super::objects::{Kind, ObjectKey};
+    let mut out = Vec::new();
+    let mut push = |kind: Kind, meta: &kube::api::ObjectMeta, v: PolicyVerdict| {
+        let key = ObjectKey {
+            kind,
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: meta.name.clone().unwrap_or_default(),
+        };
+        for (condition, c) in [("Accepted", v.accepted), ("ResolvedRefs", v.resolved_refs)] {
+            if c.ok {
+                continue;
+            }
+            let (field, message) = c
+                .message
+                .split_once(": ")
+                .map(|(f, m)| (f.to_string(), m.to_string()))
+                .unwrap_or_default();
+            out.push(super::manifests::ManifestError {
+                file: file(&key),
+                object: key.to_string(),
+                field,
+                message: format!("{message} ({condition}: {})", c.reason),
+            });
+        }
+    };
+    for p in &model.authz_policies {
+        push(
+            Kind::AuthorizationPolicy,
+            &p.metadata,
+            authz_verdict(model, p),
+        );
+    }
+    for a in &model.request_authns {
+        push(
+            Kind::RequestAuthentication,
+            &a.metadata,
+            authn_verdict(model, a),
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -682,6 +908,95 @@ spec:
                 .policies
                 .iter()
                 .all(|p| p.name != "shop/legacy-only")
+        );
+    }
+
+    #[test]
+    fn policy_status_names_what_is_missing() {
+        let yaml = format!(
+            "{MESH}---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: nowhere, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: gone}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: keyed, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: web}}
+  rules: [{{when: {{apiKey: {{header: x-key, secretRef: {{name: absent, key: k}}}}}}}}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: no-rule, namespace: shop}}
+spec:
+  targetRef: {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r, sectionName: nope}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {{name: fetched, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: web}}
+  jwtRules: [{{issuer: https://i.test, jwksUri: 'https://i.test/keys'}}]
+"
+        );
+        let m = model(&yaml);
+        let errs = policy_errors(&m, |_| None);
+        let got: Vec<(String, String, String)> = errs
+            .iter()
+            .map(|e| (e.object.clone(), e.field.clone(), e.message.clone()))
+            .collect();
+        let has = |object: &str, field: &str, reason: &str| {
+            got.iter()
+                .any(|(o, f, m)| o == object && f == field && m.contains(reason))
+        };
+        assert!(
+            has(
+                "AuthorizationPolicy shop/nowhere",
+                "spec.targetRef",
+                "TargetNotFound"
+            ),
+            "{got:?}"
+        );
+        assert!(
+            has(
+                "AuthorizationPolicy shop/keyed",
+                "spec.rules[0].when.apiKey.secretRef",
+                "SecretNotFound"
+            ),
+            "{got:?}"
+        );
+        assert!(
+            has(
+                "AuthorizationPolicy shop/no-rule",
+                "spec.targetRef",
+                "TargetNotFound"
+            ),
+            "{got:?}"
+        );
+        assert!(
+            has(
+                "RequestAuthentication shop/fetched",
+                "spec.jwtRules[0].jwksUri",
+                "JwksUnavailable"
+            ),
+            "{got:?}"
+        );
+        // A jwt rule where no RequestAuthentication validates tokens.
+        let alone = policy_errors(&model(MESH), |_| None);
+        assert!(
+            alone
+                .iter()
+                .any(|e| e.object == "AuthorizationPolicy shop/writers"
+                    && e.field == "spec.rules[1].when.jwt"
+                    && e.message.contains("NoJwtProvider")),
+            "{alone:?}"
+        );
+        assert!(
+            !got.iter()
+                .any(|(o, _, _)| o == "AuthorizationPolicy shop/writers")
         );
     }
 }

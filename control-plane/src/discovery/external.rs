@@ -30,7 +30,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default `refreshInterval`.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 /// How often named Secrets are read again.
-const SECRET_REFRESH: Duration = Duration::from_secs(30);
+const SECRET_REFRESH: Duration = Duration::from_secs(10);
 
 struct Entry {
     interval: Duration,

@@ -229,6 +229,9 @@ fn objects_and_findings(
     external.extend(&mut objects);
     let model = Model::build(&objects, &settings.opaque_ports);
     errors.extend(findings::route_errors(&model, |key| store.file_of(key)));
+    errors.extend(super::authz::policy_errors(&model, |key| {
+        store.file_of(key)
+    }));
     (objects, errors)
 }
 
