@@ -10,6 +10,7 @@ const CRDS: &str = concat!(
     include_str!("../../k8s/crds/weft.dev_trafficpolicies.yaml"),
     include_str!("../../k8s/crds/weft.dev_authorizationpolicies.yaml"),
     include_str!("../../k8s/crds/weft.dev_faultinjections.yaml"),
+    include_str!("../../k8s/crds/weft.dev_requestauthentications.yaml"),
 );
 /// The Gateway API CRDs Weft reads, as `k8s/gateway-api` lists them.
 const GATEWAY_API: [(&str, &str); 3] = [

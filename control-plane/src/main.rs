@@ -140,6 +140,11 @@ struct Cli {
     #[arg(long, env = "WEFT_DEFAULT_AUTHZ", value_enum, default_value_t = DefaultAuthz::Allow)]
     default_authz: DefaultAuthz,
 
+    /// Extra CA certificates (PEM) trusted when fetching RequestAuthentication
+    /// `jwksUri`s, next to the system's roots.
+    #[arg(long, env = "WEFT_JWKS_CA_FILE")]
+    jwks_ca_file: Option<PathBuf>,
+
     /// Ports never sniffed (server-speaks-first protocols), mesh-wide.
     #[arg(long, env = "WEFT_OPAQUE_PORTS", value_delimiter = ',', default_values_t = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211])]
     opaque_ports: Vec<u16>,
@@ -244,6 +249,7 @@ fn main() -> ExitCode {
             DefaultAuthz::Deny => weft_api::v1::DefaultAuthz::Deny,
         },
         opaque_ports: cli.opaque_ports,
+        jwks_ca_file: cli.jwks_ca_file,
         debounce: cli.debounce,
         otlp_endpoint: cli.otlp_endpoint,
     };

@@ -19,6 +19,7 @@ use weft_api::v1::identity_server::IdentityServer;
 
 use weft_api::v1::discovery_server::DiscoveryServer;
 
+use crate::discovery::external::External;
 use crate::discovery::snapshot::MeshSettings;
 use crate::discovery::source::{Source, State};
 use crate::discovery::{DiscoveryService, Registry};
@@ -88,6 +89,8 @@ pub struct Config {
     /// `weft.dev/default-authz` overrides it).
     pub default_authz: weft_api::v1::DefaultAuthz,
     pub opaque_ports: Vec<u16>,
+    /// Extra roots for fetching `jwksUri`s.
+    pub jwks_ca_file: Option<std::path::PathBuf>,
     /// Quiet time that ends a burst of manifest changes.
     pub debounce: Duration,
     /// Where to export the control plane's own spans, if anywhere.
@@ -116,11 +119,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let ca = Arc::new(ArcSwap::from_pointee(load_ca_files(&cfg)?));
             let tokens: Arc<dyn TokenVerifier> =
                 Arc::new(BootstrapTokens::load(&cfg.tokens, &cfg.trust_domain)?);
+            let changed = Arc::new(tokio::sync::Notify::new());
+            let external = External::new(cfg.jwks_ca_file.as_deref(), changed)?;
+            external.spawn(None);
             let state = Source {
                 dir: dir.clone(),
                 settings: settings.clone(),
                 trust_anchors_der: ca.load().roots().iter().map(|c| c.to_vec()).collect(),
                 debounce: cfg.debounce,
+                external,
             }
             .spawn(metrics.clone());
             (ca, tokens, state, None)
@@ -268,6 +275,7 @@ async fn start_kubernetes(
         settings: settings.clone(),
         anchors: anchors_rx.clone(),
         debounce: cfg.debounce,
+        jwks_ca_file: cfg.jwks_ca_file.clone(),
     }
     .spawn(metrics.clone())
     .await?;

@@ -106,11 +106,67 @@ impl Operation {
     }
 }
 
+/// A claim of a validated end-user token: any of the values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRule {
+    /// Dotted path into the claims.
+    pub path: Vec<String>,
+    pub values: Vec<String>,
+}
+
+impl ClaimRule {
+    fn matches(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+        let name = self.path.last().map_or("", String::as_str);
+        crate::authn::claim(claims, &self.path).is_some_and(|v| {
+            crate::authn::claim_values(name, v)
+                .iter()
+                .any(|c| self.values.contains(c))
+        })
+    }
+}
+
+/// SHA-256 digests of the API keys a rule accepts.
+pub type KeySet = std::sync::Arc<std::collections::HashSet<[u8; 32]>>;
+
+/// Conditions on the end user (HTTP only): every one set must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndUser {
+    /// A validated token is required, with these claims.
+    pub jwt: Option<Vec<ClaimRule>>,
+    /// This header carries a key of the set.
+    pub api_key: Option<(http::HeaderName, KeySet)>,
+}
+
+impl EndUser {
+    fn is_empty(&self) -> bool {
+        self.jwt.is_none() && self.api_key.is_none()
+    }
+
+    fn matches(&self, req: &Http<'_>) -> bool {
+        use sha2::{Digest, Sha256};
+        let jwt = match &self.jwt {
+            None => true,
+            Some(claims) => req
+                .jwt
+                .is_some_and(|v| claims.iter().all(|c| c.matches(&v.claims))),
+        };
+        let key = match &self.api_key {
+            None => true,
+            Some((name, set)) => req.headers.get_all(name).iter().any(|v| {
+                let d: [u8; 32] = Sha256::digest(v.as_bytes()).into();
+                set.contains(&d)
+            }),
+        };
+        jwt && key
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
     /// Any one (none: any caller).
     pub from: Vec<Source>,
     pub to: Operation,
+    pub when: EndUser,
 }
 
 impl Rule {
@@ -125,8 +181,8 @@ impl Rule {
         let caller =
             self.from.is_empty() || self.from.iter().any(|s| s.matches(peer, trust_domain));
         let call = match http {
-            Some(req) => self.to.matches(req),
-            None if self.to.is_empty() => true,
+            Some(req) => self.to.matches(req) && self.when.matches(req),
+            None if self.to.is_empty() && self.when.is_empty() => true,
             // TCP: an ALLOW that asks about HTTP never matches; a DENY
             // ignores what it cannot see.
             None => action == Action::Deny,
@@ -135,6 +191,22 @@ impl Rule {
     }
 }
 
+/// The requests of one route rule (as this pod sees them): a policy on
+/// the rule covers only those.
+#[derive(Clone, Debug)]
+pub struct RouteScope {
+    source: weft_api::v1::RouteMatch,
+    compiled: std::sync::Arc<crate::routes::Match>,
+}
+
+impl PartialEq for RouteScope {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for RouteScope {}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// `namespace/name`, for the error, the metrics and the log.
@@ -142,9 +214,25 @@ pub struct Policy {
     pub action: Action,
     /// Any one (none: an ALLOW matches nothing, a DENY or AUDIT everything).
     pub rules: Vec<Rule>,
+    /// Any one (none: every request and connection of the port).
+    pub routes: Vec<RouteScope>,
 }
 
 impl Policy {
+    /// Whether the policy covers this request: a route-scoped one covers
+    /// the requests of its route, and no connection.
+    fn covers(&self, http: Option<&Http<'_>>) -> bool {
+        if self.routes.is_empty() {
+            return true;
+        }
+        http.is_some_and(|h| {
+            self.routes.iter().any(|r| {
+                r.compiled
+                    .matches_parts(h.method, h.path, h.query, h.headers)
+            })
+        })
+    }
+
     fn matches(&self, peer: Option<&SpiffeId>, http: Option<&Http<'_>>, td: &str) -> bool {
         if self.rules.is_empty() {
             return self.action != Action::Allow;
@@ -162,6 +250,10 @@ pub struct Http<'a> {
     /// Normalised (no dot segments, no empty segments).
     pub path: &'a str,
     pub headers: &'a HeaderMap,
+    /// The raw query, for route matches.
+    pub query: Option<&'a str>,
+    /// The end user's validated token, if the request had one.
+    pub jwt: Option<&'a crate::authn::Verified>,
 }
 
 /// Why a request or connection was refused (a closed list: a metric label).
@@ -216,7 +308,11 @@ impl PortAuthz {
     /// `peer` (None: no mesh identity).
     pub fn decide(&self, peer: Option<&SpiffeId>, http: Option<&Http<'_>>) -> Decision {
         let td = self.trust_domain.as_str();
-        let of = |action: Action| self.policies.iter().filter(move |p| p.action == action);
+        let of = |action: Action| {
+            self.policies
+                .iter()
+                .filter(move |p| p.action == action && p.covers(http))
+        };
         if let Some(p) = of(Action::Deny).find(|p| p.matches(peer, http, td)) {
             return Decision::Deny {
                 policy: p.name.clone(),
@@ -261,6 +357,7 @@ impl PortAuthz {
         default: DefaultAuthz,
         policies: Option<&weft_api::v1::PortAuthz>,
         trust_domain: &str,
+        key_sets: &std::collections::HashMap<String, KeySet>,
     ) -> PortAuthz {
         use weft_api::v1;
         let source = |s: &v1::AuthzSource| -> Option<Source> {
@@ -294,8 +391,30 @@ impl PortAuthz {
             } else {
                 from
             };
+            let when = EndUser {
+                jwt: r.jwt.as_ref().map(|j| {
+                    j.claims
+                        .iter()
+                        .map(|c| ClaimRule {
+                            path: c.name.split('.').map(str::to_string).collect(),
+                            values: c.values.clone(),
+                        })
+                        .collect()
+                }),
+                api_key: match &r.api_key {
+                    None => None,
+                    // A header name the proxy cannot read: an ALLOW
+                    // matches nothing; a DENY ignores the condition.
+                    Some(k) => match k.header.parse() {
+                        Ok(h) => Some((h, key_sets.get(&k.set).cloned().unwrap_or_default())),
+                        Err(_) if action == Action::Allow => return None,
+                        Err(_) => None,
+                    },
+                },
+            };
             Some(Rule {
                 from,
+                when,
                 to: Operation {
                     methods: r
                         .methods
@@ -333,10 +452,24 @@ impl PortAuthz {
                 // An ALLOW whose every rule was dropped allows nothing, as
                 // an empty rule list says; a DENY never loses a rule.
                 let rules: Vec<Rule> = p.rules.iter().filter_map(|r| rule(r, action)).collect();
+                // A route match the proxy cannot compile widens the policy
+                // to the whole port (fails closed both ways).
+                let routes = p
+                    .routes
+                    .iter()
+                    .map(|m| {
+                        Some(RouteScope {
+                            source: m.clone(),
+                            compiled: std::sync::Arc::new(crate::routes::Match::new(m).ok()?),
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .unwrap_or_default();
                 Policy {
                     name: p.name.clone(),
                     action,
                     rules,
+                    routes,
                 }
             })
             .collect();
@@ -420,6 +553,7 @@ mod tests {
             name: name.into(),
             action,
             rules,
+            routes: vec![],
         }
     }
 
@@ -427,6 +561,7 @@ mod tests {
         Rule {
             from: vec![s],
             to: Operation::default(),
+            ..Default::default()
         }
     }
 
@@ -567,6 +702,8 @@ mod tests {
                 method: &m,
                 path: p,
                 headers: h,
+                query: None,
+                jwt: None,
             })
         };
         assert!(req(Method::POST, "/orders", &headers));
@@ -615,6 +752,7 @@ mod tests {
         let rule = Rule {
             from: vec![Source::Authenticated],
             to: posts,
+            ..Default::default()
         };
         let peer = id("shop", "web");
         // An ALLOW about POSTs never allows a connection...
@@ -635,9 +773,69 @@ mod tests {
             method: &m,
             path: &p,
             headers: &h,
+            query: None,
+            jwt: None,
         };
         assert!(!allowed(&a.decide(Some(&peer), Some(&http))));
         assert!(allowed(&d.decide(Some(&peer), Some(&http))));
+    }
+
+    #[test]
+    fn end_user_rules_need_a_token_with_the_claims_or_a_listed_key() {
+        use sha2::{Digest, Sha256};
+        let jwt_rule = Rule {
+            when: EndUser {
+                jwt: Some(vec![ClaimRule {
+                    path: vec!["realm".into(), "roles".into()],
+                    values: vec!["admin".into()],
+                }]),
+                api_key: None,
+            },
+            ..Default::default()
+        };
+        let digest: [u8; 32] = Sha256::digest(b"s3cret").into();
+        let key_rule = Rule {
+            when: EndUser {
+                jwt: None,
+                api_key: Some((
+                    "x-api-key".parse().unwrap(),
+                    std::sync::Arc::new([digest].into()),
+                )),
+            },
+            ..Default::default()
+        };
+        let a = port(
+            DefaultAuthz::Allow,
+            vec![policy("p", Action::Allow, vec![jwt_rule, key_rule])],
+        );
+        let verified = |claims: serde_json::Value| crate::authn::Verified {
+            issuer: "i".into(),
+            claims: std::sync::Arc::new(claims.as_object().unwrap().clone()),
+        };
+        let admin = verified(serde_json::json!({"realm": {"roles": ["dev", "admin"]}}));
+        let dev = verified(serde_json::json!({"realm": {"roles": ["dev"]}}));
+        let (m, p, mut h) = get("/");
+        let with = |jwt: Option<&crate::authn::Verified>, h: &HeaderMap| {
+            allowed(&a.decide(
+                None,
+                Some(&Http {
+                    method: &m,
+                    path: &p,
+                    headers: h,
+                    query: None,
+                    jwt,
+                }),
+            ))
+        };
+        assert!(with(Some(&admin), &h));
+        assert!(!with(Some(&dev), &h));
+        assert!(!with(None, &h));
+        h.insert("x-api-key", "wrong".parse().unwrap());
+        assert!(!with(None, &h));
+        h.insert("x-api-key", "s3cret".parse().unwrap());
+        assert!(with(None, &h));
+        // A connection carries neither: never allowed by such rules.
+        assert!(!allowed(&a.decide(None, None)));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub(crate) mod admin;
+pub(crate) mod authn;
 pub(crate) mod authz;
 pub(crate) mod balance;
 pub(crate) mod breaker;

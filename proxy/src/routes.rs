@@ -81,7 +81,7 @@ impl PathMatch {
 }
 
 #[derive(Debug)]
-struct Match {
+pub(crate) struct Match {
     path: PathMatch,
     headers: Vec<(String, Value)>,
     query: Vec<(String, Value)>,
@@ -89,7 +89,7 @@ struct Match {
 }
 
 impl Match {
-    fn new(m: &v1::RouteMatch) -> Result<Self, RouteError> {
+    pub(crate) fn new(m: &v1::RouteMatch) -> Result<Self, RouteError> {
         use v1::route_match::PathKind;
         let path = match PathKind::try_from(m.path_kind).unwrap_or(PathKind::Prefix) {
             PathKind::Exact => PathMatch::Exact(m.path.clone()),
@@ -117,7 +117,18 @@ impl Match {
     }
 
     fn matches(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
-        if self.method.as_ref().is_some_and(|m| m != method) || !self.path.matches(uri.path()) {
+        self.matches_parts(method, uri.path(), uri.query(), headers)
+    }
+
+    /// The match on a request's parts (`path` as matched, `query` raw).
+    pub(crate) fn matches_parts(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != method) || !self.path.matches(path) {
             return false;
         }
         let header_ok = self.headers.iter().all(|(name, v)| {
@@ -126,7 +137,7 @@ impl Match {
                 .iter()
                 .any(|h| h.to_str().is_ok_and(|s| v.matches(s)))
         });
-        let query = uri.query().unwrap_or_default();
+        let query = query.unwrap_or_default();
         let query_ok = self.query.iter().all(|(name, v)| {
             query
                 .split('&')

@@ -20,6 +20,7 @@ pub mod echo {
 }
 pub mod capture;
 pub mod client;
+pub mod jwks;
 pub mod kube;
 pub mod mesh;
 pub mod metrics;

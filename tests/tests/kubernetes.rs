@@ -151,6 +151,35 @@ spec:
   - backendRefs: [{name: echo, port: 9090}]
 "#;
 
+/// Denies the frontend's ServiceAccount at the backends.
+const DENY_FRONTEND: &str = r#"
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-frontend, namespace: shop}
+spec:
+  targetRef: {group: "", kind: Service, name: backend}
+  action: DENY
+  rules: [{from: [{serviceAccount: {name: frontend}}]}]
+"#;
+
+/// An issuer whose key set is in a Secret of shop.
+const JWT_FROM_SECRET: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: idp-keys, namespace: shop}
+stringData:
+  jwks.json: '{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}'
+---
+apiVersion: weft.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {name: users, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: backend}
+  jwtRules:
+  - issuer: https://idp.test
+    jwksSecretRef: {name: idp-keys, key: jwks.json}
+"#;
+
 /// What lets shop's GRPCRoutes send to Services in `other`.
 const GRANT: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1beta1
@@ -354,6 +383,59 @@ fn the_control_plane_follows_the_cluster() {
         let p = json(&m.cluster, &["get", "trafficpolicy", "backend", "-n", NS]);
         condition(&p["status"], "Accepted") == Some(("True".into(), "Accepted".into()))
     });
+
+    // An AuthorizationPolicy applied with kubectl is enforced at the
+    // backends' sidecars and reported in its status; deleted, it is gone.
+    m.cluster.apply(DENY_FRONTEND);
+    eventually("the frontend is denied", WAIT, || {
+        spread(&frontend, &vip, 3).get("status 403 Forbidden") == Some(&3)
+    });
+    eventually("AuthorizationPolicy status", WAIT, || {
+        let p = json(
+            &m.cluster,
+            &["get", "authorizationpolicy", "no-frontend", "-n", NS],
+        );
+        condition(&p["status"], "Accepted") == Some(("True".into(), "Accepted".into()))
+            && condition(&p["status"], "ResolvedRefs")
+                == Some(("True".into(), "ResolvedRefs".into()))
+    });
+    m.cluster
+        .kubectl_ok(&["delete", "authorizationpolicy", "no-frontend", "-n", NS]);
+    eventually("the frontend is let in again", WAIT, || {
+        spread(&frontend, &vip, 3)
+            .keys()
+            .all(|who| !who.starts_with("status"))
+    });
+    // A key set in a Secret: not readable until the namespace lets the
+    // control plane read its policy Secrets (weft-policy-secrets).
+    m.cluster.apply(JWT_FROM_SECRET);
+    let resolved = || {
+        let p = json(
+            &m.cluster,
+            &["get", "requestauthentication", "users", "-n", NS],
+        );
+        condition(&p["status"], "ResolvedRefs")
+    };
+    eventually("the Secret cannot be read", WAIT, || {
+        resolved() == Some(("False".into(), "SecretNotFound".into()))
+    });
+    m.cluster.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "weft-policy-secrets",
+        "-n",
+        NS,
+        "--clusterrole=weft-policy-secrets",
+        "--serviceaccount=weft-system:weft-control",
+    ]);
+    eventually("the key set resolves", WAIT, || {
+        resolved() == Some(("True".into(), "ResolvedRefs".into()))
+    });
+    eventually("the backends' sidecars have the issuer", WAIT, || {
+        v1[0].1.config()["jwt_issuers"][0]["kids"] == serde_json::json!(["k1"])
+    });
+    m.cluster
+        .kubectl_ok(&["delete", "requestauthentication", "users", "-n", NS]);
 
     // A GRPCRoute gets status too: its backend in another namespace is not
     // permitted until a ReferenceGrant there allows it; an HTTPRoute on the

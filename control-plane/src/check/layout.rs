@@ -25,10 +25,11 @@ pub const CA_ANCHORS_KEY: &str = "ca.crt";
 /// The leader's Lease.
 pub const LEASE: &str = crate::kubernetes::leader::LEASE;
 /// The CRDs the control plane watches.
-pub const CRDS: [&str; 6] = [
+pub const CRDS: [&str; 7] = [
     "trafficpolicies.weft.dev",
     "authorizationpolicies.weft.dev",
     "faultinjections.weft.dev",
+    "requestauthentications.weft.dev",
     "httproutes.gateway.networking.k8s.io",
     "grpcroutes.gateway.networking.k8s.io",
     "referencegrants.gateway.networking.k8s.io",

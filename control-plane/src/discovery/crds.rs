@@ -411,7 +411,7 @@ impl TrafficPolicySpec {
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "self.kind == 'Service'",
-        "message": "a TrafficPolicy targets a Service",
+        "message": "a policy targets a Service",
         "fieldPath": ".kind"
     },
     {
@@ -617,6 +617,230 @@ pub struct AuthzHeader {
 pub struct AuthzConditions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtCondition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyCondition>,
+}
+
+/// An API key: the request carries `header` with a value whose SHA-256 is
+/// one of the digests in the Secret (one `sha256:<64 hex>` per line; blank
+/// and `#` lines are skipped). Keys are only ever stored hashed.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKeyCondition {
+    #[schemars(regex(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), length(max = 256))]
+    pub header: String,
+    /// A Secret in the policy's namespace, and the key of its data.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// One key of a Secret in the referring object's namespace.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// End-user authentication: JSON Web Tokens a Service's sidecar validates
+/// before authorization. A request with a token no rule accepts is refused
+/// (401); a request with none passes, and AuthorizationPolicies decide
+/// (`when.jwt.required`).
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "RequestAuthentication",
+    namespaced,
+    derive = "PartialEq",
+    status = "TrafficPolicyStatus",
+    shortname = "reqauthn",
+    category = "weft",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    doc = "End-user JWT authentication at a Service's sidecars: the issuers \
+           it trusts, their keys, and where the token is."
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(transform = kubernetes_schema)]
+pub struct RequestAuthenticationSpec {
+    pub target_ref: PolicyTargetRef,
+    /// One per trusted issuer.
+    #[schemars(length(min = 1, max = 16))]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// One issuer: its keys, the audiences it must name, where its tokens are.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.jwks) ? 1 : 0) + (has(self.jwksUri) ? 1 : 0) + (has(self.jwksSecretRef) ? 1 : 0) == 1",
+        "message": "exactly one of jwks, jwksUri, jwksSecretRef"
+    },
+    {
+        "rule": "!has(self.refreshInterval) || has(self.jwksUri)",
+        "message": "refreshInterval is for keys fetched from jwksUri",
+        "fieldPath": ".refreshInterval"
+    }
+]))]
+pub struct JwtRule {
+    /// The `iss` a token must carry.
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: String,
+    /// The token's `aud` must name one of these; none: `aud` is not checked.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub audiences: Vec<String>,
+    /// The issuer's JSON Web Key Set, inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub jwks: Option<String>,
+    /// An `https://` URL the control plane fetches the key set from and
+    /// pushes to the sidecars, every `refreshInterval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^https://"), length(max = 2048))]
+    pub jwks_uri: Option<String>,
+    /// The key set in a Secret of the policy's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_secret_ref: Option<SecretKeyRef>,
+    /// How often `jwksUri` is fetched again (default 5m, at least 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub refresh_interval: Option<String>,
+    /// Headers the token may be in, tried in order. Default (with no
+    /// `fromParams` either): `Authorization: Bearer <token>`.
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    pub from_headers: Vec<JwtHeader>,
+    /// Query parameters the token may be in, after the headers.
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    pub from_params: Vec<String>,
+    /// Claims copied into request headers for the app (a header the client
+    /// sent with that name is always removed first).
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// Remove the token from the request before the app sees it.
+    #[serde(default)]
+    pub strip_token: bool,
+    /// Leeway for `exp` and `nbf` (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub clock_skew: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtHeader {
+    #[schemars(regex(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), length(max = 256))]
+    pub name: String,
+    /// Text before the token (`"Bearer "`); none: the whole value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub prefix: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimToHeader {
+    #[schemars(regex(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"), length(max = 256))]
+    pub header: String,
+    /// A claim name; a dotted name reaches into objects.
+    #[schemars(length(min = 1, max = 256))]
+    pub claim: String,
+}
+
+impl RequestAuthenticationSpec {
+    /// What the schema (and its CEL rules) refuse, naming the field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        fn err<T>(
+            field: impl Into<String>,
+            message: impl Into<String>,
+        ) -> Result<T, (String, String)> {
+            Err((field.into(), message.into()))
+        }
+        let t = &self.target_ref;
+        if t.kind != "Service" || !t.group.is_empty() {
+            return err(
+                "spec.targetRef.kind",
+                format!(
+                    "a RequestAuthentication targets a Service, not `{}`",
+                    t.kind
+                ),
+            );
+        }
+        if t.port == Some(0) {
+            return err("spec.targetRef.port", "0 is not a port (1-65535)");
+        }
+        if self.jwt_rules.is_empty() {
+            return err("spec.jwtRules", "at least one rule");
+        }
+        let header_name = |field: String, name: &str| {
+            if http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return err(field, format!("`{name}` is not an HTTP header name"));
+            }
+            Ok(())
+        };
+        for (i, r) in self.jwt_rules.iter().enumerate() {
+            let at = format!("spec.jwtRules[{i}]");
+            if r.issuer.is_empty() {
+                return err(format!("{at}.issuer"), "not empty");
+            }
+            let sources = [
+                r.jwks.is_some(),
+                r.jwks_uri.is_some(),
+                r.jwks_secret_ref.is_some(),
+            ];
+            if sources.iter().filter(|x| **x).count() != 1 {
+                return err(at, "exactly one of jwks, jwksUri, jwksSecretRef");
+            }
+            if let Some(u) = &r.jwks_uri
+                && !u.starts_with("https://")
+            {
+                return err(
+                    format!("{at}.jwksUri"),
+                    format!("`{u}` is not an https:// URL (keys are only fetched over TLS)"),
+                );
+            }
+            if r.refresh_interval.is_some() && r.jwks_uri.is_none() {
+                return err(
+                    format!("{at}.refreshInterval"),
+                    "refreshInterval is for keys fetched from jwksUri",
+                );
+            }
+            if let Some(d) = &r.refresh_interval {
+                let ms = gateway_duration(d).map_err(|e| (format!("{at}.refreshInterval"), e))?;
+                if ms < 1000 {
+                    return err(format!("{at}.refreshInterval"), "at least 1s");
+                }
+            }
+            if let Some(d) = &r.clock_skew {
+                gateway_duration(d).map_err(|e| (format!("{at}.clockSkew"), e))?;
+            }
+            for (j, h) in r.from_headers.iter().enumerate() {
+                header_name(format!("{at}.fromHeaders[{j}].name"), &h.name)?;
+            }
+            for (j, p) in r.from_params.iter().enumerate() {
+                if p.is_empty() {
+                    return err(format!("{at}.fromParams[{j}]"), "not empty");
+                }
+            }
+            for (j, c) in r.output_claim_to_headers.iter().enumerate() {
+                header_name(format!("{at}.outputClaimToHeaders[{j}].header"), &c.header)?;
+                if c.header.to_ascii_lowercase().starts_with("weft-") {
+                    return err(
+                        format!("{at}.outputClaimToHeaders[{j}].header"),
+                        "weft-* headers are reserved for the mesh",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A validated JWT (see RequestAuthentication) and claims it must carry.
@@ -746,6 +970,17 @@ impl AuthorizationPolicySpec {
                             format!("`{}` is not an HTTP header name", h.name),
                         );
                     }
+                }
+            }
+            if let Some(k) = rule.when.as_ref().and_then(|w| w.api_key.as_ref()) {
+                if http::header::HeaderName::from_bytes(k.header.as_bytes()).is_err() {
+                    return err(
+                        format!("{at}.when.apiKey.header"),
+                        format!("`{}` is not an HTTP header name", k.header),
+                    );
+                }
+                if k.secret_ref.name.is_empty() || k.secret_ref.key.is_empty() {
+                    return err(format!("{at}.when.apiKey.secretRef"), "names are not empty");
                 }
             }
             if let Some(jwt) = rule.when.as_ref().and_then(|w| w.jwt.as_ref()) {
@@ -951,6 +1186,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         TrafficPolicy::crd(),
         AuthorizationPolicy::crd(),
         FaultInjection::crd(),
+        RequestAuthentication::crd(),
     ]
 }
 

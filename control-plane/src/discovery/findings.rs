@@ -27,7 +27,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn yes(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn yes(reason: &'static str, message: impl Into<String>) -> Self {
         Verdict {
             ok: true,
             reason,
@@ -35,7 +35,7 @@ impl Verdict {
         }
     }
 
-    fn no(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn no(reason: &'static str, message: impl Into<String>) -> Self {
         Verdict {
             ok: false,
             reason,

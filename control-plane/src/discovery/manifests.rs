@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::annotations::validate_annotations;
-use super::crds::{AuthorizationPolicy, FaultInjection, TrafficPolicy};
+use super::crds::{AuthorizationPolicy, FaultInjection, RequestAuthentication, TrafficPolicy};
 use super::objects::{Kind, Object, ObjectKey};
 
 /// One problem in the manifests, precise enough to fix without searching.
@@ -300,6 +300,18 @@ fn parse_object(doc: &Value) -> Result<Option<(ObjectKey, Object)>, ParseError> 
             f.spec.validate().map_err(|(f, m)| fail(f, m))?;
             Object::FaultInjection(Arc::new(f))
         }
+        Kind::RequestAuthentication => {
+            let p: RequestAuthentication = typed(doc).map_err(|(f, m)| fail(f, m))?;
+            p.spec.validate().map_err(|(f, m)| fail(f, m))?;
+            Object::RequestAuthentication(Arc::new(p))
+        }
+        Kind::Secret => {
+            let sec: k8s_openapi::api::core::v1::Secret =
+                typed(doc).map_err(|(f, m)| fail(f, m))?;
+            Object::Secret(Arc::new(secret_data(sec)))
+        }
+        // Fetched by the control plane, never written in a manifest.
+        Kind::Jwks => return Ok(None),
         Kind::TrafficPolicy => {
             let p: TrafficPolicy = typed(doc).map_err(|(f, m)| fail(f, m))?;
             validate_policy(&p).map_err(|(f, m)| fail(f, m))?;
@@ -381,21 +393,24 @@ pub fn validate_pod(p: &Pod) -> Result<(), (String, String)> {
     validate_annotations(p.metadata.annotations.as_ref())
 }
 
-/// What an AuthorizationPolicy must be: its schema, and a target Weft
-/// enforces. A route target is refused for now (rather than taken and
-/// not enforced).
+/// What an AuthorizationPolicy must be: its schema.
 pub fn validate_authz(p: &AuthorizationPolicy) -> Result<(), (String, String)> {
-    p.spec.validate()?;
-    if p.spec.target_ref.kind != "Service" {
-        return Err((
-            "spec.targetRef.kind".into(),
-            format!(
-                "Weft does not enforce policies on a {} yet: target the Service (and port) its rules send to",
-                p.spec.target_ref.kind
-            ),
-        ));
+    p.spec.validate()
+}
+
+/// A Secret's data, `stringData` merged over `data` as the API server
+/// does; the rest of the object is dropped.
+pub fn secret_data(s: k8s_openapi::api::core::v1::Secret) -> super::objects::SecretData {
+    let mut out: std::collections::BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    for (k, v) in s.string_data.unwrap_or_default() {
+        out.insert(k, v.into_bytes());
     }
-    Ok(())
+    super::objects::SecretData(out)
 }
 
 /// What a TrafficPolicy must be beyond its schema.
@@ -708,14 +723,22 @@ mod tests {
     fn authorization_policies_are_read_and_checked() {
         let good = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: web}\n  action: DENY\n  rules: [{from: [{namespace: ops}]}]\n";
         let bad = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: shop}\nspec:\n  targetRef: {kind: Service, name: web}\n  rules: [{to: {methods: [get]}}]\n";
-        // Route targets are refused until Weft enforces them.
-        let route = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: shop}\nspec:\n  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}\n";
-        let (_d, s) = store_with(&[("a.yaml", good), ("b.yaml", bad), ("c.yaml", route)]);
+        // A route target without its group is refused (a Service has none).
+        let route = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: c, namespace: shop}\nspec:\n  targetRef: {kind: HTTPRoute, name: r}\n";
+        let ok_route = "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: d, namespace: shop}\nspec:\n  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: r, sectionName: writes}\n";
+        let (_d, s) = store_with(&[
+            ("a.yaml", good),
+            ("b.yaml", bad),
+            ("c.yaml", route),
+            ("d.yaml", ok_route),
+        ]);
         let (objs, errs) = s.objects();
-        assert!(
-            objs.keys()
-                .any(|k| k.kind == Kind::AuthorizationPolicy && k.name == "a")
-        );
+        for name in ["a", "d"] {
+            assert!(
+                objs.keys()
+                    .any(|k| k.kind == Kind::AuthorizationPolicy && k.name == name)
+            );
+        }
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert_eq!(errs[0].object, "AuthorizationPolicy shop/b");
         assert_eq!(errs[0].field, "spec.rules[0].to.methods[0]");

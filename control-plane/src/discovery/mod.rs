@@ -11,6 +11,7 @@
 pub mod annotations;
 pub mod authz;
 pub mod crds;
+pub mod external;
 pub mod findings;
 pub mod grpc;
 pub mod manifests;

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::experimental::referencegrants::ReferenceGrant;
@@ -202,10 +203,14 @@ pub struct Model {
     pub routes: Vec<MeshRoute>,
     pub policies: Vec<super::crds::TrafficPolicy>,
     pub reference_grants: Vec<ReferenceGrant>,
-    /// Read and checked; not yet compiled for the proxies.
     pub authz_policies: Vec<super::crds::AuthorizationPolicy>,
     /// FaultInjections, applied by the route rules that refer to them.
     pub faults: Vec<super::crds::FaultInjection>,
+    pub request_authns: Vec<super::crds::RequestAuthentication>,
+    /// Secrets' data by (namespace, name): only those policies name.
+    pub secrets: BTreeMap<(String, String), Arc<super::objects::SecretData>>,
+    /// Key sets fetched from `jwksUri`s, by URL.
+    pub jwks: BTreeMap<String, Arc<super::objects::FetchedJwks>>,
 }
 
 /// Which Gateway API kind a route was written as.
@@ -312,6 +317,9 @@ impl Model {
                 | Object::ReferenceGrant(_)
                 | Object::AuthorizationPolicy(_)
                 | Object::FaultInjection(_)
+                | Object::RequestAuthentication(_)
+                | Object::Secret(_)
+                | Object::Jwks(_)
                 | Object::TrafficPolicy(_) => {}
             }
         }
@@ -386,6 +394,14 @@ impl Model {
                 Object::TrafficPolicy(p) => m.policies.push((**p).clone()),
                 Object::AuthorizationPolicy(p) => m.authz_policies.push((**p).clone()),
                 Object::FaultInjection(f) => m.faults.push((**f).clone()),
+                Object::RequestAuthentication(p) => m.request_authns.push((**p).clone()),
+                Object::Secret(d) => {
+                    m.secrets
+                        .insert((key.namespace.clone(), key.name.clone()), d.clone());
+                }
+                Object::Jwks(j) => {
+                    m.jwks.insert(key.name.clone(), j.clone());
+                }
                 Object::Namespace(_) | Object::Pod(_) | Object::EndpointSlice(_) => {}
             }
         }

@@ -11,7 +11,7 @@ use gateway_api::experimental::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::crds::{AuthorizationPolicy, FaultInjection, TrafficPolicy};
+use super::crds::{AuthorizationPolicy, FaultInjection, RequestAuthentication, TrafficPolicy};
 
 /// The kinds Weft reads. Others are skipped (a directory may hold anything).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,6 +26,11 @@ pub enum Kind {
     TrafficPolicy,
     AuthorizationPolicy,
     FaultInjection,
+    RequestAuthentication,
+    /// Only the data of Secrets that policies name (API keys, key sets).
+    Secret,
+    /// A key set the control plane fetched; named by its URL.
+    Jwks,
 }
 
 impl Kind {
@@ -47,6 +52,8 @@ impl Kind {
             ("weft.dev/v1alpha1", "TrafficPolicy") => Some(Kind::TrafficPolicy),
             ("weft.dev/v1alpha1", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
             ("weft.dev/v1alpha1", "FaultInjection") => Some(Kind::FaultInjection),
+            ("weft.dev/v1alpha1", "RequestAuthentication") => Some(Kind::RequestAuthentication),
+            ("v1", "Secret") => Some(Kind::Secret),
             _ => None,
         }
     }
@@ -65,6 +72,9 @@ impl fmt::Display for Kind {
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::FaultInjection => "FaultInjection",
+            Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::Secret => "Secret",
+            Kind::Jwks => "JWKS",
         })
     }
 }
@@ -99,4 +109,27 @@ pub enum Object {
     TrafficPolicy(Arc<TrafficPolicy>),
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     FaultInjection(Arc<FaultInjection>),
+    RequestAuthentication(Arc<RequestAuthentication>),
+    /// A Secret's data, by key (nothing else of it is kept).
+    Secret(Arc<SecretData>),
+    /// The last key set fetched from a `jwksUri`, or why none could be.
+    Jwks(Arc<FetchedJwks>),
+}
+
+/// A Secret's data, by key; its Debug never shows a value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretData(pub std::collections::BTreeMap<String, Vec<u8>>);
+
+impl fmt::Debug for SecretData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// What the control plane has for one `jwksUri`: the last key set it
+/// fetched (kept when a later fetch fails), and the last failure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchedJwks {
+    pub jwks: Option<Arc<str>>,
+    pub error: Option<String>,
 }

@@ -59,6 +59,126 @@ fn attaches(route: &MeshRoute, svc: &ServiceModel, port: u16) -> bool {
         .any(|p| parent_binds(p, ns, svc, port))
 }
 
+/// Where one rule's requests land, for a policy on the rule: a backend
+/// Service port, and the rule's matches as that backend sees the requests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleScope {
+    pub namespace: String,
+    pub service: String,
+    pub port: u16,
+    pub matches: Vec<v1::RouteMatch>,
+}
+
+/// The backends of a route's rules (all, or the one named `section`), each
+/// with the rule's matches rewritten as a URLRewrite rewrites the path, and
+/// without header conditions on headers a filter changes: a policy scoped
+/// this way never covers fewer requests than the route sends.
+pub fn policy_scopes(model: &Model, route: &MeshRoute, section: Option<&str>) -> Vec<RuleScope> {
+    let mut out: Vec<RuleScope> = Vec::new();
+    for (i, rule) in route.route.spec.rules.iter().flatten().enumerate() {
+        if section.is_some_and(|s| rule.name.as_deref() != Some(s)) {
+            continue;
+        }
+        let matches: Vec<v1::RouteMatch> = match &rule.matches {
+            Some(ms) if !ms.is_empty() => ms.iter().map(compile_match).collect(),
+            _ => vec![v1::RouteMatch {
+                path: "/".into(),
+                ..Default::default()
+            }],
+        };
+        for svc in &model.services {
+            for sp in &svc.ports {
+                if !attaches(route, svc, sp.port) {
+                    continue;
+                }
+                let compiled = compile_rule(model, route, i, rule, sp.port).rule;
+                for b in &compiled.backends {
+                    let Some((name_ns, port)) = b.name.rsplit_once(':') else {
+                        continue;
+                    };
+                    let Some((name, ns)) = name_ns.split_once('.') else {
+                        continue;
+                    };
+                    let Ok(port) = port.parse::<u16>() else {
+                        continue;
+                    };
+                    if !b.invalid.is_empty() {
+                        continue;
+                    }
+                    let rewrite = b.rewrite.as_ref().or(compiled.rewrite.as_ref());
+                    let changed: Vec<String> = compiled
+                        .request_header_modifiers
+                        .iter()
+                        .chain(&b.request_header_modifiers)
+                        .flat_map(|m| {
+                            m.set
+                                .iter()
+                                .chain(&m.add)
+                                .map(|h| h.name.to_ascii_lowercase())
+                                .chain(m.remove.iter().map(|n| n.to_ascii_lowercase()))
+                        })
+                        .collect();
+                    let seen: Vec<v1::RouteMatch> = matches
+                        .iter()
+                        .map(|m| as_backend_sees(m, rewrite, &changed))
+                        .collect();
+                    match out
+                        .iter_mut()
+                        .find(|s| s.namespace == ns && s.service == name && s.port == port)
+                    {
+                        Some(s) => {
+                            for m in seen {
+                                if !s.matches.contains(&m) {
+                                    s.matches.push(m);
+                                }
+                            }
+                        }
+                        None => out.push(RuleScope {
+                            namespace: ns.to_string(),
+                            service: name.to_string(),
+                            port,
+                            matches: seen,
+                        }),
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A match as the backend sees what it matched: the path rewritten, and
+/// header conditions on changed headers dropped (which widens it).
+fn as_backend_sees(
+    m: &v1::RouteMatch,
+    rewrite: Option<&v1::Rewrite>,
+    changed: &[String],
+) -> v1::RouteMatch {
+    use v1::route_match::PathKind;
+    let mut m = m.clone();
+    m.headers.retain(|h| !changed.contains(&h.name));
+    if let Some(r) = rewrite.filter(|r| r.enabled) {
+        if let Some(full) = &r.path_full {
+            // Every request of the match reaches the backend at one path.
+            m.path_kind = PathKind::Exact as i32;
+            m.path = full.clone();
+        } else if let Some(prefix) = &r.path_prefix {
+            if m.path_kind == PathKind::Prefix as i32 {
+                m.path = if prefix.is_empty() {
+                    "/".into()
+                } else {
+                    prefix.clone()
+                };
+            } else {
+                // A rewritten regex or exact match: any path may result.
+                m.path_kind = PathKind::Prefix as i32;
+                m.path = "/".into();
+            }
+        }
+    }
+    m
+}
+
 fn compile_match(m: &HttpRouteRulesMatches) -> v1::RouteMatch {
     let (kind, path) = match &m.path {
         Some(p) => {

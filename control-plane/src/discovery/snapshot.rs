@@ -245,12 +245,15 @@ pub fn inbound(model: &Model, settings: &MeshSettings, namespace: &str, pod: &st
     // Sorted by port, opaque first, so that dedup keeps the opaque entry.
     ports.sort_by_key(|p| (p.port, p.protocol != Protocol::Opaque as i32));
     ports.dedup_by_key(|p| p.port);
+    let policies = super::authz::for_pod(model, p);
     v1::Inbound {
         mtls_mode: model.mtls_mode(p, settings.mtls_mode) as i32,
         ports,
         default_authz: super::authz::default_for(model, p, settings.default_authz) as i32,
-        authz: super::authz::for_pod(model, p),
+        authz: policies.ports,
         rate_limits: super::ratelimit::for_pod(model, p),
+        jwt_providers: policies.jwt_providers,
+        api_key_sets: policies.api_key_sets,
     }
 }
 

@@ -166,6 +166,8 @@ pub struct Source {
     pub trust_anchors_der: Vec<Vec<u8>>,
     /// Quiet time that ends a burst of changes (and the polling interval).
     pub debounce: Duration,
+    /// Key sets fetched from `jwksUri`s (Secrets are read from the directory).
+    pub external: super::external::External,
 }
 
 impl Source {
@@ -173,7 +175,7 @@ impl Source {
     pub fn spawn(self, metrics: Arc<Metrics>) -> watch::Receiver<Arc<State>> {
         let mut store = Store::new(&self.dir);
         store.refresh();
-        let (objects, errors) = objects_and_findings(&store, &self.settings);
+        let (objects, errors) = objects_and_findings(&store, &self.settings, &self.external);
         let (mut publisher, rx) = Publisher::new(
             self.settings.clone(),
             self.trust_anchors_der.clone(),
@@ -182,9 +184,15 @@ impl Source {
             errors,
         );
         tokio::spawn(async move {
+            let fetched = self.external.changed();
             loop {
-                tokio::time::sleep(self.debounce).await;
-                if !store.refresh() {
+                // A file edited, or a key set fetched.
+                let mut dirty = tokio::select! {
+                    _ = tokio::time::sleep(self.debounce) => false,
+                    _ = fetched.notified() => true,
+                };
+                dirty |= store.refresh();
+                if !dirty {
                     continue;
                 }
                 let first_seen = SystemTime::now();
@@ -195,7 +203,8 @@ impl Source {
                         break;
                     }
                 }
-                let (objects, errors) = objects_and_findings(&store, &self.settings);
+                let (objects, errors) =
+                    objects_and_findings(&store, &self.settings, &self.external);
                 if !publisher.publish(&objects, errors, first_seen) {
                     return;
                 }
@@ -212,10 +221,17 @@ impl Source {
 fn objects_and_findings(
     store: &Store,
     settings: &MeshSettings,
+    external: &super::external::External,
 ) -> (BTreeMap<ObjectKey, Object>, Vec<ManifestError>) {
-    let (objects, mut errors) = store.objects();
+    let (mut objects, mut errors) = store.objects();
+    let (uris, _) = super::external::wanted(&objects);
+    external.want(&uris, &Default::default());
+    external.extend(&mut objects);
     let model = Model::build(&objects, &settings.opaque_ports);
     errors.extend(findings::route_errors(&model, |key| store.file_of(key)));
+    errors.extend(super::authz::policy_errors(&model, |key| {
+        store.file_of(key)
+    }));
     (objects, errors)
 }
 
@@ -243,6 +259,7 @@ mod tests {
             },
             trust_anchors_der: vec![],
             debounce: Duration::from_millis(10),
+            external: crate::discovery::external::External::new(None, Arc::default()).unwrap(),
         };
         let mut rx = source.spawn(Arc::new(Metrics::default()));
         let state = rx.borrow_and_update().clone();

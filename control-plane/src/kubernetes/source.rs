@@ -30,7 +30,10 @@ use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::discovery::annotations::validate_annotations;
-use crate::discovery::crds::{AuthorizationPolicy, FaultInjection, TrafficPolicy};
+use crate::discovery::crds::{
+    AuthorizationPolicy, FaultInjection, RequestAuthentication, TrafficPolicy,
+};
+use crate::discovery::external::{self, External};
 use crate::discovery::grpc;
 use crate::discovery::manifests::{self, ManifestError};
 use crate::discovery::objects::{Kind, Object, ObjectKey};
@@ -54,6 +57,7 @@ pub struct Stores {
     pub policies: Store<TrafficPolicy>,
     pub authz: Store<AuthorizationPolicy>,
     pub faults: Store<FaultInjection>,
+    pub authns: Store<RequestAuthentication>,
 }
 
 /// Watches that are failing now, by kind: shown at `/errors` until they heal.
@@ -68,6 +72,8 @@ pub struct KubeSource {
     pub anchors: watch::Receiver<Vec<Vec<u8>>>,
     /// Quiet time that ends a burst of changes before one push.
     pub debounce: Duration,
+    /// Extra roots for fetching `jwksUri`s.
+    pub jwks_ca_file: Option<std::path::PathBuf>,
 }
 
 /// Keeps only `weft.dev/*` annotations (the model reads no others).
@@ -188,10 +194,17 @@ impl KubeSource {
                 },
                 reflect("FaultInjection"),
             ),
+            authns: start(
+                Api::all(c.clone()),
+                |p: &mut RequestAuthentication| {
+                    p.metadata.managed_fields = None;
+                },
+                reflect("RequestAuthentication"),
+            ),
         };
 
         info!(
-            "listing the cluster's Namespaces, Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes, ReferenceGrants, TrafficPolicies, AuthorizationPolicies and FaultInjections"
+            "listing the cluster's Namespaces, Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes, ReferenceGrants, TrafficPolicies, AuthorizationPolicies, RequestAuthentications and FaultInjections"
         );
         let mut last_report = tokio::time::Instant::now();
         while !stores.settled(&failing) {
@@ -205,7 +218,13 @@ impl KubeSource {
                 warn!(failing = ?f, "still waiting for the first list of every kind");
             }
         }
-        let mut builder = Builder::default();
+        // Fetched key sets and named Secrets wake the same loop.
+        let external = External::new(self.jwks_ca_file.as_deref(), changed.clone())?;
+        external.spawn(Some(self.client.clone()));
+        let mut builder = Builder {
+            external: Some(external),
+            ..Builder::default()
+        };
         let (objects, errors) = builder.objects(&stores, &failing);
         let mut anchors = self.anchors.clone();
         let first_anchors = anchors.borrow_and_update().clone();
@@ -280,6 +299,7 @@ impl Stores {
             && ok("TrafficPolicy", is_ready(&self.policies))
             && ok("AuthorizationPolicy", is_ready(&self.authz))
             && ok("FaultInjection", is_ready(&self.faults))
+            && ok("RequestAuthentication", is_ready(&self.authns))
     }
 }
 
@@ -353,6 +373,7 @@ where
 #[derive(Debug, Default)]
 struct Builder {
     last_good: HashMap<ObjectKey, Object>,
+    external: Option<External>,
 }
 
 impl Builder {
@@ -475,8 +496,24 @@ impl Builder {
                 check,
             );
         }
+        for p in stores.authns.state() {
+            let check = p.spec.validate();
+            let mut spec_only = (*p).clone();
+            volatile(&mut spec_only.metadata);
+            spec_only.status = None;
+            add(
+                key(Kind::RequestAuthentication, &*p, false),
+                Object::RequestAuthentication(Arc::new(spec_only)),
+                check,
+            );
+        }
         // What the API deleted is gone, not kept.
         self.last_good.retain(|k, _| objects.contains_key(k));
+        if let Some(ext) = &self.external {
+            let (uris, secrets) = external::wanted(&objects);
+            ext.want(&uris, &secrets);
+            ext.extend(&mut objects);
+        }
         if let Ok(f) = failing.lock() {
             for (kind, message) in f.iter() {
                 let hint = if is_not_found(message) {

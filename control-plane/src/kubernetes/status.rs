@@ -1,7 +1,9 @@
 //! What the leader tells users through status: for each HTTPRoute and
 //! GRPCRoute attached to a Service (GAMMA), one `status.parents` entry per
 //! Service parent with the Gateway API conditions `Accepted` and
-//! `ResolvedRefs`; for each TrafficPolicy, an `Accepted` condition.
+//! `ResolvedRefs`; for each TrafficPolicy, an `Accepted` condition; for each
+//! AuthorizationPolicy and RequestAuthentication, `Accepted` and
+//! `ResolvedRefs` ([`authz`](crate::discovery::authz)).
 //!
 //! Route conditions come from the model the proxies are served
 //! ([`findings`], over [`routes::diagnose`](crate::discovery::routes::diagnose)),
@@ -38,7 +40,7 @@ use crate::discovery::crds::{TrafficPolicy, TrafficPolicyStatus};
 use crate::discovery::findings::{self, Verdict};
 use crate::discovery::model::{MeshRoute, Model, RouteKind};
 use crate::discovery::source::State;
-use crate::discovery::{grpc, manifests, routes};
+use crate::discovery::{authz, grpc, manifests, routes};
 use crate::metrics::Metrics;
 
 /// Weft's controller name in route status.
@@ -260,6 +262,24 @@ pub fn spawn(
                     warn!(policy = %policy.name_any(), error = %e, "writing TrafficPolicy status");
                 }
             }
+            for p in stores.authz.state() {
+                let v = authz::authz_verdict(model, &p);
+                let old = p.status.as_ref().map(|s| s.conditions.clone());
+                if let Err(e) =
+                    write_conditions(&client, &*p, "AuthorizationPolicy", old, v, &metrics).await
+                {
+                    warn!(policy = %p.name_any(), error = %e, "writing AuthorizationPolicy status");
+                }
+            }
+            for a in stores.authns.state() {
+                let v = authz::authn_verdict(model, &a);
+                let old = a.status.as_ref().map(|s| s.conditions.clone());
+                if let Err(e) =
+                    write_conditions(&client, &*a, "RequestAuthentication", old, v, &metrics).await
+                {
+                    warn!(policy = %a.name_any(), error = %e, "writing RequestAuthentication status");
+                }
+            }
         }
     });
 }
@@ -292,6 +312,43 @@ where
     .await?;
     metrics.status_written(kind);
     debug!(route = %route.name_any(), namespace = %ns, %kind, "route status written");
+    Ok(())
+}
+
+/// Writes a policy's `Accepted` and `ResolvedRefs` when they changed.
+async fn write_conditions<K>(
+    client: &Client,
+    obj: &K,
+    kind: &'static str,
+    old: Option<Vec<Condition>>,
+    v: authz::PolicyVerdict,
+    metrics: &Metrics,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let generation = obj.meta().generation;
+    let mut conditions = vec![
+        verdict_condition("Accepted", v.accepted, generation),
+        verdict_condition("ResolvedRefs", v.resolved_refs, generation),
+    ];
+    let old = old.unwrap_or_default();
+    keep_times(&mut conditions, &old);
+    if conditions == old {
+        return Ok(());
+    }
+    let ns = obj.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": TrafficPolicyStatus { conditions } })),
+    )
+    .await?;
+    metrics.status_written(kind);
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 use weft_api::SpiffeId;
 use weft_api::v1::{self, MtlsMode, Protocol};
 
-use crate::authz::{DefaultAuthz, PortAuthz};
+use crate::authn::{Issuer, PortAuthn};
+use crate::authz::{DefaultAuthz, KeySet, PortAuthz};
 use crate::balance::{self, Endpoint, PickError, Registry};
 use crate::breaker;
 use crate::policy::ServicePolicy;
@@ -104,6 +105,10 @@ pub struct MeshConfig {
     /// This pod's rate limits, per port (kept, with their buckets, while
     /// a snapshot does not change them).
     rate_limits: crate::ratelimit::PortLimits,
+    /// The JWT issuers each port trusts.
+    authn: HashMap<u16, Arc<PortAuthn>>,
+    /// Every issuer, by id (parsed keys kept while unchanged).
+    issuers: HashMap<String, Arc<Issuer>>,
 }
 
 /// The current mesh configuration, swapped whole when a snapshot arrives.
@@ -200,10 +205,38 @@ impl MeshConfig {
                 Ok(v1::DefaultAuthz::Deny) => DefaultAuthz::Deny,
                 _ => DefaultAuthz::Allow,
             };
-            cfg.default_authz = Arc::new(PortAuthz::from_snapshot(default, None, trust_domain));
+            let key_sets: HashMap<String, KeySet> = inb
+                .api_key_sets
+                .iter()
+                .map(|k| {
+                    let digests = k
+                        .sha256
+                        .iter()
+                        .filter_map(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
+                        .collect();
+                    (k.id.clone(), Arc::new(digests))
+                })
+                .collect();
+            for p in &inb.jwt_providers {
+                let issuer = match prev.issuers.get(&p.id) {
+                    Some(old) if old.source == *p => old.clone(),
+                    _ => Arc::new(Issuer::new(p)),
+                };
+                cfg.issuers.insert(p.id.clone(), issuer);
+            }
+            cfg.default_authz = Arc::new(PortAuthz::from_snapshot(
+                default,
+                None,
+                trust_domain,
+                &key_sets,
+            ));
             for pa in &inb.authz {
                 let port = self::port(pa.port, "authorization port")?;
-                let built = PortAuthz::from_snapshot(default, Some(pa), trust_domain);
+                if !pa.jwt_providers.is_empty() {
+                    let authn = crate::authn::port_authn(&pa.jwt_providers, &cfg.issuers);
+                    cfg.authn.insert(port, Arc::new(authn));
+                }
+                let built = PortAuthz::from_snapshot(default, Some(pa), trust_domain, &key_sets);
                 // Unchanged: the same Arc (nothing to rebuild per request).
                 let built = match prev.authz.get(&port) {
                     Some(old) if **old == built => old.clone(),
@@ -261,6 +294,12 @@ impl MeshConfig {
         self.rate_limits.values().flatten().for_each(|l| l.sweep());
     }
 
+    /// The JWT issuers one of this pod's ports trusts (none: no tokens
+    /// are checked there).
+    pub fn authn(&self, port: u16) -> Option<Arc<PortAuthn>> {
+        self.authn.get(&port).cloned()
+    }
+
     /// Whether an inbound port must never be sniffed.
     pub fn is_opaque(&self, port: u16) -> bool {
         self.opaque_ports.contains(&port)
@@ -313,12 +352,25 @@ impl MeshConfig {
             })
             .collect();
         rate_limits.sort_by_key(|l| (l["port"].as_u64(), l["name"].as_str().map(str::to_string)));
+        let mut issuers: Vec<_> = self
+            .issuers
+            .values()
+            .map(|i| {
+                serde_json::json!({
+                    "id": i.source.id,
+                    "issuer": i.source.issuer,
+                    "kids": i.kids(),
+                })
+            })
+            .collect();
+        issuers.sort_by_key(|i| i["id"].as_str().map(str::to_string));
         serde_json::json!({
             "version": self.version,
             "mtls_mode": self.mtls_mode.map(|m| format!("{m:?}").to_lowercase()),
             "services": services,
             "workloads": workloads,
             "rate_limits": rate_limits,
+            "jwt_issuers": issuers,
         })
     }
 

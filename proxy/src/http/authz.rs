@@ -85,6 +85,8 @@ where
                     method: req.method(),
                     path: &path,
                     headers: req.headers(),
+                    query: req.uri().query(),
+                    jwt: req.extensions().get::<crate::authn::Verified>(),
                 }),
             );
             match decision {

@@ -114,21 +114,28 @@ impl HttpInbound {
             Some(p) => Arc::from(p.as_str()),
             None => Arc::from(format!("ip:{}", from.ip())),
         };
-        // Authorization first: a denied request takes no token.
-        let app = super::authz::Authorized {
-            inner: super::ratelimit::RateLimited {
-                inner: AppService {
-                    inbound: self,
-                    dst,
-                    peer: peer.and_then(|p| HeaderValue::from_str(&p).ok()),
-                },
-                limiter,
-                port: dst.port(),
-                client: client_key,
-            },
-            enforcer,
+        // Authentication, then authorization (which reads the verified
+        // token), then the rate limit (a refused request takes no token),
+        // then the app.
+        let app = super::authn::Authenticated {
+            mesh: enforcer.mesh.clone(),
+            metrics: enforcer.metrics.clone(),
             port: dst.port(),
-            peer: identity,
+            inner: super::authz::Authorized {
+                inner: super::ratelimit::RateLimited {
+                    inner: AppService {
+                        inbound: self,
+                        dst,
+                        peer: peer.and_then(|p| HeaderValue::from_str(&p).ok()),
+                    },
+                    limiter,
+                    port: dst.port(),
+                    client: client_key,
+                },
+                enforcer,
+                port: dst.port(),
+                peer: identity,
+            },
         };
         server.serve(io, proto, client, app, scope, observer).await
     }

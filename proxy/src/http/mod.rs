@@ -3,6 +3,7 @@
 //! between sidecars over one multiplexed mTLS HTTP/2 connection per peer.
 
 pub mod access_log;
+pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod breaker;

@@ -357,6 +357,15 @@ struct AuthzLabels {
 #[derive(Clone, Debug, Default)]
 pub struct AuthzMetrics {
     decisions: Family<AuthzLabels, Counter>,
+    jwt: Family<JwtLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JwtLabels {
+    /// `valid` or `invalid`.
+    result: &'static str,
+    /// Why a token was refused (a closed list), or `valid`.
+    reason: &'static str,
 }
 
 impl AuthzMetrics {
@@ -366,6 +375,15 @@ impl AuthzMetrics {
             "Authorization decisions on requests and connections, by action, policy and reason",
             self.decisions.clone(),
         );
+        reg.register(
+            "jwt_authn",
+            "End-user tokens checked at this pod's sidecar, by result and reason",
+            self.jwt.clone(),
+        );
+    }
+
+    pub fn jwt(&self, result: &'static str, reason: &'static str) {
+        self.jwt.get_or_create(&JwtLabels { result, reason }).inc();
     }
 
     pub fn decided(&self, action: &'static str, policy: &str, reason: &'static str) {

@@ -49,6 +49,7 @@ pub fn install(cluster: &Cluster) {
         "crd/trafficpolicies.weft.dev",
         "crd/authorizationpolicies.weft.dev",
         "crd/faultinjections.weft.dev",
+        "crd/requestauthentications.weft.dev",
         "crd/httproutes.gateway.networking.k8s.io",
         "crd/grpcroutes.gateway.networking.k8s.io",
         "crd/referencegrants.gateway.networking.k8s.io",
