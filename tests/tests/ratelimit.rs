@@ -261,12 +261,27 @@ fn client_and_route_keys_give_callers_and_rules_buckets_of_their_own() {
     let b = admitted(&m.bob, &format!("{web}/"), 10);
     assert!((5..=6).contains(&a), "alice: {a}");
     assert!((5..=6).contains(&b), "bob: {b}");
+    // A snapshot that does not change the limit keeps its buckets: alice's
+    // stays (nearly) empty, where a new one would admit 5 at once.
+    let drained = Instant::now();
+    let version = m.web.metric("discovery_snapshot_version");
+    m.cp.write_manifest(
+        "svc-other.yaml",
+        &service_yaml("other", "198.19.0.51", "other", &[(80, 8080, "")]),
+    );
+    m.web.wait_config(version);
+    let again = admitted(&m.alice, &format!("{web}/"), 5);
+    let refilled = 1 + drained.elapsed().as_secs() as usize;
+    assert!(
+        again <= refilled && again < 5,
+        "alice got {again} after a snapshot ({refilled} tokens could have come back)"
+    );
     // A plaintext caller outside the mesh (permissive mode), calling the
     // pod itself, is known by its address: a bucket of its own too.
     let carol = m.node.pod("carol");
     let c = admitted(&carol, &format!("http://{}/", m.web.addr(8080)), 10);
     assert!((5..=6).contains(&c), "carol: {c}");
-    assert_eq!(m.decisions("admitted"), (a + b + c) as f64);
+    assert_eq!(m.decisions("admitted"), (a + b + again + c) as f64);
     // Per route rule, matched at the server: /a and /b are two rules with a
     // bucket each, whoever calls.
     m.cp.write_manifest(
