@@ -120,12 +120,17 @@ fn crds_and_examples_on_a_real_api_server() {
         "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web, namespace: default}\n---\n\
          apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: redis, namespace: default}\n",
     );
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo.join("examples/manifests"))
-        .expect("reading examples/manifests")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
+    let mut files: Vec<PathBuf> = Vec::new();
+    // The policy examples after their mesh (mesh.yaml sorts first there).
+    for dir in ["examples/manifests", "examples/policy"] {
+        let mut here: Vec<PathBuf> = std::fs::read_dir(repo.join(dir))
+            .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
+            .map(|e| e.expect("a directory entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        here.sort_by_key(|p| (p.file_name() != Some("mesh.yaml".as_ref()), p.clone()));
+        files.extend(here);
+    }
     assert!(!files.is_empty(), "no examples in examples/manifests");
     for file in &files {
         let yaml = std::fs::read_to_string(file)

@@ -999,4 +999,21 @@ spec:
                 .any(|(o, _, _)| o == "AuthorizationPolicy shop/writers")
         );
     }
+
+    /// examples/policy/ reads cleanly and every reference in it resolves.
+    #[test]
+    fn the_policy_examples_resolve() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy");
+        let mut store = Store::new(&dir);
+        store.refresh();
+        let (objects, errors) = store.objects();
+        assert!(errors.is_empty(), "{errors:?}");
+        let m = Model::build(&objects, &[]);
+        assert_eq!((m.authz_policies.len(), m.request_authns.len()), (4, 1));
+        assert_eq!(policy_errors(&m, |_| None), vec![]);
+        assert!(
+            m.namespaces["payments"].default_authz == Some(v1::DefaultAuthz::Deny),
+            "payments denies by default"
+        );
+    }
 }
