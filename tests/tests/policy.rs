@@ -33,6 +33,7 @@ struct Policy {
     /// Clients by (namespace, ServiceAccount).
     clients: BTreeMap<(&'static str, &'static str), Arc<Pod>>,
     web: Arc<Pod>,
+    db: Arc<Pod>,
 }
 
 fn policy(test: &str) -> Policy {
@@ -59,7 +60,7 @@ fn policy_on(node: Node, extra: &[&str]) -> Policy {
         )
     };
     let web = server("web-0", "web");
-    server("db-0", "db");
+    let db = server("db-0", "db");
     let mut clients = BTreeMap::new();
     for (ns, sa) in [(SHOP, "frontend"), (SHOP, "other"), (OPS, "tool")] {
         let pod = node.pod(&format!("{sa}-{ns}"));
@@ -77,6 +78,7 @@ fn policy_on(node: Node, extra: &[&str]) -> Policy {
         cp,
         clients,
         web,
+        db,
     }
 }
 
@@ -790,4 +792,49 @@ spec:
     let r = p.call(FRONTEND, Method::POST, &format!("{web}/v1/orders"));
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["path"], "/orders");
+}
+
+/// A header rule allows by the request's header; an AUDIT policy lets its
+/// matches through, and counts them.
+#[test]
+fn header_rules_and_audit_policies() {
+    let p = policy("policy_audit");
+    p.cp.write_manifest(
+        "authz-db.yaml",
+        r#"apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: tenants, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: db}
+  rules: [{to: {headers: [{name: x-tenant, value: acme}]}}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: watch-other, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: db}
+  action: AUDIT
+  rules: [{from: [{serviceAccount: {name: other}}]}]
+"#,
+    );
+    let db = format!("http://{DB}/");
+    let r = p.until(FRONTEND, Method::GET, &db, |r| r.status == 403);
+    assert_eq!(weft_error(&r), "forbidden; policy=shop/tenants");
+    let tenant = [("x-tenant", "acme")];
+    assert_eq!(p.call_with(FRONTEND, Method::GET, &db, &tenant).status, 200);
+    assert_eq!(
+        p.call_with(FRONTEND, Method::GET, &db, &[("x-tenant", "other")])
+            .status,
+        403
+    );
+    // Audited, and allowed (by the header rule, which decides).
+    for _ in 0..3 {
+        assert_eq!(p.call_with(OTHER, Method::GET, &db, &tenant).status, 200);
+    }
+    let audited = p.db.metric(
+        r#"authz_decisions_total{action="audit",policy="shop/watch-other",reason="audit-rule"}"#,
+    );
+    assert_eq!(audited, 3.0, "{}", p.db.metrics());
+    // An audited request that nothing allows is still denied.
+    assert_eq!(p.call(OTHER, Method::GET, &db).status, 403);
 }
