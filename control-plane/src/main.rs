@@ -145,6 +145,11 @@ struct Cli {
     #[arg(long, env = "WEFT_JWKS_CA_FILE")]
     jwks_ca_file: Option<PathBuf>,
 
+    /// How long a proxy that disconnected stays listed (as stale, in
+    /// `weftctl status` and `/proxies`) before it is forgotten.
+    #[arg(long, env = "WEFT_STALE_PROXY_TTL", default_value = "10m", value_parser = weft_api::duration::parse)]
+    stale_proxy_ttl: Duration,
+
     /// Ports never sniffed (server-speaks-first protocols), mesh-wide.
     #[arg(long, env = "WEFT_OPAQUE_PORTS", value_delimiter = ',', default_values_t = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211])]
     opaque_ports: Vec<u16>,
@@ -250,6 +255,7 @@ fn main() -> ExitCode {
         },
         opaque_ports: cli.opaque_ports,
         jwks_ca_file: cli.jwks_ca_file,
+        stale_proxy_ttl: cli.stale_proxy_ttl,
         debounce: cli.debounce,
         otlp_endpoint: cli.otlp_endpoint,
     };

@@ -91,6 +91,8 @@ pub struct Config {
     pub opaque_ports: Vec<u16>,
     /// Extra roots for fetching `jwksUri`s.
     pub jwks_ca_file: Option<std::path::PathBuf>,
+    /// How long a disconnected proxy stays listed (stale) before it is forgotten.
+    pub stale_proxy_ttl: Duration,
     /// Quiet time that ends a burst of manifest changes.
     pub debounce: Duration,
     /// Where to export the control plane's own spans, if anywhere.
@@ -135,7 +137,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         SourceConfig::Kubernetes(k) => start_kubernetes(&cfg, k, &settings, &metrics).await?,
     };
     metrics.set_ca_expiry(ca.load().not_after());
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(cfg.stale_proxy_ttl));
 
     let admin = TcpListener::bind(cfg.admin_listen)
         .await

@@ -594,7 +594,8 @@ fn a_pod_annotation_overrides_the_mesh_wide_mtls_mode() {
 #[test]
 fn weftctl_status_shows_who_runs_the_current_config() {
     let node = Node::new("disc_weftctl");
-    let cp = ControlPlane::start(&node, "1h");
+    // A departed proxy is listed as stale for 8 s, then forgotten.
+    let cp = ControlPlane::start_with(&node, "1h", &["--stale-proxy-ttl", "8s"]);
     cp.write_manifest(
         "service-db.yaml",
         &service_yaml("db", DB_VIP, "db", &[(DB_PORT, DB_PORT, "tcp")]),
@@ -693,5 +694,29 @@ fn weftctl_status_shows_who_runs_the_current_config() {
     assert!(
         value("push_latency_ms_count").is_some_and(|n| n >= 1.0),
         "{metrics}"
+    );
+    // After the TTL the departed proxy is forgotten (pod churn does not
+    // grow the control plane), and every proxy left is current again.
+    eventually(
+        "the departed proxy is forgotten",
+        Duration::from_secs(20),
+        || {
+            let (code, json) = status(true);
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            let pods: Vec<String> = v["proxies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["pod"].as_str().map(str::to_string))
+                .collect();
+            code == Some(0) && pods == ["web-0"]
+        },
+    );
+    assert_eq!(
+        weft_e2e::metrics::value(
+            &cp.metrics(),
+            r#"proxy_config_current{namespace="default",pod="web-1"}"#
+        ),
+        None
     );
 }

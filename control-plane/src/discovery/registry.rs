@@ -1,9 +1,18 @@
 //! What each proxy was sent and acknowledged, and when: the control plane's
 //! record that config landed.
+//!
+//! A proxy that disconnects stays listed (as not connected: `weftctl status`
+//! shows it stale) for a bounded time, then is forgotten, so that pods
+//! coming and going do not grow the control plane.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+/// How long a disconnected proxy stays listed, unless configured.
+pub const DEFAULT_STALE_TTL: Duration = Duration::from_secs(600);
+/// Forgetting scans every entry: at most this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 use serde::Serialize;
 
@@ -25,6 +34,8 @@ pub struct ProxyState {
     pub acked_at_unix_ms: u64,
     /// Why the proxy could not apply the version it acknowledged, if it could not.
     pub ack_error: String,
+    /// When its last stream closed (0 while connected).
+    pub disconnected_at_unix_ms: u64,
     /// Open Watch streams (more than one during a reconnect).
     #[serde(skip)]
     streams: usize,
@@ -36,16 +47,59 @@ fn ms(t: SystemTime) -> u64 {
         .unwrap_or_default()
 }
 
-#[derive(Debug, Default)]
-pub struct Registry(Mutex<BTreeMap<ProxyKey, ProxyState>>, Mutex<u64>);
+#[derive(Debug)]
+pub struct Registry {
+    proxies: Mutex<BTreeMap<ProxyKey, ProxyState>>,
+    /// The newest version that landed everywhere.
+    landed: Mutex<u64>,
+    /// How long a disconnected proxy stays listed.
+    stale_ttl: Duration,
+    /// When the last sweep ran (Unix ms).
+    swept_at: Mutex<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(DEFAULT_STALE_TTL)
+    }
+}
 
 impl Registry {
+    /// Disconnected proxies are forgotten `stale_ttl` after their last
+    /// stream closed.
+    pub fn new(stale_ttl: Duration) -> Self {
+        Registry {
+            proxies: Mutex::default(),
+            landed: Mutex::default(),
+            stale_ttl,
+            swept_at: Mutex::default(),
+        }
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<ProxyKey, ProxyState>) -> R) -> R {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g)
     }
 
+    /// Drops the proxies disconnected for longer than the TTL (at most once
+    /// a second; every connect and listing calls it).
+    fn sweep(&self, now: SystemTime) {
+        let now_ms = ms(now);
+        {
+            let mut at = self.swept_at.lock().unwrap_or_else(|p| p.into_inner());
+            if now_ms.saturating_sub(*at) < SWEEP_EVERY.as_millis() as u64 && *at != 0 {
+                return;
+            }
+            *at = now_ms;
+        }
+        let ttl = self.stale_ttl.as_millis() as u64;
+        self.with(|m| {
+            m.retain(|_, s| s.connected || now_ms.saturating_sub(s.disconnected_at_unix_ms) < ttl)
+        });
+    }
+
     pub fn connected(&self, key: &ProxyKey, identity: &str) {
+        self.sweep(SystemTime::now());
         self.with(|m| {
             let s = m.entry(key.clone()).or_insert_with(|| ProxyState {
                 namespace: key.namespace.clone(),
@@ -57,10 +111,12 @@ impl Registry {
                 acked_version: 0,
                 acked_at_unix_ms: 0,
                 ack_error: String::new(),
+                disconnected_at_unix_ms: 0,
                 streams: 0,
             });
             s.streams += 1;
             s.connected = true;
+            s.disconnected_at_unix_ms = 0;
             s.identity = identity.to_string();
         })
     }
@@ -70,6 +126,9 @@ impl Registry {
             if let Some(s) = m.get_mut(key) {
                 s.streams = s.streams.saturating_sub(1);
                 s.connected = s.streams > 0;
+                if !s.connected {
+                    s.disconnected_at_unix_ms = ms(SystemTime::now());
+                }
             }
         })
     }
@@ -101,6 +160,7 @@ impl Registry {
     }
 
     pub fn list(&self) -> Vec<ProxyState> {
+        self.sweep(SystemTime::now());
         self.with(|m| m.values().cloned().collect())
     }
 
@@ -108,7 +168,7 @@ impl Registry {
     /// `version` (the moment a push has landed everywhere).
     pub fn landed_everywhere(&self, version: u64) -> bool {
         // Landed already: the acks that follow need no scan.
-        if *self.1.lock().unwrap_or_else(|p| p.into_inner()) >= version {
+        if *self.landed.lock().unwrap_or_else(|p| p.into_inner()) >= version {
             return false;
         }
         let all = self.with(|m| {
@@ -116,7 +176,7 @@ impl Registry {
                 .filter(|s| s.connected)
                 .all(|s| s.acked_version >= version)
         });
-        let mut last = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.landed.lock().unwrap_or_else(|p| p.into_inner());
         if all && *last < version {
             *last = version;
             true
@@ -127,5 +187,41 @@ impl Registry {
 
     pub fn connected_count(&self) -> usize {
         self.with(|m| m.values().filter(|s| s.connected).count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pod: &str) -> ProxyKey {
+        ProxyKey {
+            namespace: "shop".into(),
+            pod: pod.into(),
+        }
+    }
+
+    #[test]
+    fn a_departed_proxy_is_stale_then_forgotten() {
+        let r = Registry::new(Duration::from_millis(50));
+        r.connected(&key("a"), "id-a");
+        r.connected(&key("b"), "id-b");
+        // b reconnects before its old stream closes: still connected.
+        r.connected(&key("b"), "id-b");
+        r.disconnected(&key("b"));
+        r.disconnected(&key("a"));
+        let listed = r.list();
+        let a = listed.iter().find(|p| p.pod == "a").unwrap();
+        assert!(
+            !a.connected && a.disconnected_at_unix_ms > 0,
+            "stale: {a:?}"
+        );
+        assert!(listed.iter().find(|p| p.pod == "b").unwrap().connected);
+        std::thread::sleep(Duration::from_millis(1100));
+        let pods: Vec<String> = r.list().into_iter().map(|p| p.pod).collect();
+        assert_eq!(pods, ["b"], "a is forgotten, b stays");
+        // A proxy that comes back is listed afresh.
+        r.connected(&key("a"), "id-a");
+        assert_eq!(r.list().len(), 2);
     }
 }
