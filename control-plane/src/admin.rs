@@ -57,7 +57,7 @@ impl Admin {
                 self.metrics
                     .set_proxy_sync(self.registry.list().into_iter().map(|p| {
                         let current =
-                            p.connected && p.acked_version == version && p.ack_error.is_empty();
+                            p.connected && p.synced_version() >= version && p.ack_error.is_empty();
                         (p.namespace, p.pod, current)
                     }));
                 (
@@ -86,9 +86,10 @@ impl Admin {
                     .into_iter()
                     .map(|p| {
                         let current =
-                            p.connected && p.acked_version == version && p.ack_error.is_empty();
+                            p.connected && p.synced_version() >= version && p.ack_error.is_empty();
                         let mut v = serde_json::to_value(&p).unwrap_or_default();
                         v["current"] = serde_json::Value::Bool(current);
+                        v["synced_version"] = p.synced_version().into();
                         v
                     })
                     .collect();

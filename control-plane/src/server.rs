@@ -17,9 +17,8 @@ use weft_api::SpiffeId;
 use weft_api::tls::{self, CertSlot, TrustAnchors};
 use weft_api::v1::identity_server::IdentityServer;
 
-use weft_api::v1::discovery_server::DiscoveryServer;
-
 use crate::discovery::external::External;
+use crate::discovery::grpc_routes::DiscoveryRoutes;
 use crate::discovery::snapshot::MeshSettings;
 use crate::discovery::source::{Source, State};
 use crate::discovery::{DiscoveryService, Registry};
@@ -212,7 +211,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     info!(grpc = %cfg.grpc_listen, admin = %cfg.admin_listen, identity = %cfg.identity, "control plane serving");
     tonic::transport::Server::builder()
         .add_service(IdentityServer::new(identity))
-        .add_service(DiscoveryServer::new(discovery))
+        .add_service(DiscoveryRoutes::new(discovery))
         .serve_with_incoming_shutdown(
             crate::grpc::incoming(grpc, Arc::new(tls_config)),
             shutdown(),

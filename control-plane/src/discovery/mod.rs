@@ -13,7 +13,9 @@ pub mod authz;
 pub mod crds;
 pub mod external;
 pub mod findings;
+pub mod frames;
 pub mod grpc;
+pub mod grpc_routes;
 pub mod manifests;
 pub mod model;
 pub mod objects;
@@ -23,6 +25,7 @@ pub mod routes;
 pub mod service;
 pub mod snapshot;
 pub mod source;
+pub mod view;
 
 pub use manifests::{ManifestError, Store};
 pub use model::Model;

@@ -48,6 +48,9 @@ pub struct PodModel {
     pub mtls_mode: Option<MtlsMode>,
     /// The Pod's own `weft.dev/opaque-ports`.
     pub opaque_ports: Vec<u16>,
+    /// Services its proxy receives from the start (`weft.dev/dependencies`),
+    /// as "namespace/name".
+    pub dependencies: Vec<std::sync::Arc<str>>,
 }
 
 impl PodModel {
@@ -103,6 +106,21 @@ impl PodModel {
             named_ports,
             mtls_mode: mtls_mode(meta.annotations.as_ref()),
             opaque_ports: annotated_ports(meta.annotations.as_ref()),
+            dependencies: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(super::annotations::DEPENDENCIES_ANNOTATION))
+                .and_then(|v| {
+                    super::annotations::parse_dependencies(
+                        v,
+                        meta.namespace.as_deref().unwrap_or("default"),
+                    )
+                    .ok()
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .map(std::sync::Arc::from)
+                .collect(),
         }
     }
 }

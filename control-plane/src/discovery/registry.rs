@@ -36,9 +36,29 @@ pub struct ProxyState {
     pub ack_error: String,
     /// When its last stream closed (0 while connected).
     pub disconnected_at_unix_ms: u64,
+    /// The RPC it uses: `discover` (its view) or `watch` (everything).
+    pub api: &'static str,
+    /// Services it holds, and its explicit subscriptions (Discover only).
+    pub services: usize,
+    pub subscriptions: usize,
+    /// The newest version this proxy's stream looked at.
+    pub seen_version: u64,
     /// Open Watch streams (more than one during a reconnect).
     #[serde(skip)]
     streams: usize,
+}
+
+impl ProxyState {
+    /// The newest version this proxy runs everything it needs from: the
+    /// version it looked at last, once it acknowledged all it was sent
+    /// (without error); what it acknowledged otherwise.
+    pub fn synced_version(&self) -> u64 {
+        if self.acked_version >= self.sent_version && self.ack_error.is_empty() {
+            self.seen_version.max(self.acked_version)
+        } else {
+            self.acked_version
+        }
+    }
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -98,7 +118,7 @@ impl Registry {
         });
     }
 
-    pub fn connected(&self, key: &ProxyKey, identity: &str) {
+    pub fn connected(&self, key: &ProxyKey, identity: &str, api: &'static str) {
         self.sweep(SystemTime::now());
         self.with(|m| {
             let s = m.entry(key.clone()).or_insert_with(|| ProxyState {
@@ -112,12 +132,17 @@ impl Registry {
                 acked_at_unix_ms: 0,
                 ack_error: String::new(),
                 disconnected_at_unix_ms: 0,
+                api: "watch",
+                services: 0,
+                subscriptions: 0,
+                seen_version: 0,
                 streams: 0,
             });
             s.streams += 1;
             s.connected = true;
             s.disconnected_at_unix_ms = 0;
             s.identity = identity.to_string();
+            s.api = api;
         })
     }
 
@@ -138,6 +163,19 @@ impl Registry {
             if let Some(s) = m.get_mut(key) {
                 s.sent_version = version;
                 s.sent_at_unix_ms = ms(SystemTime::now());
+            }
+        })
+    }
+
+    /// The proxy's stream looked at `version`, whether or not it sent
+    /// anything: a version that changes nothing a proxy sees is current for
+    /// it once it acknowledged what it was sent.
+    pub fn seen(&self, key: &ProxyKey, version: u64, services: usize, subscriptions: usize) {
+        self.with(|m| {
+            if let Some(s) = m.get_mut(key) {
+                s.seen_version = s.seen_version.max(version);
+                s.services = services;
+                s.subscriptions = subscriptions;
             }
         })
     }
@@ -164,7 +202,7 @@ impl Registry {
         self.with(|m| m.values().cloned().collect())
     }
 
-    /// True once per version: when every connected proxy has acknowledged
+    /// True once per version: when every connected proxy is synced to
     /// `version` (the moment a push has landed everywhere).
     pub fn landed_everywhere(&self, version: u64) -> bool {
         // Landed already: the acks that follow need no scan.
@@ -174,7 +212,7 @@ impl Registry {
         let all = self.with(|m| {
             m.values()
                 .filter(|s| s.connected)
-                .all(|s| s.acked_version >= version)
+                .all(|s| s.synced_version() >= version)
         });
         let mut last = self.landed.lock().unwrap_or_else(|p| p.into_inner());
         if all && *last < version {
@@ -204,10 +242,10 @@ mod tests {
     #[test]
     fn a_departed_proxy_is_stale_then_forgotten() {
         let r = Registry::new(Duration::from_millis(50));
-        r.connected(&key("a"), "id-a");
-        r.connected(&key("b"), "id-b");
+        r.connected(&key("a"), "id-a", "watch");
+        r.connected(&key("b"), "id-b", "watch");
         // b reconnects before its old stream closes: still connected.
-        r.connected(&key("b"), "id-b");
+        r.connected(&key("b"), "id-b", "watch");
         r.disconnected(&key("b"));
         r.disconnected(&key("a"));
         let listed = r.list();
@@ -221,7 +259,7 @@ mod tests {
         let pods: Vec<String> = r.list().into_iter().map(|p| p.pod).collect();
         assert_eq!(pods, ["b"], "a is forgotten, b stays");
         // A proxy that comes back is listed afresh.
-        r.connected(&key("a"), "id-a");
+        r.connected(&key("a"), "id-a", "watch");
         assert_eq!(r.list().len(), 2);
     }
 }

@@ -7,9 +7,12 @@
 //! a route change then costs each stream one Service, not the whole mesh,
 //! which is what lets a change reach thousands of proxies quickly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use prost::Message;
 use weft_api::v1::{self, MtlsMode, Protocol};
@@ -28,32 +31,73 @@ pub struct MeshSettings {
     pub opaque_ports: Vec<u16>,
 }
 
-/// The shared part of every snapshot at one model version.
+/// One protobuf field, encoded once and shared by every stream that sends
+/// it (tag, length and message: an element of a `repeated` field of
+/// `Snapshot`, so a message is the concatenation of such pieces).
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    pub digest: u64,
+    pub bytes: Bytes,
+}
+
+impl Encoded {
+    fn new(bytes: Vec<u8>) -> Encoded {
+        Encoded {
+            digest: digest(&bytes),
+            bytes: Bytes::from(bytes),
+        }
+    }
+
+    /// `msg` as field `tag` of `Snapshot`.
+    pub fn of<M: Message>(tag: u32, msg: &M) -> Encoded {
+        Encoded::new(field(tag, msg))
+    }
+}
+
+/// A Service, encoded, and the Services its routes send to (backends and
+/// mirrors): a proxy that uses it needs those too.
+#[derive(Debug)]
+pub struct ServiceEntry {
+    pub encoded: Encoded,
+    pub deps: Vec<Arc<str>>,
+}
+
+/// The shared part of every snapshot at one model version, encoded. An
+/// unchanged Service keeps the very bytes (and allocation) of the version
+/// before, so two live versions cost one encoding of the mesh plus what
+/// changed.
 #[derive(Debug)]
 pub struct Shared {
     pub version: u64,
-    pub services: Vec<v1::Service>,
-    pub workloads: Vec<v1::Workload>,
+    /// Services by "namespace/name" (field 2 of `Snapshot`).
+    pub services: BTreeMap<Arc<str>, Arc<ServiceEntry>>,
+    /// Workloads by IP (field 3).
+    pub workloads: BTreeMap<IpAddr, Encoded>,
+    /// Every Service's name, address and ports (fields 10 and 11: the
+    /// complete table).
+    pub names: Encoded,
+    /// Trust anchors and opaque ports (fields 5, 6): in every message.
+    pub common: Encoded,
+    /// Networks holding meshed pods (field 13): in every Discover message.
+    pub networks: Encoded,
     pub trust_anchors_der: Vec<Vec<u8>>,
-    pub opaque_ports: Vec<u32>,
-    /// A digest of the above, to tell whether anything changed.
+    /// A digest of everything above, to tell whether anything changed.
     pub digest: u64,
-    /// Per Service ("namespace/name") and Workload (IP): a digest of its
-    /// content, to find what the next version changes.
-    service_digests: HashMap<String, u64>,
-    workload_digests: HashMap<String, u64>,
     /// What changed since the version built before this one.
     pub delta: Option<Delta>,
+    /// Watch streams' whole-mesh and delta bodies, built once, on first use.
+    everything: OnceLock<Bytes>,
+    changes: OnceLock<Bytes>,
 }
 
-/// The difference between two consecutive versions of the shared part.
+/// The keys that differ between two consecutive versions of the shared part.
 #[derive(Debug, Default)]
 pub struct Delta {
     pub base: u64,
-    pub services: Vec<v1::Service>,
-    pub removed_services: Vec<String>,
-    pub workloads: Vec<v1::Workload>,
-    pub removed_workloads: Vec<String>,
+    pub services: Vec<Arc<str>>,
+    pub removed_services: Vec<Arc<str>>,
+    pub workloads: Vec<IpAddr>,
+    pub removed_workloads: Vec<IpAddr>,
 }
 
 pub fn service_key(s: &v1::Service) -> String {
@@ -64,6 +108,56 @@ fn digest(bytes: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
     h.finish()
+}
+
+/// `msg` as field `tag` of `Snapshot`.
+pub(crate) fn field<M: Message>(tag: u32, msg: &M) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(msg.encoded_len() + 8);
+    prost::encoding::message::encode(tag, msg, &mut buf);
+    buf
+}
+
+/// The Services a Service's routes send to (backends and mirrors), by key.
+fn route_deps(s: &v1::Service, by_vip: &HashMap<IpAddr, Arc<str>>) -> Vec<Arc<str>> {
+    let mut addrs: Vec<&str> = Vec::new();
+    for rule in s.ports.iter().flat_map(|p| &p.routes) {
+        addrs.extend(rule.mirrors.iter().map(|m| m.address.as_str()));
+        for b in &rule.backends {
+            addrs.push(&b.address);
+            addrs.extend(b.mirrors.iter().map(|m| m.address.as_str()));
+        }
+    }
+    let own = format!("{}/{}", s.namespace, s.name);
+    let mut deps: Vec<Arc<str>> = addrs
+        .into_iter()
+        .filter_map(|a| a.parse::<std::net::SocketAddr>().ok())
+        .filter_map(|a| by_vip.get(&a.ip()).cloned())
+        .filter(|k| **k != *own)
+        .collect();
+    deps.sort();
+    deps.dedup();
+    deps
+}
+
+/// The networks holding meshed pods: the /24 (IPv4) or /64 (IPv6) of each.
+fn mesh_networks(workloads: &BTreeMap<IpAddr, Encoded>) -> Vec<String> {
+    let mut nets: Vec<String> = workloads
+        .keys()
+        .map(|ip| match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+            }
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{net}/64")
+            }
+        })
+        .collect();
+    nets.sort();
+    nets.dedup();
+    nets
 }
 
 /// The shared part at `version`; with `prev`, also what changed since it.
@@ -83,7 +177,7 @@ pub fn shared(
             String::new()
         }
     };
-    let mut services: Vec<v1::Service> = model
+    let built: Vec<v1::Service> = model
         .services
         .iter()
         .filter_map(|s| {
@@ -123,11 +217,48 @@ pub fn shared(
             })
         })
         .collect();
-    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut by_vip: HashMap<IpAddr, Arc<str>> = HashMap::new();
+    let mut names: Vec<u8> = Vec::new();
+    let mut keyed: Vec<(Arc<str>, &v1::Service)> = Vec::with_capacity(built.len());
+    for s in &built {
+        let key: Arc<str> = Arc::from(service_key(s));
+        if let Ok(ip) = s.virtual_ip.parse() {
+            by_vip.entry(ip).or_insert_with(|| key.clone());
+        }
+        keyed.push((key, s));
+    }
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut services: BTreeMap<Arc<str>, Arc<ServiceEntry>> = BTreeMap::new();
+    for (key, s) in keyed {
+        let name = v1::ServiceName {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            virtual_ip: s.virtual_ip.clone(),
+            ports: s
+                .ports
+                .iter()
+                .map(|p| v1::PortName {
+                    port: p.port,
+                    protocol: p.protocol,
+                })
+                .collect(),
+        };
+        prost::encoding::message::encode(10, &name, &mut names);
+        let mut encoded = Encoded::new(field(2, s));
+        // Unchanged: keep the previous version's bytes.
+        if let Some(old) = prev.and_then(|p| p.services.get(&key))
+            && old.encoded.digest == encoded.digest
+        {
+            encoded = old.encoded.clone();
+        }
+        let deps = route_deps(s, &by_vip);
+        services.insert(key, Arc::new(ServiceEntry { encoded, deps }));
+    }
+    prost::encoding::bool::encode(11, &true, &mut names);
     // One workload per IP: proxies and deltas key workloads by it. Two Pods
     // claim one IP when a finished Pod keeps the address a new one now has:
     // a ready Pod with an identity is the one there.
-    let mut by_ip: HashMap<std::net::IpAddr, &PodModel> = HashMap::new();
+    let mut by_ip: HashMap<IpAddr, &PodModel> = HashMap::new();
     let rank = |p: &PodModel| (p.ready, !identity(p).is_empty());
     for p in model.pods.iter().filter(|p| p.meshed) {
         let Some(ip) = p.ip else { continue };
@@ -136,76 +267,149 @@ pub fn shared(
             *held = p;
         }
     }
-    let mut workloads: Vec<v1::Workload> = by_ip
+    let workloads: BTreeMap<IpAddr, Encoded> = by_ip
         .into_iter()
-        .map(|(ip, p)| v1::Workload {
-            ip: ip.to_string(),
-            identity: identity(p),
-            pod: p.name.clone(),
-            namespace: p.namespace.clone(),
+        .map(|(ip, p)| {
+            let w = v1::Workload {
+                ip: ip.to_string(),
+                identity: identity(p),
+                pod: p.name.clone(),
+                namespace: p.namespace.clone(),
+            };
+            let encoded = Encoded::new(field(3, &w));
+            match prev.and_then(|prev| prev.workloads.get(&ip)) {
+                Some(old) if old.digest == encoded.digest => (ip, old.clone()),
+                _ => (ip, encoded),
+            }
         })
         .collect();
-    workloads.sort_by(|a, b| a.ip.cmp(&b.ip));
+    let mut common = Vec::new();
+    for a in anchors {
+        prost::encoding::bytes::encode(5, a, &mut common);
+    }
     let opaque_ports: Vec<u32> = settings
         .opaque_ports
         .iter()
         .map(|p| u32::from(*p))
         .collect();
-    let content = v1::Snapshot {
-        services: services.clone(),
-        workloads: workloads.clone(),
-        trust_anchors_der: anchors.to_vec(),
-        opaque_ports: opaque_ports.clone(),
-        ..Default::default()
+    prost::encoding::uint32::encode_packed(6, &opaque_ports, &mut common);
+    let mut networks = Vec::new();
+    for n in mesh_networks(&workloads) {
+        prost::encoding::string::encode(13, &n, &mut networks);
     }
-    .encode_to_vec();
-    let service_digests: HashMap<String, u64> = services
-        .iter()
-        .map(|s| (service_key(s), digest(&s.encode_to_vec())))
-        .collect();
-    let workload_digests: HashMap<String, u64> = workloads
-        .iter()
-        .map(|w| (w.ip.clone(), digest(&w.encode_to_vec())))
-        .collect();
+    let names = Encoded::new(names);
+    let common = Encoded::new(common);
+    let networks = Encoded::new(networks);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (k, s) in &services {
+        (k, s.encoded.digest).hash(&mut h);
+    }
+    for (ip, w) in &workloads {
+        (ip, w.digest).hash(&mut h);
+    }
+    (names.digest, common.digest, networks.digest).hash(&mut h);
     let delta = prev.map(|p| Delta {
         base: p.version,
         services: services
             .iter()
-            .filter(|s| {
-                p.service_digests.get(&service_key(s)) != service_digests.get(&service_key(s))
-            })
+            .filter(|(k, s)| p.services.get(*k).map(|o| o.encoded.digest) != Some(s.encoded.digest))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        removed_services: p
+            .services
+            .keys()
+            .filter(|k| !services.contains_key(*k))
             .cloned()
             .collect(),
-        removed_services: gone(&p.service_digests, &service_digests),
         workloads: workloads
             .iter()
-            .filter(|w| p.workload_digests.get(&w.ip) != workload_digests.get(&w.ip))
-            .cloned()
+            .filter(|(ip, w)| p.workloads.get(*ip).map(|o| o.digest) != Some(w.digest))
+            .map(|(ip, _)| *ip)
             .collect(),
-        removed_workloads: gone(&p.workload_digests, &workload_digests),
+        removed_workloads: p
+            .workloads
+            .keys()
+            .filter(|ip| !workloads.contains_key(*ip))
+            .copied()
+            .collect(),
     });
     Arc::new(Shared {
         version,
         services,
         workloads,
+        names,
+        common,
+        networks,
         trust_anchors_der: anchors.to_vec(),
-        opaque_ports,
-        digest: digest(&content),
-        service_digests,
-        workload_digests,
+        digest: h.finish(),
         delta,
+        everything: OnceLock::new(),
+        changes: OnceLock::new(),
     })
 }
 
-/// Keys in `before` and not in `after`, sorted.
-fn gone(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> Vec<String> {
-    let mut keys: Vec<String> = before
-        .keys()
-        .filter(|k| !after.contains_key(*k))
-        .cloned()
-        .collect();
-    keys.sort();
-    keys
+impl Shared {
+    /// Every Service and Workload (fields 2 and 3), as one piece: the body
+    /// of a complete Watch snapshot, built once per version.
+    pub fn everything(&self) -> Bytes {
+        self.everything
+            .get_or_init(|| {
+                let mut b = Vec::new();
+                for s in self.services.values() {
+                    b.extend_from_slice(&s.encoded.bytes);
+                }
+                for w in self.workloads.values() {
+                    b.extend_from_slice(&w.bytes);
+                }
+                Bytes::from(b)
+            })
+            .clone()
+    }
+
+    /// What changed since the version before (fields 2, 3, 7, 8, 9), as one
+    /// piece: the body of a Watch delta, built once per version. None for
+    /// the first version.
+    pub fn changes(&self) -> Option<(u64, Bytes)> {
+        let delta = self.delta.as_ref()?;
+        let bytes = self.changes.get_or_init(|| {
+            let mut b = Vec::new();
+            for k in &delta.services {
+                if let Some(s) = self.services.get(k) {
+                    b.extend_from_slice(&s.encoded.bytes);
+                }
+            }
+            for ip in &delta.workloads {
+                if let Some(w) = self.workloads.get(ip) {
+                    b.extend_from_slice(&w.bytes);
+                }
+            }
+            prost::encoding::uint64::encode(7, &delta.base, &mut b);
+            for k in &delta.removed_services {
+                prost::encoding::string::encode(8, &k.to_string(), &mut b);
+            }
+            for ip in &delta.removed_workloads {
+                prost::encoding::string::encode(9, &ip.to_string(), &mut b);
+            }
+            Bytes::from(b)
+        });
+        Some((delta.base, bytes.clone()))
+    }
+
+    /// One Service, decoded (for tests and tools).
+    pub fn service(&self, namespace: &str, name: &str) -> Option<v1::Service> {
+        let s = self.services.get(format!("{namespace}/{name}").as_str())?;
+        let snap = v1::Snapshot::decode(s.encoded.bytes.clone()).ok()?;
+        snap.services.into_iter().next()
+    }
+
+    /// Every Workload, decoded (for tests and tools).
+    pub fn decoded_workloads(&self) -> Vec<v1::Workload> {
+        self.workloads
+            .values()
+            .filter_map(|w| v1::Snapshot::decode(w.bytes.clone()).ok())
+            .flat_map(|s| s.workloads)
+            .collect()
+    }
 }
 
 /// One proxy's inbound settings: its mTLS mode and the ports Services send
@@ -257,33 +461,13 @@ pub fn inbound(model: &Model, settings: &MeshSettings, namespace: &str, pod: &st
     }
 }
 
-/// The snapshot for one proxy, and a digest of its content (version aside):
-/// only the changes when the stream last sent the version this one follows
-/// (`sent`), complete otherwise.
+/// The Watch snapshot for one proxy, decoded (for tests and fuzzing: the
+/// stream sends [`super::frames::watch`]'s bytes), and a digest of its
+/// content (version aside).
 pub fn for_proxy(shared: &Shared, inbound: v1::Inbound, sent: Option<u64>) -> (v1::Snapshot, u64) {
-    let d = digest(&inbound.encode_to_vec()) ^ shared.digest.rotate_left(1);
-    let snap = match &shared.delta {
-        Some(delta) if sent == Some(delta.base) => v1::Snapshot {
-            version: shared.version,
-            services: delta.services.clone(),
-            workloads: delta.workloads.clone(),
-            inbound: Some(inbound),
-            trust_anchors_der: shared.trust_anchors_der.clone(),
-            opaque_ports: shared.opaque_ports.clone(),
-            base_version: delta.base,
-            removed_services: delta.removed_services.clone(),
-            removed_workloads: delta.removed_workloads.clone(),
-        },
-        _ => v1::Snapshot {
-            version: shared.version,
-            services: shared.services.clone(),
-            workloads: shared.workloads.clone(),
-            inbound: Some(inbound),
-            trust_anchors_der: shared.trust_anchors_der.clone(),
-            opaque_ports: shared.opaque_ports.clone(),
-            ..Default::default()
-        },
-    };
+    let inbound = Encoded::of(4, &inbound);
+    let (msg, d) = super::frames::watch(shared, &inbound, sent);
+    let snap = v1::Snapshot::decode(msg.concat().as_slice()).unwrap_or_default();
     (snap, d)
 }
 
@@ -330,11 +514,7 @@ mod tests {
             (2, 3, 1, 1, 2)
         );
         let shared = super::shared(1, &model, &settings, &[], None);
-        let web = shared
-            .services
-            .iter()
-            .find(|s| s.name == "web")
-            .expect("web");
+        let web = shared.service("default", "web").expect("web");
         let eps = &web.ports[0].endpoints;
         assert_eq!(eps.len(), 2);
         assert!(eps.iter().all(|e| e.port == 8080 && e.identity == "spiffe://cluster.local/ns/default/sa/web"));
@@ -360,11 +540,7 @@ mod tests {
                 "x-weft-fault"
             )
         );
-        let redis = shared
-            .services
-            .iter()
-            .find(|s| s.name == "redis")
-            .expect("redis");
+        let redis = shared.service("default", "redis").expect("redis");
         assert_eq!(redis.ports[0].protocol, Protocol::Opaque as i32);
         let strict = inbound(&model, &settings, "default", "web-1");
         assert_eq!(strict.mtls_mode, MtlsMode::Strict as i32);
@@ -442,11 +618,8 @@ mod tests {
         ] {
             let model = Model::build(&pods.into_iter().collect(), &[]);
             let shared = super::shared(1, &model, &settings, &[], None);
-            let ids: Vec<&str> = shared
-                .workloads
-                .iter()
-                .map(|w| w.identity.as_str())
-                .collect();
+            let workloads = shared.decoded_workloads();
+            let ids: Vec<&str> = workloads.iter().map(|w| w.identity.as_str()).collect();
             assert_eq!(ids, ["spiffe://cluster.local/ns/default/sa/web"]);
         }
     }
@@ -475,9 +648,15 @@ mod tests {
         let v2 = super::shared(2, &next, &settings, &[], Some(&v1));
         let delta = v2.delta.as_ref().expect("a delta");
         assert_eq!(delta.base, 1);
-        let changed: Vec<&str> = delta.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(changed, ["web"]);
-        assert_eq!(delta.removed_services, ["default/redis"]);
+        let changed: Vec<&str> = delta.services.iter().map(|s| &**s).collect();
+        assert_eq!(changed, ["default/web"]);
+        let removed: Vec<&str> = delta.removed_services.iter().map(|s| &**s).collect();
+        assert_eq!(removed, ["default/redis"]);
+        // An unchanged Service keeps the very bytes of the version before.
+        let v3 = super::shared(3, &next, &settings, &[], Some(&v2));
+        let (a, b) = (&v2.services["default/web"], &v3.services["default/web"]);
+        assert_eq!(a.encoded.bytes.as_ptr(), b.encoded.bytes.as_ptr());
+        assert!(v3.delta.as_ref().is_some_and(|d| d.services.is_empty()));
         assert!(delta.workloads.is_empty());
         assert_eq!(delta.removed_workloads.len(), 1);
 
@@ -491,6 +670,7 @@ mod tests {
         let (full, _) = for_proxy(&v2, inbound.clone(), Some(7));
         assert_eq!(full.base_version, 0);
         assert_eq!(full.services.len(), v2.services.len());
+        assert_eq!(full.workloads.len(), v2.workloads.len());
         let (first, _) = for_proxy(&v2, inbound, None);
         assert_eq!(first.base_version, 0);
     }
