@@ -109,7 +109,16 @@ impl Admin {
             }
             (&Method::GET, "/config") => {
                 let body = match &self.mesh {
-                    Some(m) => m.load().to_json(),
+                    Some(m) => {
+                        let mut cfg = m.load().to_json();
+                        cfg["discovery"] = if m.subscriptions.on_demand() {
+                            "on-demand".into()
+                        } else {
+                            "all".into()
+                        };
+                        cfg["subscriptions"] = m.subscriptions.to_json();
+                        cfg
+                    }
                     None => serde_json::json!({ "discovery": "off" }),
                 };
                 let mut r = Response::new(Body::from(body.to_string() + "\n"));

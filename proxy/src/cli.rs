@@ -207,6 +207,22 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_POD_NAMESPACE")]
     pub pod_namespace: Option<String>,
 
+    /// What this proxy receives: `on-demand`, the Services its app uses
+    /// (subscribed on first use; plus the pod's `weft.dev/dependencies`), or
+    /// `all`, the whole mesh as it changes.
+    #[arg(long, env = "WEFT_DISCOVERY", default_value = "on-demand", value_parser = ["on-demand", "all"])]
+    pub discovery: String,
+
+    /// How long a connection to a Service (or meshed pod) this proxy does not
+    /// hold yet waits for it to arrive before it is refused.
+    #[arg(long, env = "WEFT_DISCOVERY_WAIT", default_value = "3s", value_parser = weft_api::duration::parse)]
+    pub discovery_wait: Duration,
+
+    /// A Service (or pod address) unused for this long, with no connection
+    /// open to it, is dropped from this proxy's view.
+    #[arg(long, env = "WEFT_DISCOVERY_IDLE", default_value = "5m", value_parser = weft_api::duration::parse)]
+    pub discovery_idle: Duration,
+
     /// Export trace spans over OTLP/gRPC to this collector (e.g. Jaeger's
     /// `http://jaeger:4317`). Off by default.
     #[arg(long, env = "WEFT_OTLP_ENDPOINT")]

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use weft_api::SpiffeId;
 use weft_api::v1;
 
-use crate::discovery::{Address, Mesh, ServicePort};
+use crate::discovery::subscriptions::Unavailable;
+use crate::discovery::{Address, Key, Mesh, ServicePort, UseGuard};
 
 /// The workload expected at a destination: `IP=ID` or `IP:PORT=ID`
 /// (`--peer-identity`, for destinations discovery does not cover).
@@ -103,6 +104,36 @@ impl Destinations {
         fixed: Option<(SocketAddr, Option<SpiffeId>)>,
     ) -> Self {
         Destinations { mesh, peers, fixed }
+    }
+
+    /// Makes sure this proxy holds what a connection to `dst` needs: on
+    /// first use of a Service's virtual IP (or of an address in the
+    /// networks of meshed pods) it subscribes and waits for the answer. The
+    /// guard marks it used while the connection lives. Nothing to do for
+    /// egress, or when the proxy receives the whole mesh.
+    pub async fn discover(&self, dst: SocketAddr) -> Result<Option<UseGuard>, (Key, Unavailable)> {
+        let Some(mesh) = self.mesh.as_ref().filter(|m| m.subscriptions.on_demand()) else {
+            return Ok(None);
+        };
+        if self.fixed.is_some() {
+            return Ok(None);
+        }
+        let (key, held) = {
+            let cfg = mesh.load();
+            let key = if let Some(k) = cfg.service_key(dst.ip()) {
+                Key::Service(k)
+            } else if cfg.is_meshed(dst.ip()) || cfg.in_mesh_networks(dst.ip()) {
+                Key::Address(dst.ip())
+            } else {
+                return Ok(None);
+            };
+            let held = cfg.holds(&key);
+            (key, held)
+        };
+        match mesh.subscriptions.want(key.clone(), held).await {
+            Ok(guard) => Ok(Some(guard)),
+            Err(e) => Err((key, e)),
+        }
     }
 
     /// A Service's virtual address is balanced over its endpoints; a meshed

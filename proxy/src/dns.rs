@@ -138,6 +138,15 @@ impl DnsServer {
             _ => vec![name.to_string()],
         };
         let vip = candidates.iter().find_map(|c| mesh.resolve(c))?;
+        // The app is about to connect: ask for the Service now, so that the
+        // connection usually finds it here.
+        if let (Some(m), Some(key)) = (self.inner.mesh.as_ref(), mesh.service_key(vip))
+            && m.subscriptions.on_demand()
+            && !mesh.holds(&crate::discovery::Key::Service(key.clone()))
+        {
+            m.subscriptions
+                .prefetch(crate::discovery::Key::Service(key));
+        }
         let mut res = Message::response(req.metadata.id, OpCode::Query);
         res.metadata.authoritative = true;
         res.metadata.recursion_desired = req.metadata.recursion_desired;
@@ -224,7 +233,7 @@ mod tests {
             &crate::balance::Registry::default(),
         )
         .unwrap();
-        let mesh: Mesh = Arc::new(arc_swap::ArcSwap::from_pointee(cfg));
+        let mesh: Mesh = crate::discovery::MeshState::fixed(cfg);
         DnsServer::new(Some(mesh), None, "shop".into())
     }
 

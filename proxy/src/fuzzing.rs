@@ -140,7 +140,7 @@ pub fn dns_server(snapshot: &v1::Snapshot, namespace: &str) -> anyhow::Result<Dn
         &MeshConfig::default(),
         &Registry::default(),
     )?;
-    let mesh = Arc::new(arc_swap::ArcSwap::from_pointee(cfg));
+    let mesh = crate::discovery::MeshState::fixed(cfg);
     Ok(DnsServer::new(Some(mesh), None, namespace.to_string()))
 }
 

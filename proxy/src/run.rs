@@ -12,7 +12,7 @@ use crate::admin::{Admin, Readiness};
 use crate::cli::{IdentityArgs, RunArgs};
 use crate::connect::Connector;
 use crate::destination::Destinations;
-use crate::discovery::{DiscoveryMetrics, Mesh, MeshConfig, Watcher};
+use crate::discovery::{DiscoveryMetrics, Mesh, MeshConfig, MeshState, Subscriptions, Watcher};
 use crate::dns;
 use crate::forward::{Carrier, Forwarder, Inbound, Outbound, Side, Target};
 use crate::http::access_log::AccessLog;
@@ -309,7 +309,13 @@ fn start_discovery(
         warn!("no --pod-name: discovery is off, only --peer-identity destinations are meshed");
         return Ok(None);
     };
-    let mesh: Mesh = Arc::new(arc_swap::ArcSwap::from_pointee(MeshConfig::default()));
+    let subscriptions = Subscriptions::new(
+        args.discovery == "on-demand",
+        args.discovery_wait,
+        args.discovery_idle,
+        metrics.subscriptions.clone(),
+    );
+    let mesh: Mesh = MeshState::new(MeshConfig::default(), Arc::new(subscriptions));
     let watcher = Watcher {
         identity: identity.clone(),
         control_plane: ControlPlane {

@@ -59,6 +59,15 @@ impl ControlPlane {
         cp
     }
 
+    /// The running control plane's process id (0 when stopped).
+    pub fn pid(&self) -> u32 {
+        self.process
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |p| p.pid())
+    }
+
     /// The manifest directory the control plane watches.
     pub fn manifests(&self) -> PathBuf {
         self.dir.join("manifests")

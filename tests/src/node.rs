@@ -302,10 +302,20 @@ impl Pod {
 
     /// Waits until the proxy's config has `service` (`name.ns:port`) with
     /// exactly `endpoints` endpoints.
+    ///
+    /// A proxy that discovers on demand holds a Service only once its app
+    /// used it: if it does not, this connects once from the pod to the
+    /// Service's address, as the app's first call would, and waits for what
+    /// that brings. It connects to a port the Service does not serve, so that
+    /// no endpoint sees the connection (and no count a test reads moves).
     pub fn wait_endpoints(&self, service: &str, endpoints: usize) {
         let deadline = Instant::now() + Duration::from_secs(15);
+        let mut used = false;
         loop {
             let cfg = self.config();
+            if !used {
+                used = self.use_service(service);
+            }
             let n = cfg["services"]
                 .as_array()
                 .into_iter()
@@ -322,6 +332,68 @@ impl Pod {
             );
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Connects once, from this pod, to the address of `service`
+    /// ("name.namespace:port") unless the proxy holds it or receives
+    /// everything anyway (see [`Pod::wait_endpoints`]); false while its names
+    /// table lacks it.
+    pub fn use_service(&self, service: &str) -> bool {
+        let cfg = self.config();
+        if cfg["discovery"] != "on-demand" {
+            return true;
+        }
+        let held = cfg["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == service);
+        if held {
+            return true;
+        }
+        let Some((name, _port)) = service.rsplit_once(':') else {
+            return true;
+        };
+        let Some((name, ns)) = name.split_once('.') else {
+            return true;
+        };
+        let key = format!("{ns}/{name}");
+        let Some(entry) = cfg["names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["service"] == key.as_str())
+        else {
+            return false;
+        };
+        let Some(vip) = entry["address"].as_str() else {
+            return false;
+        };
+        let served: Vec<u64> = entry["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_u64)
+            .collect();
+        let Some(unserved) = (1..100u64).find(|p| !served.contains(p)) else {
+            return false;
+        };
+        let addr = if vip.contains(':') {
+            format!("[{vip}]")
+        } else {
+            vip.to_string()
+        };
+        // Opened and closed: the proxy subscribes on accepting it.
+        self.exec(
+            "timeout",
+            &[
+                "5",
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/{addr}/{unserved}"),
+            ],
+        );
+        true
     }
 
     /// The proxy's `/metrics` text.

@@ -65,6 +65,21 @@ fn mesh(test: &str, n: usize) -> Mesh {
         &pod_yaml(&client, "client", &[("app", "client")], true),
     );
     client.mesh_with_dns(&cp, "client", UPSTREAM, &[]);
+    // Until the control plane has read the client's manifest, the db
+    // sidecars would be told it is not a meshed pod (and take its mTLS for
+    // a plaintext client's on their opaque port).
+    eventually(
+        "the control plane knows the client's pod",
+        Duration::from_secs(10),
+        || {
+            cp.admin_json("/proxies")["proxies"]
+                .as_array()
+                .is_some_and(|l| {
+                    l.iter()
+                        .any(|p| p["pod"] == "client" && p["pod_known"] == true)
+                })
+        },
+    );
     let m = Mesh {
         node,
         cp,
@@ -72,18 +87,8 @@ fn mesh(test: &str, n: usize) -> Mesh {
         dbs,
     };
     m.wait_endpoints(n);
-    // The db sidecars learn that the client is a meshed pod from their own
-    // snapshot; until then a connection to the opaque port from it is taken
-    // for a plaintext client's (no TLS detection on opaque ports from
-    // outside the mesh).
-    let client_ip = format!("\"{}\"", m.client.ip);
-    for db in &m.dbs {
-        weft_e2e::eventually(
-            "every db sidecar knows the client is meshed",
-            std::time::Duration::from_secs(10),
-            || db.config()["workloads"].to_string().contains(&client_ip),
-        );
-    }
+    // The db sidecars learn that the client is a meshed pod when its first
+    // connection arrives (they ask the control plane about its address).
     m
 }
 
@@ -230,10 +235,10 @@ fn a_malformed_manifest_is_reported_and_the_old_config_keeps_serving() {
     let m = mesh("disc_bad", 2);
     // Settled first: the control plane has seen every pod's manifest (the
     // client's too) and the client runs that version.
-    eventually("the client is current", Duration::from_secs(10), || {
-        m.client.config()["workloads"].as_array().map(Vec::len) == Some(3)
-            && m.cp.admin_json("/proxies")["version"].as_f64()
-                == Some(m.client.metric("discovery_snapshot_version"))
+    eventually("every proxy is current", Duration::from_secs(10), || {
+        let status = m.cp.admin_json("/status");
+        let list = status["proxies"].as_array().cloned().unwrap_or_default();
+        list.len() == 3 && list.iter().all(|p| p["current"] == true)
     });
     let v = m.client.metric("discovery_snapshot_version");
     let good = service_yaml("db", DB_VIP, "db", &[(DB_PORT, DB_PORT, "tcp")]);
@@ -280,26 +285,33 @@ fn a_malformed_manifest_is_reported_and_the_old_config_keeps_serving() {
 #[test]
 fn the_admin_api_shows_what_each_proxy_was_sent_and_acknowledged() {
     let m = mesh("disc_admin", 2);
-    // A change reaches everyone and everyone acknowledges it.
+    // A change reaches the proxies it concerns, and they acknowledge it;
+    // every proxy runs the latest version of what it sees.
     m.cp.write_manifest(
         "service-extra.yaml",
         &service_yaml("extra", "198.19.0.11", "db", &[(80, DB_PORT, "")]),
     );
     m.client.wait_endpoints("extra.default:80", 2);
     eventually(
-        "every proxy acknowledged the latest version",
+        "every proxy is current, the client has acknowledged what it was sent",
         Duration::from_secs(10),
         || {
-            let p = m.cp.admin_json("/proxies");
+            let p = m.cp.admin_json("/status");
             let v = p["version"].as_u64().unwrap_or(0);
             let list = p["proxies"].as_array().cloned().unwrap_or_default();
             list.len() == 3
                 && list.iter().all(|x| {
                     x["connected"] == true
-                        && x["sent_version"].as_u64() == Some(v)
-                        && x["acked_version"].as_u64() == Some(v)
+                        && x["current"] == true
+                        && x["synced_version"].as_u64() == Some(v)
+                        && x["acked_version"] == x["sent_version"]
                         && x["acked_at_unix_ms"].as_u64().unwrap_or(0) > 0
                         && x["ack_error"] == ""
+                })
+                && list.iter().any(|x| {
+                    x["pod"] == "client"
+                        && x["api"] == "discover"
+                        && x["sent_version"].as_u64() == Some(v)
                 })
         },
     );
@@ -450,18 +462,8 @@ fn server_speaks_first_protocols_never_wait_for_detection() {
     let outsider = node.pod("outsider");
     client.wait_endpoints(DB, 1);
     client.wait_endpoints("redis.default:6379", 1);
-    // The servers know the client is meshed.
-    for p in [&db, &redis] {
-        eventually(
-            "the servers know the client",
-            Duration::from_secs(10),
-            || {
-                p.config()["workloads"]
-                    .as_array()
-                    .is_some_and(|w| w.len() == 3)
-            },
-        );
-    }
+    // The servers learn that the client is meshed when its first
+    // connection arrives (the waits above made one each).
 
     let banner = |dst: SocketAddr| async move {
         let start = Instant::now();
@@ -507,17 +509,22 @@ fn server_speaks_first_protocols_never_wait_for_detection() {
         Ok::<_, String>((buf, start.elapsed()))
     };
     let redis_vip = SocketAddr::new("198.19.0.12".parse().expect("ip"), 6379);
+    let series = format!(
+        r#"tls_sessions_total{{direction="inbound",peer_identity="{}"}}"#,
+        spiffe("client")
+    );
+    let before = redis.metric(&series);
     let (pong, took) = client
         .ns
         .block_on(ping(redis_vip))
         .expect("redis through the mesh");
     assert_eq!(&pong, b"+PONG\r\n");
     assert!(took < Duration::from_secs(1), "PING took {took:?}");
-    let series = format!(
-        r#"tls_sessions_total{{direction="inbound",peer_identity="{}"}}"#,
-        spiffe("client")
+    assert_eq!(
+        redis.metric(&series),
+        before + 1.0,
+        "redis was not reached in mTLS"
     );
-    assert_eq!(redis.metric(&series), 1.0, "redis was not reached in mTLS");
     // An un-meshed client of an opaque port is not held for detection.
     let (line, took) = outsider
         .ns

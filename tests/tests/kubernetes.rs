@@ -234,7 +234,12 @@ fn endpoints(pod: &Pod, service: &str) -> Option<Vec<serde_json::Value>> {
 
 fn wait_endpoint_count(pod: &Pod, service: &str, n: usize) {
     let deadline = Instant::now() + WAIT;
+    let mut used = false;
     loop {
+        // On demand: the app's first call brings the Service.
+        if !used {
+            used = pod.use_service(service);
+        }
         let eps = endpoints(pod, service);
         if eps.as_ref().map(Vec::len) == Some(n) {
             return;
@@ -333,6 +338,7 @@ fn the_control_plane_follows_the_cluster() {
     // The frontend's sidecar knows the backends from the EndpointSlices,
     // with their identities.
     wait_endpoint_count(&frontend, "backend.shop:80", 3);
+    wait_endpoint_count(&frontend, "backend-v1.shop:80", 2);
     let eps = endpoints(&frontend, "backend-v1.shop:80").expect("backend-v1 in the config");
     assert_eq!(eps.len(), 2, "{eps:?}");
     for e in &eps {
@@ -878,7 +884,7 @@ fn a_new_leader_takes_over() {
     );
     let (_, orphan) = &v1[0];
     assert!(
-        orphan.config()["services"]
+        orphan.config()["names"]
             .as_array()
             .is_some_and(|s| !s.is_empty()),
         "a proxy of the dead replica lost its config"

@@ -158,7 +158,7 @@ fn load_file(path: &Path, state: &mut FileState) {
     }
 }
 
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 impl Store {
     /// Loads `text` as the content of the file at `path`, as if a refresh
     /// had just read it there (the fuzz targets' way in, without a disk).

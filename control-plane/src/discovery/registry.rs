@@ -43,6 +43,10 @@ pub struct ProxyState {
     pub subscriptions: usize,
     /// The newest version this proxy's stream looked at.
     pub seen_version: u64,
+    /// Whether the model at that version has its pod (a proxy that
+    /// connects before its pod is known gets no inbound settings yet, and
+    /// other proxies do not know it is meshed).
+    pub pod_known: bool,
     /// Open Watch streams (more than one during a reconnect).
     #[serde(skip)]
     streams: usize,
@@ -67,9 +71,44 @@ fn ms(t: SystemTime) -> u64 {
         .unwrap_or_default()
 }
 
+/// The proxies, and counts kept as they change so that no ack or
+/// connection scans them all (10,000 acks of one push would scan 10,000
+/// entries each).
+#[derive(Debug, Default)]
+struct Table {
+    map: BTreeMap<ProxyKey, ProxyState>,
+    connected: usize,
+    /// The newest version a stream looked at, and how many connected
+    /// proxies are synced to it.
+    newest: u64,
+    synced: usize,
+}
+
+impl Table {
+    /// Changes one proxy, keeping the counts.
+    fn update<R>(&mut self, key: &ProxyKey, f: impl FnOnce(&mut ProxyState) -> R) -> Option<R> {
+        let s = self.map.get_mut(key)?;
+        let counted = |s: &ProxyState, newest: u64| s.connected && s.synced_version() >= newest;
+        let before = (s.connected, counted(s, self.newest));
+        let r = f(s);
+        if s.seen_version > self.newest {
+            // A new version: nobody is counted as synced to it yet.
+            self.newest = s.seen_version;
+            self.synced = 0;
+            self.synced += usize::from(counted(s, self.newest));
+        } else {
+            let after = counted(s, self.newest);
+            self.synced = (self.synced + usize::from(after)).saturating_sub(usize::from(before.1));
+        }
+        self.connected =
+            (self.connected + usize::from(s.connected)).saturating_sub(usize::from(before.0));
+        Some(r)
+    }
+}
+
 #[derive(Debug)]
 pub struct Registry {
-    proxies: Mutex<BTreeMap<ProxyKey, ProxyState>>,
+    proxies: Mutex<Table>,
     /// The newest version that landed everywhere.
     landed: Mutex<u64>,
     /// How long a disconnected proxy stays listed.
@@ -96,7 +135,7 @@ impl Registry {
         }
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<ProxyKey, ProxyState>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut Table) -> R) -> R {
         let mut g = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut g)
     }
@@ -113,93 +152,105 @@ impl Registry {
             *at = now_ms;
         }
         let ttl = self.stale_ttl.as_millis() as u64;
-        self.with(|m| {
-            m.retain(|_, s| s.connected || now_ms.saturating_sub(s.disconnected_at_unix_ms) < ttl)
+        self.with(|t| {
+            t.map.retain(|_, s| {
+                s.connected || now_ms.saturating_sub(s.disconnected_at_unix_ms) < ttl
+            })
         });
     }
 
     pub fn connected(&self, key: &ProxyKey, identity: &str, api: &'static str) {
         self.sweep(SystemTime::now());
-        self.with(|m| {
-            let s = m.entry(key.clone()).or_insert_with(|| ProxyState {
+        self.with(|t| {
+            t.map.entry(key.clone()).or_insert_with(|| ProxyState {
                 namespace: key.namespace.clone(),
                 pod: key.pod.clone(),
                 identity: identity.to_string(),
-                connected: true,
+                connected: false,
                 sent_version: 0,
                 sent_at_unix_ms: 0,
                 acked_version: 0,
                 acked_at_unix_ms: 0,
                 ack_error: String::new(),
                 disconnected_at_unix_ms: 0,
-                api: "watch",
+                api,
                 services: 0,
                 subscriptions: 0,
                 seen_version: 0,
+                pod_known: false,
                 streams: 0,
             });
-            s.streams += 1;
-            s.connected = true;
-            s.disconnected_at_unix_ms = 0;
-            s.identity = identity.to_string();
-            s.api = api;
+            t.update(key, |s| {
+                s.streams += 1;
+                s.connected = true;
+                s.disconnected_at_unix_ms = 0;
+                s.identity = identity.to_string();
+                s.api = api;
+            });
         })
     }
 
     pub fn disconnected(&self, key: &ProxyKey) {
-        self.with(|m| {
-            if let Some(s) = m.get_mut(key) {
+        self.with(|t| {
+            t.update(key, |s| {
                 s.streams = s.streams.saturating_sub(1);
                 s.connected = s.streams > 0;
                 if !s.connected {
                     s.disconnected_at_unix_ms = ms(SystemTime::now());
                 }
-            }
+            });
         })
     }
 
     pub fn sent(&self, key: &ProxyKey, version: u64) {
-        self.with(|m| {
-            if let Some(s) = m.get_mut(key) {
+        self.with(|t| {
+            t.update(key, |s| {
                 s.sent_version = version;
                 s.sent_at_unix_ms = ms(SystemTime::now());
-            }
+            });
         })
     }
 
     /// The proxy's stream looked at `version`, whether or not it sent
     /// anything: a version that changes nothing a proxy sees is current for
     /// it once it acknowledged what it was sent.
-    pub fn seen(&self, key: &ProxyKey, version: u64, services: usize, subscriptions: usize) {
-        self.with(|m| {
-            if let Some(s) = m.get_mut(key) {
+    pub fn seen(
+        &self,
+        key: &ProxyKey,
+        version: u64,
+        known: bool,
+        services: usize,
+        subscriptions: usize,
+    ) {
+        self.with(|t| {
+            t.update(key, |s| {
                 s.seen_version = s.seen_version.max(version);
+                s.pod_known = known;
                 s.services = services;
                 s.subscriptions = subscriptions;
-            }
+            });
         })
     }
 
     /// Records an acknowledgement; false when the proxy is unknown.
     pub fn acked(&self, key: &ProxyKey, version: u64, error: &str) -> bool {
-        self.with(|m| match m.get_mut(key) {
-            Some(s) => {
+        self.with(|t| {
+            t.update(key, |s| {
                 s.acked_version = version;
                 s.acked_at_unix_ms = ms(SystemTime::now());
                 s.ack_error = error.to_string();
-                true
-            }
-            None => false,
+            })
+            .is_some()
         })
     }
 
     pub fn identity_of(&self, key: &ProxyKey) -> Option<String> {
-        self.with(|m| m.get(key).map(|s| s.identity.clone()))
+        self.with(|t| t.map.get(key).map(|s| s.identity.clone()))
     }
 
     pub fn list(&self) -> Vec<ProxyState> {
         self.sweep(SystemTime::now());
-        self.with(|m| m.values().cloned().collect())
+        self.with(|t| t.map.values().cloned().collect())
     }
 
     /// True once per version: when every connected proxy is synced to
@@ -209,11 +260,7 @@ impl Registry {
         if *self.landed.lock().unwrap_or_else(|p| p.into_inner()) >= version {
             return false;
         }
-        let all = self.with(|m| {
-            m.values()
-                .filter(|s| s.connected)
-                .all(|s| s.synced_version() >= version)
-        });
+        let all = self.with(|t| t.newest == version && t.synced >= t.connected);
         let mut last = self.landed.lock().unwrap_or_else(|p| p.into_inner());
         if all && *last < version {
             *last = version;
@@ -224,7 +271,7 @@ impl Registry {
     }
 
     pub fn connected_count(&self) -> usize {
-        self.with(|m| m.values().filter(|s| s.connected).count())
+        self.with(|t| t.connected)
     }
 }
 
@@ -258,8 +305,26 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         let pods: Vec<String> = r.list().into_iter().map(|p| p.pod).collect();
         assert_eq!(pods, ["b"], "a is forgotten, b stays");
+        // Landing is counted, not scanned for.
+        r.seen(&key("b"), 5, true, 0, 0);
+        assert!(
+            r.landed_everywhere(5),
+            "b, the one connected, looked at 5 and owes no ack"
+        );
+        r.connected(&key("c"), "id-c", "discover");
+        r.sent(&key("c"), 6);
+        r.seen(&key("c"), 6, true, 1, 1);
+        assert!(!r.landed_everywhere(6));
+        r.seen(&key("b"), 6, true, 0, 0);
+        assert!(!r.landed_everywhere(6), "c has not acknowledged 6");
+        r.acked(&key("c"), 6, "");
+        assert!(r.landed_everywhere(6));
+        assert!(!r.landed_everywhere(6), "once");
+        assert_eq!(r.connected_count(), 2);
+        r.disconnected(&key("c"));
         // A proxy that comes back is listed afresh.
         r.connected(&key("a"), "id-a", "watch");
-        assert_eq!(r.list().len(), 2);
+        assert_eq!(r.list().len(), 3);
+        assert_eq!(r.connected_count(), 2);
     }
 }

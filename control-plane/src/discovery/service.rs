@@ -159,6 +159,8 @@ impl DiscoveryService {
         let mut sent_version = None;
         // This pod's inbound settings, computed once per version.
         let mut inbound: Option<(u64, Encoded)> = None;
+        // A request subscribed: answer it even if nothing changed.
+        let mut answer = false;
         loop {
             let state = state_rx.borrow_and_update().clone();
             let version = state.shared.version;
@@ -182,7 +184,7 @@ impl DiscoveryService {
                         .pod(&key.namespace, &key.pod)
                         .map(|p| p.dependencies.as_slice())
                         .unwrap_or_default();
-                    view.emit(&state.shared, declared, own)
+                    view.emit(&state.shared, declared, own, std::mem::take(&mut answer))
                 }
             };
             if let Some(msg) = msg {
@@ -209,8 +211,9 @@ impl DiscoveryService {
                 self.metrics.snapshot_pushed();
                 debug!(pod = %key.pod, version, "snapshot sent");
             }
+            let known = state.model.pod(&key.namespace, &key.pod).is_some();
             self.registry
-                .seen(key, version, view.services(), view.subscriptions());
+                .seen(key, version, known, view.services(), view.subscriptions());
             self.check_landed(version);
             // Wait for a new version, or a request that changes the view.
             loop {
@@ -222,6 +225,7 @@ impl DiscoveryService {
                     req = next(&mut requests) => match req {
                         Ok(Some(req)) => {
                             if self.requested(key, id, &mut view, req) {
+                                answer = true;
                                 break;
                             }
                         }

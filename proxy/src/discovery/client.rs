@@ -1,5 +1,6 @@
-//! The Watch client: streams snapshots from the control plane, applies each
-//! atomically and acknowledges it. When the control plane goes away the last
+//! The discovery client: streams this proxy's view from the control plane
+//! (Discover; Watch, the whole mesh, with `--discovery all` or an old control
+//! plane), applies each message atomically and acknowledges it. When the control plane goes away the last
 //! snapshot keeps serving and the stream is retried with capped backoff and
 //! jitter.
 
@@ -12,14 +13,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rustls::pki_types::CertificateDer;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 use weft_api::tls;
 use weft_api::v1::discovery_client::DiscoveryClient;
-use weft_api::v1::{self, AckRequest, WatchRequest};
+use weft_api::v1::{self, AckRequest, DiscoverRequest, WatchRequest};
 
 use super::config::{ConfigError, Mesh, MeshConfig};
 use super::delta::DeltaError;
+use super::subscriptions::SubscriptionMetrics;
 use crate::balance;
 use crate::identity::{ControlPlane, Identity};
 
@@ -34,6 +38,7 @@ pub struct DiscoveryMetrics {
     version: Gauge,
     updates: Family<ResultLabels, Counter>,
     last_update: Gauge,
+    pub subscriptions: SubscriptionMetrics,
 }
 
 impl DiscoveryMetrics {
@@ -53,6 +58,7 @@ impl DiscoveryMetrics {
             "When the last snapshot arrived (Unix seconds): time() minus this is its age",
             self.last_update.clone(),
         );
+        self.subscriptions.register(reg);
     }
 }
 
@@ -76,7 +82,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 impl Watcher {
     pub async fn run(self) {
-        // Watch authenticates with the workload certificate: wait for it.
+        // Discovery authenticates with the workload certificate: wait for it.
         self.identity.cert.ready().await;
         let config = match tls::client_config(
             self.identity.cert.clone(),
@@ -86,7 +92,7 @@ impl Watcher {
         ) {
             Ok(c) => Arc::new(c),
             Err(e) => {
-                warn!(error = %e, "cannot build the TLS config for Watch; discovery is off");
+                warn!(error = %e, "cannot build the TLS config for discovery; discovery is off");
                 return;
             }
         };
@@ -97,17 +103,43 @@ impl Watcher {
             config,
         ))
         .max_decoding_message_size(MAX_SNAPSHOT_BYTES);
+        let subs = self.mesh.subscriptions.clone();
+        if subs.on_demand() {
+            let subs = subs.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(subs.sweep_every());
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    let gone = subs.sweep();
+                    if gone > 0 {
+                        debug!(gone, "unused subscriptions dropped");
+                    }
+                }
+            });
+        }
         let mut failures = 0u32;
         loop {
-            match self.stream(&mut client).await {
+            let on_demand = subs.on_demand();
+            let res = if on_demand {
+                self.discover(&mut client).await
+            } else {
+                self.watch(&mut client).await
+            };
+            match res {
                 Ok(received) => {
-                    info!("the control plane closed the Watch stream");
+                    info!("the control plane closed the discovery stream");
                     if received {
                         failures = 0;
                     }
                 }
+                Err(e) if on_demand && e.code() == tonic::Code::Unimplemented => {
+                    warn!("the control plane predates Discover: watching the whole mesh");
+                    subs.fall_back();
+                    continue;
+                }
                 Err(e) => {
-                    warn!(error = %e, "Watch failed; serving the last snapshot");
+                    warn!(error = %e, "discovery failed; serving the last snapshot");
                 }
             }
             failures = failures.saturating_add(1);
@@ -119,8 +151,50 @@ impl Watcher {
         }
     }
 
-    /// One Watch stream until it ends; true if it delivered anything.
-    async fn stream(&self, client: &mut DiscoveryClient<Channel>) -> Result<bool, tonic::Status> {
+    /// One Discover stream until it ends; true if it delivered anything.
+    /// Subscriptions go out on it as connections ask for them, and each
+    /// message is acknowledged on it.
+    async fn discover(&self, client: &mut DiscoveryClient<Channel>) -> Result<bool, tonic::Status> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let subs = &self.mesh.subscriptions;
+        subs.attach(
+            tx.clone(),
+            DiscoverRequest {
+                pod_name: self.pod.clone(),
+                namespace: self.namespace.clone(),
+                applied_version: self.mesh.load().version,
+                ..Default::default()
+            },
+        );
+        let result = async {
+            let mut stream = client
+                .discover(UnboundedReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let mut received = false;
+            let mut current: Option<v1::Snapshot> = None;
+            while let Some(snap) = stream.message().await? {
+                if !received {
+                    subs.live();
+                }
+                received = true;
+                let (version, error) = self.apply(&mut current, snap)?;
+                let _ = tx.send(DiscoverRequest {
+                    acked_version: version,
+                    ack_error: error,
+                    ..Default::default()
+                });
+            }
+            Ok(received)
+        }
+        .await;
+        subs.detach();
+        result
+    }
+
+    /// One Watch stream (everything) until it ends; true if it delivered
+    /// anything.
+    async fn watch(&self, client: &mut DiscoveryClient<Channel>) -> Result<bool, tonic::Status> {
         let applied = self.mesh.load().version;
         let mut stream = client
             .watch(WatchRequest {
@@ -135,57 +209,7 @@ impl Watcher {
         let mut current: Option<v1::Snapshot> = None;
         while let Some(snap) = stream.message().await? {
             received = true;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or_default();
-            self.metrics.last_update.set(now);
-            let prev = self.mesh.load_full();
-            let (snap, built) = fold(
-                current.as_ref(),
-                snap,
-                self.identity.trust_domain(),
-                &self.namespace,
-                &prev,
-                &self.endpoints,
-            )
-            .map_err(|e| {
-                warn!(error = %e, "cannot place a change; reconnecting for a complete snapshot");
-                tonic::Status::data_loss(e.to_string())
-            })?;
-            drop(prev);
-            let version = snap.version;
-            let error = match built {
-                Ok(cfg) => {
-                    let anchors: Vec<CertificateDer<'static>> = cfg
-                        .trust_anchors_der
-                        .iter()
-                        .map(|d| CertificateDer::from(d.clone()))
-                        .collect();
-                    if !anchors.is_empty()
-                        && let Err(e) = self.identity.anchors.replace(anchors)
-                    {
-                        warn!(error = %e, "trust anchors in the snapshot are not usable; keeping ours");
-                    }
-                    self.mesh.store(Arc::new(cfg));
-                    self.endpoints.prune();
-                    self.metrics.version.set(version as i64);
-                    self.metrics
-                        .updates
-                        .get_or_create(&ResultLabels { result: "applied" })
-                        .inc();
-                    debug!(version, "snapshot applied");
-                    String::new()
-                }
-                Err(e) => {
-                    self.metrics
-                        .updates
-                        .get_or_create(&ResultLabels { result: "rejected" })
-                        .inc();
-                    warn!(version, error = %e, "snapshot rejected; keeping the previous one");
-                    e.to_string()
-                }
-            };
+            let (version, error) = self.apply(&mut current, snap)?;
             let mut ack = tonic::Request::new(AckRequest {
                 pod_name: self.pod.clone(),
                 namespace: self.namespace.clone(),
@@ -196,9 +220,75 @@ impl Watcher {
             if let Err(e) = client.ack(ack).await {
                 debug!(error = %e, "ack failed");
             }
-            current = Some(snap);
         }
         Ok(received)
+    }
+
+    /// Applies one message on what the stream holds: the version, and why it
+    /// was rejected (empty: applied). Err: the stream must start over.
+    fn apply(
+        &self,
+        current: &mut Option<v1::Snapshot>,
+        mut snap: v1::Snapshot,
+    ) -> Result<(u64, String), tonic::Status> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        self.metrics.last_update.set(now);
+        let not_found = std::mem::take(&mut snap.not_found);
+        let prev = self.mesh.load_full();
+        let (snap, built) = fold(
+            current.as_ref(),
+            snap,
+            self.identity.trust_domain(),
+            &self.namespace,
+            &prev,
+            &self.endpoints,
+        )
+        .map_err(|e| {
+            warn!(error = %e, "cannot place a change; reconnecting for a complete snapshot");
+            tonic::Status::data_loss(e.to_string())
+        })?;
+        drop(prev);
+        let version = snap.version;
+        let error = match built {
+            Ok(cfg) => {
+                let anchors: Vec<CertificateDer<'static>> = cfg
+                    .trust_anchors_der
+                    .iter()
+                    .map(|d| CertificateDer::from(d.clone()))
+                    .collect();
+                if !anchors.is_empty()
+                    && let Err(e) = self.identity.anchors.replace(anchors)
+                {
+                    warn!(error = %e, "trust anchors in the snapshot are not usable; keeping ours");
+                }
+                let cfg = Arc::new(cfg);
+                self.mesh.store(cfg.clone());
+                self.mesh
+                    .subscriptions
+                    .arrived(|k| cfg.holds(k), &not_found);
+                self.endpoints.prune();
+                self.metrics.version.set(version as i64);
+                self.metrics
+                    .updates
+                    .get_or_create(&ResultLabels { result: "applied" })
+                    .inc();
+                debug!(version, "snapshot applied");
+                String::new()
+            }
+            Err(e) => {
+                self.metrics
+                    .updates
+                    .get_or_create(&ResultLabels { result: "rejected" })
+                    .inc();
+                warn!(version, error = %e, "snapshot rejected; keeping the previous one");
+                e.to_string()
+            }
+        };
+        *current = Some(snap);
+        Ok((version, error))
     }
 }
 

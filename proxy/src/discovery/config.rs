@@ -19,6 +19,8 @@ use crate::policy::ServicePolicy;
 use crate::ratelimit::Limit;
 use crate::routes::{RouteError, Routes};
 
+use super::subscriptions::{Key, Subscriptions};
+
 /// What in a snapshot could not be applied (the previous one stays).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -109,10 +111,55 @@ pub struct MeshConfig {
     authn: HashMap<u16, Arc<PortAuthn>>,
     /// Every issuer, by id (parsed keys kept while unchanged).
     issuers: HashMap<String, Arc<Issuer>>,
+    /// Every Service by virtual IP, from the names table: what a connection
+    /// to a VIP subscribes to.
+    by_vip: HashMap<IpAddr, Arc<NameEntry>>,
+    /// The Services whose content this config holds, by key.
+    held: HashSet<Arc<str>>,
+    /// Networks holding meshed pods: an unknown IP in one is worth asking about.
+    networks: Vec<(IpAddr, u8)>,
 }
 
-/// The current mesh configuration, swapped whole when a snapshot arrives.
-pub type Mesh = Arc<ArcSwap<MeshConfig>>;
+/// A Service as the names table knows it.
+#[derive(Debug)]
+pub struct NameEntry {
+    /// "namespace/name"
+    pub key: Arc<str>,
+    pub ports: Vec<u32>,
+}
+
+/// The current mesh configuration, swapped whole when a snapshot arrives,
+/// and what this proxy subscribed to.
+#[derive(Debug)]
+pub struct MeshState {
+    config: ArcSwap<MeshConfig>,
+    pub subscriptions: Arc<Subscriptions>,
+}
+
+impl std::ops::Deref for MeshState {
+    type Target = ArcSwap<MeshConfig>;
+
+    fn deref(&self) -> &ArcSwap<MeshConfig> {
+        &self.config
+    }
+}
+
+impl MeshState {
+    pub fn new(cfg: MeshConfig, subscriptions: Arc<Subscriptions>) -> Mesh {
+        Arc::new(MeshState {
+            config: ArcSwap::from_pointee(cfg),
+            subscriptions,
+        })
+    }
+
+    /// A config that holds everything there is (tests, fuzzing).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn fixed(cfg: MeshConfig) -> Mesh {
+        MeshState::new(cfg, Arc::new(Subscriptions::everything()))
+    }
+}
+
+pub type Mesh = Arc<MeshState>;
 
 impl MeshConfig {
     /// Builds from a snapshot: endpoints get their live state from
@@ -135,14 +182,48 @@ impl MeshConfig {
                 .collect(),
             ..MeshConfig::default()
         };
-        for svc in &s.services {
-            let vip = ip(&svc.virtual_ip, "virtual_ip")?;
+        // The names table, then the Services held (a Watch stream has no table).
+        let named = s
+            .names
+            .iter()
+            .map(|n| {
+                (
+                    &n.name,
+                    &n.namespace,
+                    &n.virtual_ip,
+                    n.ports.iter().map(|p| p.port).collect(),
+                )
+            })
+            .chain(s.services.iter().map(|n| {
+                (
+                    &n.name,
+                    &n.namespace,
+                    &n.virtual_ip,
+                    n.ports.iter().map(|p| p.port).collect(),
+                )
+            }));
+        for (name, namespace, vip, ports) in named {
+            let Ok(vip) = vip.parse::<IpAddr>() else {
+                continue;
+            };
             for fqdn in [
-                format!("{}.{}.svc.{trust_domain}", svc.name, svc.namespace),
-                format!("{}.{}.svc", svc.name, svc.namespace),
+                format!("{name}.{namespace}.svc.{trust_domain}"),
+                format!("{name}.{namespace}.svc"),
             ] {
                 cfg.names.insert(fqdn, vip);
             }
+            cfg.by_vip.entry(vip).or_insert_with(|| {
+                Arc::new(NameEntry {
+                    key: Arc::from(format!("{namespace}/{name}")),
+                    ports,
+                })
+            });
+        }
+        cfg.networks = s.mesh_networks.iter().filter_map(|n| network(n)).collect();
+        for svc in &s.services {
+            let vip = ip(&svc.virtual_ip, "virtual_ip")?;
+            cfg.held
+                .insert(Arc::from(format!("{}/{}", svc.namespace, svc.name)));
             for port in &svc.ports {
                 let p = self::port(port.port, "port")?;
                 let name = format!("{}.{}:{p}", svc.name, svc.namespace);
@@ -276,6 +357,26 @@ impl MeshConfig {
         self.workloads.contains_key(&ip)
     }
 
+    /// The Service at a virtual IP, by key, if there is one (held or not).
+    pub fn service_key(&self, vip: IpAddr) -> Option<Arc<str>> {
+        self.by_vip.get(&vip).map(|n| n.key.clone())
+    }
+
+    /// Whether this config holds what `key` names.
+    pub fn holds(&self, key: &Key) -> bool {
+        match key {
+            Key::Service(k) => self.held.contains(k),
+            Key::Address(ip) => self.workloads.contains_key(ip),
+        }
+    }
+
+    /// Whether `ip` is in a network that holds meshed pods.
+    pub fn in_mesh_networks(&self, ip: IpAddr) -> bool {
+        self.networks
+            .iter()
+            .any(|(net, bits)| contains(*net, *bits, ip))
+    }
+
     /// The authorization of one of this pod's ports.
     pub fn authz(&self, port: u16) -> Arc<PortAuthz> {
         self.authz
@@ -364,6 +465,12 @@ impl MeshConfig {
             })
             .collect();
         issuers.sort_by_key(|i| i["id"].as_str().map(str::to_string));
+        let mut names: Vec<_> = self
+            .by_vip
+            .iter()
+            .map(|(vip, n)| serde_json::json!({ "service": &*n.key, "address": vip.to_string(), "ports": n.ports }))
+            .collect();
+        names.sort_by_key(|n| n["service"].as_str().map(str::to_string));
         serde_json::json!({
             "version": self.version,
             "mtls_mode": self.mtls_mode.map(|m| format!("{m:?}").to_lowercase()),
@@ -371,12 +478,36 @@ impl MeshConfig {
             "workloads": workloads,
             "rate_limits": rate_limits,
             "jwt_issuers": issuers,
+            "names": names,
         })
     }
 
     /// The virtual IP for a DNS name, if it is a mesh Service.
     pub fn resolve(&self, name: &str) -> Option<IpAddr> {
         self.names.get(name.trim_end_matches('.')).copied()
+    }
+}
+
+/// A CIDR ("10.1.2.0/24"), or None.
+fn network(s: &str) -> Option<(IpAddr, u8)> {
+    let (ip, bits) = s.split_once('/')?;
+    let ip: IpAddr = ip.parse().ok()?;
+    let bits: u8 = bits.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (bits <= max).then_some((ip, bits))
+}
+
+fn contains(net: IpAddr, bits: u8, ip: IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
     }
 }
 

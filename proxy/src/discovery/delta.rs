@@ -25,7 +25,11 @@ pub fn merge(
     next: v1::Snapshot,
 ) -> Result<v1::Snapshot, DeltaError> {
     if next.base_version == 0 {
-        return Ok(next);
+        return Ok(v1::Snapshot {
+            names_complete: true,
+            not_found: Vec::new(),
+            ..next
+        });
     }
     let Some(current) = current else {
         return Err(DeltaError::NoBase {
@@ -67,6 +71,12 @@ pub fn merge(
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut workloads: Vec<v1::Workload> = workloads.into_values().collect();
     workloads.sort_by(|a, b| a.ip.cmp(&b.ip));
+    // The names table comes complete or not at all.
+    let names = if next.names_complete {
+        next.names
+    } else {
+        current.names.clone()
+    };
     Ok(v1::Snapshot {
         version: next.version,
         services,
@@ -74,6 +84,9 @@ pub fn merge(
         inbound: next.inbound,
         trust_anchors_der: next.trust_anchors_der,
         opaque_ports: next.opaque_ports,
+        names,
+        names_complete: true,
+        mesh_networks: next.mesh_networks,
         ..Default::default()
     })
 }
@@ -142,6 +155,39 @@ mod tests {
         assert!(err.to_string().contains("holds 1"), "{err}");
         assert!(merge(None, next).is_err());
         // A complete snapshot needs no base.
-        assert_eq!(merge(None, full()).unwrap(), full());
+        assert_eq!(merge(None, full()).unwrap().services, full().services);
+    }
+
+    /// Discover: the names table is kept unless a message brings it whole,
+    /// and a subscription answered within a version is placed on it.
+    #[test]
+    fn the_names_table_is_replaced_only_when_complete() {
+        let name = |n: &str| v1::ServiceName {
+            name: n.into(),
+            namespace: "default".into(),
+            ..Default::default()
+        };
+        let first = v1::Snapshot {
+            names: vec![name("a"), name("b")],
+            names_complete: true,
+            ..full()
+        };
+        let held = merge(None, first).unwrap();
+        let same_version = v1::Snapshot {
+            version: 1,
+            base_version: 1,
+            services: vec![svc("c", "10.0.0.3")],
+            ..Default::default()
+        };
+        let held = merge(Some(&held), same_version).unwrap();
+        assert_eq!((held.names.len(), held.services.len()), (2, 3));
+        let renamed = v1::Snapshot {
+            version: 2,
+            base_version: 1,
+            names: vec![name("a")],
+            names_complete: true,
+            ..Default::default()
+        };
+        assert_eq!(merge(Some(&held), renamed).unwrap().names.len(), 1);
     }
 }

@@ -4,7 +4,7 @@
 //! request without the mesh's reserved headers, anything else carried as
 //! it is. Sources outside the mesh are held to a connection cap.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tracing::debug;
 use super::sources::SourceCap;
 use super::{Carrier, ForwardError};
 use crate::connect::Connector;
-use crate::discovery::Mesh;
+use crate::discovery::{Key, Mesh, UseGuard};
 use crate::http::detect::{self, Detected};
 use crate::http::inbound::HttpInbound;
 use crate::http::server::Proto;
@@ -73,7 +73,15 @@ impl Inbound {
         let client_addr = stream
             .peer_addr()
             .map_err(|source| ForwardError::Io { dst, source })?;
-        let (mode, skip_detection, meshed) = self.mode_for(client_addr, dst);
+        // A client in the networks of meshed pods that this proxy does not
+        // know yet: ask whether it is meshed before deciding how to treat it.
+        let learned = self.learn(client_addr.ip()).await;
+        let (mode, mut skip_detection, meshed) = self.mode_for(client_addr, dst);
+        // No answer: it may be a meshed pod, whose TLS must not be passed to
+        // the app as bytes, so read its first bytes after all.
+        if matches!(learned, Learned::Unanswered) {
+            skip_detection = false;
+        }
         // Peer sidecars multiplex; anyone else is held to a share.
         let _slot = if meshed {
             None
@@ -201,6 +209,26 @@ impl Inbound {
         }
     }
 
+    /// Subscribes to a client's address when it may be a meshed pod this
+    /// proxy has not heard of; the guard keeps it while the connection
+    /// lives. Without an answer in time the client is treated as unmeshed.
+    async fn learn(&self, client: IpAddr) -> Learned {
+        let Some(mesh) = self.mesh.as_ref().filter(|m| m.subscriptions.on_demand()) else {
+            return Learned::NotAsked;
+        };
+        let held = {
+            let cfg = mesh.load();
+            if !cfg.is_meshed(client) && !cfg.in_mesh_networks(client) {
+                return Learned::NotAsked;
+            }
+            cfg.is_meshed(client)
+        };
+        match mesh.subscriptions.want(Key::Address(client), held).await {
+            Ok(guard) => Learned::Answered { _held: guard },
+            Err(_) => Learned::Unanswered,
+        }
+    }
+
     /// The stricter of the local mTLS mode and the control plane's (a proxy
     /// pinned to strict cannot be downgraded from afar), whether to skip
     /// reading the first byte (on an opaque port, for a client that is not
@@ -218,4 +246,15 @@ impl Inbound {
         let meshed = cfg.is_meshed(client.ip());
         (mode, cfg.is_opaque(dst.port()) && !meshed, meshed)
     }
+}
+
+/// What this proxy learned about a client's address before serving it.
+#[derive(Debug)]
+enum Learned {
+    /// Nothing to ask (outside the networks of meshed pods, or not on demand).
+    NotAsked,
+    /// Known now; the guard keeps the answer while the connection lives.
+    Answered { _held: UseGuard },
+    /// The control plane did not answer in time.
+    Unanswered,
 }

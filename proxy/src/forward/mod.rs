@@ -72,6 +72,13 @@ pub enum ForwardError {
         service: String,
         which: AtLimit,
     },
+    #[error("{key} (connection to {dst}) is not known to this proxy yet: {source}")]
+    Discovery {
+        dst: SocketAddr,
+        key: String,
+        #[source]
+        source: crate::discovery::subscriptions::Unavailable,
+    },
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("TLS from {client} (to {dst}) refused ({reason}): {detail}")]

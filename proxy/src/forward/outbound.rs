@@ -70,6 +70,16 @@ impl Outbound {
         conn: &mut Connection,
         tls_metrics: &TlsMetrics,
     ) -> Result<(u64, u64), ForwardError> {
+        // Held while the connection lives: what it uses is not idle.
+        let _used = self
+            .destinations
+            .discover(dst)
+            .await
+            .map_err(|(key, source)| ForwardError::Discovery {
+                dst,
+                key: key.to_string(),
+                source,
+            })?;
         let plan = self.destinations.plan(dst);
         if let Some(http) = &self.http
             && plan.protocol != Protocol::Opaque
