@@ -120,6 +120,38 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)>
     Ok((code, text))
 }
 
+/// What the control plane's registry lists (`/status`): proxies, those
+/// connected, and those current (synced to the newest version).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Listed {
+    pub listed: usize,
+    pub connected: usize,
+    pub current: usize,
+}
+
+pub async fn listed(admin: SocketAddr) -> anyhow::Result<Listed> {
+    let (code, text) = http_get(admin, "/status").await?;
+    if code != 200 {
+        bail!("/status answered {code}");
+    }
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).context("/status is not JSON")?;
+    let proxies = v["proxies"]
+        .as_array()
+        .context("/status lists no proxies")?;
+    let count = |field: &str| {
+        proxies
+            .iter()
+            .filter(|p| p[field].as_bool() == Some(true))
+            .count()
+    };
+    Ok(Listed {
+        listed: proxies.len(),
+        connected: count("connected"),
+        current: count("current"),
+    })
+}
+
 /// The watchdog: the machine is shared, so when the control plane (or this
 /// process, which holds as many snapshots in flight) grows beyond the limit,
 /// the control plane is stopped and the run reported as aborted.
