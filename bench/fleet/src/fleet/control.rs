@@ -38,8 +38,12 @@ impl Control {
             .arg("--admin-listen")
             .arg(args.admin.to_string())
             .arg("--debounce")
-            .arg(&args.debounce)
-            .stdout(Stdio::from(log.try_clone()?))
+            .arg(&args.debounce);
+        if let Some(ttl) = args.stale_ttl() {
+            cmd.arg("--stale-proxy-ttl")
+                .arg(format!("{}ms", ttl.as_millis()));
+        }
+        cmd.stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         let child = cmd.spawn().context("starting weft-control")?;

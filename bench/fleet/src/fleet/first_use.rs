@@ -31,12 +31,13 @@ pub struct FirstUse {
 }
 
 /// Up to `samples` proxies, spread over the fleet, each subscribe to a
-/// Service outside their view; waits up to `timeout` for the answers.
+/// Service outside their view (added to `subs`); waits up to `timeout` for
+/// the answers.
 #[allow(clippy::too_many_arguments)]
 pub async fn measure(
     samples: usize,
     mesh: &Mesh,
-    subs: &[BTreeSet<usize>],
+    subs: &mut [BTreeSet<usize>],
     commands: &[mpsc::UnboundedSender<Command>],
     fleet: &mut Fleet,
     rx: &mut mpsc::UnboundedReceiver<Event>,
@@ -59,6 +60,7 @@ pub async fn measure(
         }
         next += EVERY;
         if commands[i].send(Command::Subscribe(key(k))).is_ok() {
+            subs[i].insert(k);
             asked += 1;
         }
     }

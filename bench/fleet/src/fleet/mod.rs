@@ -16,9 +16,13 @@
 //!    and how many unaffected streams were sent a message anyway,
 //! 5. (Discover) has sampled proxies subscribe to a Service they do not
 //!    hold: the wait of an app's first call to it,
+//! 6. (with `--churn-rate`) creates and deletes Pods at that rate, and
+//!    checks memory and what a few fully decoding proxies hold.
 
 mod certify;
 mod changes;
+mod checker;
+mod churn;
 mod control;
 mod discover;
 mod files;
@@ -123,6 +127,34 @@ pub struct FleetArgs {
     #[arg(long, default_value_t = 4)]
     changes: usize,
 
+    /// Churn: meshed Pods created (and deleted `--churn-lifetime` later)
+    /// per second; off unless given.
+    #[arg(long)]
+    churn_rate: Option<usize>,
+
+    /// How long Pods are created for.
+    #[arg(long, default_value_t = 60)]
+    churn_seconds: u64,
+
+    /// How long each churn Pod lives.
+    #[arg(long, default_value = "10s", value_parser = weft_api::duration::parse)]
+    churn_lifetime: Duration,
+
+    /// Give each churn Pod a short-lived proxy (Certify, Discover) that goes
+    /// when its Pod does.
+    #[arg(long)]
+    churn_proxies: bool,
+
+    /// Proxies that decode and fold every message during the churn, to
+    /// check the endpoints they hold.
+    #[arg(long, default_value_t = 20)]
+    checkers: usize,
+
+    /// The control plane's --stale-proxy-ttl (default: its own; 30s with
+    /// --churn-proxies, so that the run sees departed proxies forgotten).
+    #[arg(long, value_parser = weft_api::duration::parse)]
+    stale_proxy_ttl: Option<Duration>,
+
     /// Certify calls, and connection set-ups, in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -139,6 +171,14 @@ pub struct FleetArgs {
     /// Write the results (JSON) here too.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+impl FleetArgs {
+    /// The --stale-proxy-ttl to give the control plane, if any.
+    pub fn stale_ttl(&self) -> Option<Duration> {
+        self.stale_proxy_ttl
+            .or(self.churn_proxies.then_some(Duration::from_secs(30)))
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -183,6 +223,7 @@ pub struct Results {
     /// be connected and current.
     registry_after_changes: Option<Listed>,
     first_use: Option<first_use::FirstUse>,
+    churn: Option<churn::ChurnResults>,
     aborted: Option<String>,
 }
 
@@ -239,11 +280,12 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
 
     // 2. N streams, each on its own connection with its own certificate.
     let configs = certify::client_configs(&trust, chains, keys)?;
-    let subs: Vec<BTreeSet<usize>> = match args.api {
+    let mut subs: Vec<BTreeSet<usize>> = match args.api {
         Api::Discover => (0..n).map(|i| mesh.subscriptions(i, args.uses)).collect(),
         Api::Watch => Vec::new(),
     };
     first_snapshot(&args, &configs, subs.first(), &mut results).await?;
+    let checker_config = configs.first().context("no proxies")?.clone();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut fleet = Fleet::new(n);
     let (connected, commands) =
@@ -298,7 +340,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
             first_use::measure(
                 args.first_uses,
                 &mesh,
-                &subs,
+                &mut subs,
                 &commands,
                 &mut fleet,
                 &mut rx,
@@ -308,6 +350,26 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<()> {
         );
     }
 
+    // 5. Churn.
+    if let Some(rate) = args.churn_rate
+        && !watchdog.stopped()
+    {
+        let cx = churn::Setup {
+            args: &args,
+            manifests: &manifests,
+            pid,
+            mesh,
+            subs: &subs,
+            mesh_pods,
+            per,
+            trust: &trust,
+            checker_config,
+            fleet: &mut fleet,
+            rx: &mut rx,
+            watchdog: &watchdog,
+        };
+        results.churn = Some(churn::run(cx, rate).await?);
+    }
     let results = finish(results, &fleet, &watchdog, pid);
     drop(commands);
     control.stop().await;
@@ -344,12 +406,14 @@ fn prepare(
     mesh: &Mesh,
 ) -> anyhow::Result<Results> {
     let n = args.proxies;
+    let extra =
+        args.checkers + args.churn_rate.unwrap_or(0) * args.churn_lifetime.as_secs() as usize;
     if let Some(limit) = procfs::nofile_limit()
-        && limit < n as u64 + 1024
+        && limit < (n + extra) as u64 + 1024
     {
         bail!(
             "the open-files limit is {limit}; raise it (ulimit -n) above {} for {n} proxies",
-            n + 1024
+            n + extra + 1024
         );
     }
     let work = &args.workdir;
