@@ -40,7 +40,7 @@ impl Trust {
         })
     }
 
-    fn client_config(&self, slot: CertSlot) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    pub fn client_config(&self, slot: CertSlot) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         Ok(Arc::new(tls::client_config(
             slot,
             self.anchors.clone(),
@@ -63,17 +63,24 @@ pub fn keys_and_csrs(n: usize, per: usize) -> anyhow::Result<Requests> {
     let mut keys = Vec::with_capacity(n);
     let mut csrs = Vec::with_capacity(n);
     for i in 0..n {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let id = SpiffeId::new(TRUST_DOMAIN, NAMESPACE, &service_account(i, per))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
-        csrs.push(params.serialize_request(&key)?.der().to_vec());
-        keys.push(key.serialize_der());
+        let (key, csr) = key_and_csr(&service_account(i, per))?;
+        keys.push(key);
+        csrs.push(csr);
     }
     eprintln!("fleet: {n} keys and CSRs made in {:?}", t.elapsed());
     Ok(Requests { keys, csrs })
+}
+
+/// A private key (PKCS#8 DER) and a CSR for service account `sa`, as a
+/// proxy makes them at start.
+pub fn key_and_csr(sa: &str) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let id = SpiffeId::new(TRUST_DOMAIN, NAMESPACE, sa).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(id.to_string().try_into()?)];
+    let csr = params.serialize_request(&key)?.der().to_vec();
+    Ok((key.serialize_der(), csr))
 }
 
 /// A certificate chain per CSR, through Certify on a few connections (as a
@@ -123,7 +130,7 @@ pub async fn certify(
     issued.into_iter().collect()
 }
 
-async fn certify_one(
+pub async fn certify_one(
     mut client: IdentityClient<tonic::transport::Channel>,
     token: String,
     csr: Vec<u8>,
@@ -141,6 +148,17 @@ async fn certify_one(
     Ok(chain)
 }
 
+/// A TLS client config with this certificate chain and key.
+pub fn client_config(
+    trust: &Trust,
+    chain: Vec<CertificateDer<'static>>,
+    key: Vec<u8>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let slot = CertSlot::default();
+    slot.set(chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)))?;
+    trust.client_config(slot)
+}
+
 /// A TLS client config per proxy, with its own certificate.
 pub fn client_configs(
     trust: &Trust,
@@ -150,10 +168,6 @@ pub fn client_configs(
     chains
         .into_iter()
         .zip(keys)
-        .map(|(chain, key)| {
-            let slot = CertSlot::default();
-            slot.set(chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)))?;
-            trust.client_config(slot)
-        })
+        .map(|(chain, key)| client_config(trust, chain, key))
         .collect()
 }

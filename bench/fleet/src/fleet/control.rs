@@ -38,8 +38,12 @@ impl Control {
             .arg("--admin-listen")
             .arg(args.admin.to_string())
             .arg("--debounce")
-            .arg(&args.debounce)
-            .stdout(Stdio::from(log.try_clone()?))
+            .arg(&args.debounce);
+        if let Some(ttl) = args.stale_ttl() {
+            cmd.arg("--stale-proxy-ttl")
+                .arg(format!("{}ms", ttl.as_millis()));
+        }
+        cmd.stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         let child = cmd.spawn().context("starting weft-control")?;
@@ -118,6 +122,38 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)>
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     Ok((code, text))
+}
+
+/// What the control plane's registry lists (`/status`): proxies, those
+/// connected, and those current (synced to the newest version).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Listed {
+    pub listed: usize,
+    pub connected: usize,
+    pub current: usize,
+}
+
+pub async fn listed(admin: SocketAddr) -> anyhow::Result<Listed> {
+    let (code, text) = http_get(admin, "/status").await?;
+    if code != 200 {
+        bail!("/status answered {code}");
+    }
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).context("/status is not JSON")?;
+    let proxies = v["proxies"]
+        .as_array()
+        .context("/status lists no proxies")?;
+    let count = |field: &str| {
+        proxies
+            .iter()
+            .filter(|p| p[field].as_bool() == Some(true))
+            .count()
+    };
+    Ok(Listed {
+        listed: proxies.len(),
+        connected: count("connected"),
+        current: count("current"),
+    })
 }
 
 /// The watchdog: the machine is shared, so when the control plane (or this

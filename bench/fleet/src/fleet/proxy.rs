@@ -1,6 +1,6 @@
-//! The simulated proxies: each Watches on its own mTLS connection, acks
-//! every snapshot and reconnects as a real proxy does; [`Fleet`] is what
-//! they acknowledged.
+//! The simulated Watch proxies: each Watches on its own mTLS connection,
+//! acks every snapshot and reconnects as a real proxy does; [`Fleet`] is
+//! what the simulated proxies (Watch or Discover) acknowledged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use prost::Message;
 use tokio::sync::mpsc;
 use weft_api::v1::discovery_client::DiscoveryClient;
-use weft_api::v1::{AckRequest, WatchRequest};
+use weft_api::v1::{self, AckRequest, WatchRequest};
 
 use super::NAMESPACE;
 
@@ -23,6 +23,12 @@ pub enum Event {
     },
     Failed {
         error: String,
+    },
+    /// A Discover proxy's new subscription arrived, this long after it
+    /// asked.
+    FirstUse {
+        proxy: usize,
+        took: Duration,
     },
 }
 
@@ -38,7 +44,7 @@ struct SnapshotVersion {
 
 /// The proxy's Watch backoff (proxy/src/discovery/client.rs): 200ms doubling
 /// up to 10s, with jitter.
-fn backoff(failures: u32) -> Duration {
+pub fn backoff(failures: u32) -> Duration {
     let exp = Duration::from_millis(200).saturating_mul(1 << failures.min(8));
     exp.min(Duration::from_secs(10))
         .mul_f64(0.5 + rand::random::<f64>() * 0.5)
@@ -113,20 +119,34 @@ pub async fn simulated_proxy(
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Fleet {
     pub acked: Vec<u64>,
     pub failures: usize,
     pub first_error: Option<String>,
+    /// Messages acknowledged, all streams together.
+    pub messages: u64,
+    /// First uses answered: which proxy, and how long it took.
+    pub first_uses: Vec<(usize, Duration)>,
 }
 
 impl Fleet {
+    pub fn new(n: usize) -> Fleet {
+        Fleet {
+            acked: vec![0; n],
+            ..Default::default()
+        }
+    }
+
     /// Applies one event; `on_ack` hears of each proxy's newer version.
     pub fn apply(&mut self, e: Event, mut on_ack: impl FnMut(usize, u64, Instant)) {
         match e {
             Event::Acked { proxy, version, at } => {
-                if version > self.acked[proxy] {
-                    self.acked[proxy] = version;
+                self.messages += 1;
+                if let Some(acked) = self.acked.get_mut(proxy)
+                    && version > *acked
+                {
+                    *acked = version;
                     on_ack(proxy, version, at);
                 }
             }
@@ -134,6 +154,28 @@ impl Fleet {
                 self.failures += 1;
                 self.first_error.get_or_insert(error);
             }
+            Event::FirstUse { proxy, took } => self.first_uses.push((proxy, took)),
+        }
+    }
+}
+
+/// A first snapshot, decoded whole: its encoded size and what it holds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SnapshotSize {
+    pub bytes: usize,
+    pub services: usize,
+    pub workloads: usize,
+    /// Entries of the names table (Discover only).
+    pub names: usize,
+}
+
+impl SnapshotSize {
+    pub fn of(snap: &v1::Snapshot) -> SnapshotSize {
+        SnapshotSize {
+            bytes: snap.encoded_len(),
+            services: snap.services.len(),
+            workloads: snap.workloads.len(),
+            names: snap.names.len(),
         }
     }
 }
@@ -142,7 +184,7 @@ impl Fleet {
 pub async fn probe(
     config: Arc<rustls::ClientConfig>,
     grpc: SocketAddr,
-) -> anyhow::Result<(usize, usize, usize)> {
+) -> anyhow::Result<SnapshotSize> {
     let mut client = DiscoveryClient::new(weft_api::grpc::connect_lazy(grpc.to_string(), config));
     let mut stream = client
         .watch(WatchRequest {
@@ -156,9 +198,5 @@ pub async fn probe(
         .message()
         .await?
         .context("the Watch stream ended at once")?;
-    Ok((
-        snap.encoded_len(),
-        snap.services.len(),
-        snap.workloads.len(),
-    ))
+    Ok(SnapshotSize::of(&snap))
 }
