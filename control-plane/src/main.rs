@@ -10,6 +10,12 @@ use clap::Parser;
 use weft_api::{SpiffeId, defaults, log};
 use weft_control::server::{self, CaSource, Config, KubeConfig, SourceConfig};
 
+/// jemalloc, with its background thread returning freed pages: after a
+/// burst (a thousand proxies reconnecting, pods churning) the control
+/// plane's memory comes back down instead of staying at its peak.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// This machine's name, or a random one: a replica's name in the Lease.
 fn hostname() -> String {
     nix::unistd::gethostname()

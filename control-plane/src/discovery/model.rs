@@ -11,7 +11,7 @@
 //! the Pod's annotation, then a Service that selects it, then its Namespace,
 //! then the mesh-wide flag.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -229,6 +229,10 @@ pub struct Model {
     pub secrets: BTreeMap<(String, String), Arc<super::objects::SecretData>>,
     /// Key sets fetched from `jwksUri`s, by URL.
     pub jwks: BTreeMap<String, Arc<super::objects::FetchedJwks>>,
+    /// For each pod (same order as `pods`), the Services that select it (by
+    /// index in `services`): built once, so that a pod's inbound settings
+    /// do not scan every Service, per proxy, per version.
+    selecting: Vec<Vec<usize>>,
 }
 
 /// Which Gateway API kind a route was written as.
@@ -344,6 +348,18 @@ impl Model {
         // Sorted, so that `pod` (once per proxy per change) is a binary search.
         m.pods
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        // Pods by one label, so that a Service's selector looks at the pods
+        // carrying its first label, not at every pod of the mesh.
+        let mut by_label: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+        for (i, p) in m.pods.iter().enumerate() {
+            for (k, v) in &p.labels {
+                by_label
+                    .entry((p.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let mut selecting: Vec<Vec<usize>> = vec![Vec::new(); m.pods.len()];
         for (key, obj) in objects {
             match obj {
                 Object::Service(s) => {
@@ -364,6 +380,19 @@ impl Model {
                     let own_slices = slices
                         .get(&(key.namespace.as_str(), key.name.as_str()))
                         .map(Vec::as_slice);
+                    let selected: Vec<usize> = match svc.selector.iter().next() {
+                        Some((k, v)) => by_label
+                            .get(&(key.namespace.as_str(), k.as_str(), v.as_str()))
+                            .into_iter()
+                            .flatten()
+                            .copied()
+                            .filter(|&i| svc.selects_pod(&m.pods[i]))
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    for &i in &selected {
+                        selecting[i].push(m.services.len());
+                    }
                     svc.ports = spec
                         .ports
                         .iter()
@@ -381,8 +410,9 @@ impl Model {
                             };
                             pm.endpoints = match own_slices {
                                 Some(slices) => from_slices(slices, &pm.name),
-                                None => svc
-                                    .selects(&m.pods)
+                                None => selected
+                                    .iter()
+                                    .map(|&i| &m.pods[i])
                                     .filter_map(|pod| {
                                         Some(EndpointModel {
                                             ip: pod.ip?,
@@ -423,7 +453,26 @@ impl Model {
                 Object::Namespace(_) | Object::Pod(_) | Object::EndpointSlice(_) => {}
             }
         }
+        m.selecting = selecting;
         m
+    }
+
+    /// The Services that select `pod` (ready, with an IP).
+    pub fn services_selecting<'a>(
+        &'a self,
+        pod: &PodModel,
+    ) -> impl Iterator<Item = &'a ServiceModel> + 'a {
+        let i = self
+            .pods
+            .binary_search_by(|p| {
+                (p.namespace.as_str(), p.name.as_str())
+                    .cmp(&(pod.namespace.as_str(), pod.name.as_str()))
+            })
+            .ok();
+        i.and_then(|i| self.selecting.get(i))
+            .into_iter()
+            .flatten()
+            .filter_map(|&s| self.services.get(s))
     }
 
     /// Whether a ReferenceGrant in `to_ns` lets a route of `from_kind` in
@@ -459,9 +508,7 @@ impl Model {
             return m;
         }
         let by_service = self
-            .services
-            .iter()
-            .filter(|s| s.selects_pod(pod))
+            .services_selecting(pod)
             .filter_map(|s| s.mtls_mode)
             .reduce(stricter);
         by_service

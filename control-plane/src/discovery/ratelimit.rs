@@ -17,11 +17,7 @@ use super::model::{Model, PodModel, ServiceModel, resolve_target};
 /// The rate limits on each container port of `pod`, by port then name.
 pub fn for_pod(model: &Model, pod: &PodModel) -> Vec<v1::PortRateLimit> {
     let mut out: Vec<v1::PortRateLimit> = Vec::new();
-    for svc in model
-        .services
-        .iter()
-        .filter(|s| s.selects(std::slice::from_ref(pod)).next().is_some())
-    {
+    for svc in model.services_selecting(pod) {
         for sp in &svc.ports {
             let Some(port) = resolve_target(&sp.target, sp.port, pod) else {
                 continue;

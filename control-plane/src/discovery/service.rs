@@ -164,6 +164,19 @@ impl DiscoveryService {
         loop {
             let state = state_rx.borrow_and_update().clone();
             let version = state.shared.version;
+            // A pod unknown when the stream opened may turn out to run as
+            // another service account: then this caller never spoke for it.
+            if let Some(p) = state.model.pod(&key.namespace, &key.pod)
+                && p.service_account != id.service_account()
+            {
+                let _ = tx
+                    .send(Err(Status::permission_denied(format!(
+                        "pod {}/{} runs as service account {}, not {id}",
+                        key.namespace, key.pod, p.service_account
+                    ))))
+                    .await;
+                return;
+            }
             if inbound.as_ref().is_none_or(|(v, _)| *v != version) {
                 let settings =
                     snapshot::inbound(&state.model, &self.settings, &key.namespace, &key.pod);

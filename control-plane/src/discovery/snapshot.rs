@@ -139,19 +139,22 @@ fn route_deps(s: &v1::Service, by_vip: &HashMap<IpAddr, Arc<str>>) -> Vec<Arc<st
     deps
 }
 
-/// The networks holding meshed pods: the /24 (IPv4) or /64 (IPv6) of each.
+/// The networks holding meshed pods: the /16 (IPv4) or /48 (IPv6) of each.
+/// Wide on purpose: a cluster's pod range, not a node's, so that nodes and
+/// pods coming and going do not change it (every proxy is sent it); an
+/// unmeshed address inside costs one question, answered once.
 fn mesh_networks(workloads: &BTreeMap<IpAddr, Encoded>) -> Vec<String> {
     let mut nets: Vec<String> = workloads
         .keys()
         .map(|ip| match ip {
             IpAddr::V4(v4) => {
                 let o = v4.octets();
-                format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+                format!("{}.{}.0.0/16", o[0], o[1])
             }
             IpAddr::V6(v6) => {
                 let s = v6.segments();
-                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-                format!("{net}/64")
+                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0);
+                format!("{net}/48")
             }
         })
         .collect();
@@ -424,9 +427,7 @@ pub fn inbound(model: &Model, settings: &MeshSettings, namespace: &str, pod: &st
     };
     let opaque = model.pod_opaque_ports(p);
     let mut ports: Vec<v1::InboundPort> = model
-        .services
-        .iter()
-        .filter(|s| s.selects(std::slice::from_ref(p)).next().is_some())
+        .services_selecting(p)
         .flat_map(|s| s.ports.iter())
         .filter_map(|sp| {
             let port = resolve_target(&sp.target, sp.port, p)?;

@@ -9,7 +9,6 @@
 //! In local mode `/errors` also lists what is wrong with each route (the
 //! findings a cluster would see in the route's status, [`findings`]).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +19,6 @@ use tracing::info;
 use super::findings;
 use super::manifests::{ManifestError, Store};
 use super::model::Model;
-use super::objects::{Object, ObjectKey};
 use super::snapshot::{self, MeshSettings, Shared};
 use crate::metrics::Metrics;
 
@@ -60,7 +58,7 @@ impl Publisher {
         settings: MeshSettings,
         trust_anchors_der: Vec<Vec<u8>>,
         metrics: Arc<Metrics>,
-        objects: &BTreeMap<ObjectKey, Object>,
+        model: Model,
         errors: Vec<ManifestError>,
     ) -> (Publisher, watch::Receiver<Arc<State>>) {
         let version = next_version(0);
@@ -69,7 +67,7 @@ impl Publisher {
             &trust_anchors_der,
             &metrics,
             version,
-            Model::build(objects, &settings.opaque_ports),
+            model,
             errors,
             SystemTime::now(),
             None,
@@ -93,11 +91,10 @@ impl Publisher {
     /// make `weftctl status` show them behind. False once nobody listens.
     pub fn publish(
         &mut self,
-        objects: &BTreeMap<ObjectKey, Object>,
+        model: Model,
         errors: Vec<ManifestError>,
         changed_at: SystemTime,
     ) -> bool {
-        let model = Model::build(objects, &self.settings.opaque_ports);
         {
             let current = self.tx.borrow();
             if current.model == model
@@ -175,12 +172,12 @@ impl Source {
     pub fn spawn(self, metrics: Arc<Metrics>) -> watch::Receiver<Arc<State>> {
         let mut store = Store::new(&self.dir);
         store.refresh();
-        let (objects, errors) = objects_and_findings(&store, &self.settings, &self.external);
+        let (model, errors) = model_and_findings(&store, &self.settings, &self.external);
         let (mut publisher, rx) = Publisher::new(
             self.settings.clone(),
             self.trust_anchors_der.clone(),
             metrics,
-            &objects,
+            model,
             errors,
         );
         tokio::spawn(async move {
@@ -203,9 +200,8 @@ impl Source {
                         break;
                     }
                 }
-                let (objects, errors) =
-                    objects_and_findings(&store, &self.settings, &self.external);
-                if !publisher.publish(&objects, errors, first_seen) {
+                let (model, errors) = model_and_findings(&store, &self.settings, &self.external);
+                if !publisher.publish(model, errors, first_seen) {
                     return;
                 }
             }
@@ -214,15 +210,15 @@ impl Source {
     }
 }
 
-/// The directory's objects and errors, with what is wrong with its routes
+/// The directory's model and errors, with what is wrong with its routes
 /// (what status would say on Kubernetes: a missing backend or parent, a
 /// cross-namespace backend no ReferenceGrant allows, a conflict). Such
 /// routes stay applied: an unresolved backend's share gets 500.
-fn objects_and_findings(
+fn model_and_findings(
     store: &Store,
     settings: &MeshSettings,
     external: &super::external::External,
-) -> (BTreeMap<ObjectKey, Object>, Vec<ManifestError>) {
+) -> (Model, Vec<ManifestError>) {
     let (mut objects, mut errors) = store.objects();
     let (uris, _) = super::external::wanted(&objects);
     external.want(&uris, &Default::default());
@@ -232,7 +228,7 @@ fn objects_and_findings(
     errors.extend(super::authz::policy_errors(&model, |key| {
         store.file_of(key)
     }));
-    (objects, errors)
+    (model, errors)
 }
 
 #[cfg(test)]

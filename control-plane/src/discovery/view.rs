@@ -291,7 +291,7 @@ mod tests {
             (0, 3, true)
         );
         assert!(first.services.is_empty());
-        assert_eq!(first.mesh_networks, ["10.1.0.0/24"]);
+        assert_eq!(first.mesh_networks, ["10.1.0.0/16"]);
         assert!(
             view.emit(&v1s, &[], &inbound(), false).is_none(),
             "nothing changed"

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
+use crate::discovery::Model;
 use crate::discovery::annotations::validate_annotations;
 use crate::discovery::crds::{
     AuthorizationPolicy, FaultInjection, RequestAuthentication, TrafficPolicy,
@@ -232,10 +233,11 @@ impl KubeSource {
             self.settings.clone(),
             first_anchors,
             metrics,
-            &objects,
+            Model::build(&objects, &self.settings.opaque_ports),
             errors,
         );
         let debounce = self.debounce;
+        let opaque_ports = self.settings.opaque_ports.clone();
         let s = stores.clone();
         tokio::spawn(async move {
             loop {
@@ -260,7 +262,8 @@ impl KubeSource {
                     }
                 }
                 let (objects, errors) = builder.objects(&s, &failing);
-                if !publisher.publish(&objects, errors, first_seen) {
+                let model = Model::build(&objects, &opaque_ports);
+                if !publisher.publish(model, errors, first_seen) {
                     return;
                 }
             }
