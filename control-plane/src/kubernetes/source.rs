@@ -252,12 +252,18 @@ impl KubeSource {
                     }
                 }
                 let first_seen = SystemTime::now();
-                // Absorb the rest of a burst, but publish within 10 quiet periods.
-                for _ in 0..10 {
-                    if tokio::time::timeout(debounce, changed.notified())
-                        .await
-                        .is_err()
-                    {
+                // Absorb the rest of a burst: publish after a quiet period,
+                // or ten periods after the first change at the latest (a
+                // steady stream of events, pods churning, is published about
+                // once a second, not once per few events).
+                let latest = tokio::time::Instant::now() + debounce * 10;
+                loop {
+                    let quiet = tokio::time::Instant::now() + debounce;
+                    tokio::select! {
+                        _ = changed.notified() => {}
+                        _ = tokio::time::sleep_until(quiet.min(latest)) => break,
+                    }
+                    if tokio::time::Instant::now() >= latest {
                         break;
                     }
                 }

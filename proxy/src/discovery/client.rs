@@ -287,6 +287,10 @@ impl Watcher {
                 e.to_string()
             }
         };
+        // The names table lives in the config, not twice.
+        let mut snap = snap;
+        snap.names = Vec::new();
+        snap.names_complete = false;
         *current = Some(snap);
         Ok((version, error))
     }

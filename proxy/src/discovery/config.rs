@@ -94,8 +94,10 @@ pub enum Address {
 pub struct MeshConfig {
     pub version: u64,
     services: HashMap<SocketAddr, Arc<ServicePort>>,
-    /// DNS names (`name.ns.svc.cluster.local`, `name.ns.svc`) to virtual IPs.
-    names: HashMap<String, IpAddr>,
+    /// Every Service's name and address (DNS, and what a connection to a
+    /// VIP subscribes to), shared with the configs before and after while
+    /// it does not change.
+    names: Arc<NameTable>,
     workloads: HashMap<IpAddr, SpiffeId>,
     pub mtls_mode: Option<MtlsMode>,
     inbound_ports: HashMap<u16, Protocol>,
@@ -111,13 +113,24 @@ pub struct MeshConfig {
     authn: HashMap<u16, Arc<PortAuthn>>,
     /// Every issuer, by id (parsed keys kept while unchanged).
     issuers: HashMap<String, Arc<Issuer>>,
-    /// Every Service by virtual IP, from the names table: what a connection
-    /// to a VIP subscribes to.
-    by_vip: HashMap<IpAddr, Arc<NameEntry>>,
     /// The Services whose content this config holds, by key.
     held: HashSet<Arc<str>>,
     /// Networks holding meshed pods: an unknown IP in one is worth asking about.
     networks: Vec<(IpAddr, u8)>,
+}
+
+/// Every Service's name, virtual IP and ports: about a hundred bytes a
+/// Service, whatever the number of pods.
+#[derive(Debug, Default)]
+pub struct NameTable {
+    /// "name.namespace" to the virtual IP.
+    by_name: HashMap<Box<str>, IpAddr>,
+    by_vip: HashMap<IpAddr, NameEntry>,
+    /// `.svc.<trust domain>`, the suffix of fully qualified names.
+    suffix: Box<str>,
+    /// From a Discover names table (kept until the next one), or from the
+    /// Services of a Watch snapshot (rebuilt with them).
+    from_table: bool,
 }
 
 /// A Service as the names table knows it.
@@ -125,7 +138,41 @@ pub struct MeshConfig {
 pub struct NameEntry {
     /// "namespace/name"
     pub key: Arc<str>,
-    pub ports: Vec<u32>,
+    pub ports: Box<[u32]>,
+}
+
+impl NameTable {
+    fn new<'a>(
+        entries: impl Iterator<Item = (&'a String, &'a String, &'a String, &'a Vec<v1::PortName>)>,
+        trust_domain: &str,
+        from_table: bool,
+    ) -> NameTable {
+        let mut t = NameTable {
+            suffix: format!(".svc.{trust_domain}").into(),
+            from_table,
+            ..NameTable::default()
+        };
+        for (name, namespace, vip, ports) in entries {
+            let Ok(vip) = vip.parse::<IpAddr>() else {
+                continue;
+            };
+            t.by_name.insert(format!("{name}.{namespace}").into(), vip);
+            t.by_vip.entry(vip).or_insert_with(|| NameEntry {
+                key: Arc::from(format!("{namespace}/{name}")),
+                ports: ports.iter().map(|p| p.port).collect(),
+            });
+        }
+        t
+    }
+
+    /// `name.ns.svc.<trust domain>` or `name.ns.svc` (a trailing dot allowed).
+    fn resolve(&self, fqdn: &str) -> Option<IpAddr> {
+        let n = fqdn.trim_end_matches('.');
+        let base = n
+            .strip_suffix(&*self.suffix)
+            .or_else(|| n.strip_suffix(".svc"))?;
+        self.by_name.get(base).copied()
+    }
 }
 
 /// The current mesh configuration, swapped whole when a snapshot arrives,
@@ -182,43 +229,42 @@ impl MeshConfig {
                 .collect(),
             ..MeshConfig::default()
         };
-        // The names table, then the Services held (a Watch stream has no table).
-        let named = s
-            .names
-            .iter()
-            .map(|n| {
-                (
-                    &n.name,
-                    &n.namespace,
-                    &n.virtual_ip,
-                    n.ports.iter().map(|p| p.port).collect(),
-                )
-            })
-            .chain(s.services.iter().map(|n| {
-                (
-                    &n.name,
-                    &n.namespace,
-                    &n.virtual_ip,
-                    n.ports.iter().map(|p| p.port).collect(),
-                )
-            }));
-        for (name, namespace, vip, ports) in named {
-            let Ok(vip) = vip.parse::<IpAddr>() else {
-                continue;
-            };
-            for fqdn in [
-                format!("{name}.{namespace}.svc.{trust_domain}"),
-                format!("{name}.{namespace}.svc"),
-            ] {
-                cfg.names.insert(fqdn, vip);
-            }
-            cfg.by_vip.entry(vip).or_insert_with(|| {
-                Arc::new(NameEntry {
-                    key: Arc::from(format!("{namespace}/{name}")),
-                    ports,
+        // The names table: a complete one in this message, else the one this
+        // proxy holds (Discover sends it only when it changes); a Watch
+        // stream has none, and its Services are every Service.
+        cfg.names = if s.names_complete {
+            Arc::new(NameTable::new(
+                s.names
+                    .iter()
+                    .map(|n| (&n.name, &n.namespace, &n.virtual_ip, &n.ports)),
+                trust_domain,
+                true,
+            ))
+        } else if prev.names.from_table {
+            prev.names.clone()
+        } else {
+            let ports: Vec<Vec<v1::PortName>> = s
+                .services
+                .iter()
+                .map(|svc| {
+                    svc.ports
+                        .iter()
+                        .map(|p| v1::PortName {
+                            port: p.port,
+                            protocol: p.protocol,
+                        })
+                        .collect()
                 })
-            });
-        }
+                .collect();
+            Arc::new(NameTable::new(
+                s.services
+                    .iter()
+                    .zip(&ports)
+                    .map(|(n, p)| (&n.name, &n.namespace, &n.virtual_ip, p)),
+                trust_domain,
+                false,
+            ))
+        };
         cfg.networks = s.mesh_networks.iter().filter_map(|n| network(n)).collect();
         for svc in &s.services {
             let vip = ip(&svc.virtual_ip, "virtual_ip")?;
@@ -359,7 +405,7 @@ impl MeshConfig {
 
     /// The Service at a virtual IP, by key, if there is one (held or not).
     pub fn service_key(&self, vip: IpAddr) -> Option<Arc<str>> {
-        self.by_vip.get(&vip).map(|n| n.key.clone())
+        self.names.by_vip.get(&vip).map(|n| n.key.clone())
     }
 
     /// Whether this config holds what `key` names.
@@ -466,6 +512,7 @@ impl MeshConfig {
             .collect();
         issuers.sort_by_key(|i| i["id"].as_str().map(str::to_string));
         let mut names: Vec<_> = self
+            .names
             .by_vip
             .iter()
             .map(|(vip, n)| serde_json::json!({ "service": &*n.key, "address": vip.to_string(), "ports": n.ports }))
@@ -484,7 +531,7 @@ impl MeshConfig {
 
     /// The virtual IP for a DNS name, if it is a mesh Service.
     pub fn resolve(&self, name: &str) -> Option<IpAddr> {
-        self.names.get(name.trim_end_matches('.')).copied()
+        self.names.resolve(name)
     }
 }
 

@@ -26,7 +26,6 @@ pub fn merge(
 ) -> Result<v1::Snapshot, DeltaError> {
     if next.base_version == 0 {
         return Ok(v1::Snapshot {
-            names_complete: true,
             not_found: Vec::new(),
             ..next
         });
@@ -71,12 +70,7 @@ pub fn merge(
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut workloads: Vec<v1::Workload> = workloads.into_values().collect();
     workloads.sort_by(|a, b| a.ip.cmp(&b.ip));
-    // The names table comes complete or not at all.
-    let names = if next.names_complete {
-        next.names
-    } else {
-        current.names.clone()
-    };
+    // The names table comes complete or not at all; the config keeps it.
     Ok(v1::Snapshot {
         version: next.version,
         services,
@@ -84,8 +78,8 @@ pub fn merge(
         inbound: next.inbound,
         trust_anchors_der: next.trust_anchors_der,
         opaque_ports: next.opaque_ports,
-        names,
-        names_complete: true,
+        names: next.names,
+        names_complete: next.names_complete,
         mesh_networks: next.mesh_networks,
         ..Default::default()
     })
@@ -158,10 +152,10 @@ mod tests {
         assert_eq!(merge(None, full()).unwrap().services, full().services);
     }
 
-    /// Discover: the names table is kept unless a message brings it whole,
-    /// and a subscription answered within a version is placed on it.
+    /// Discover: the names table passes through as it came (the config
+    /// keeps it), and a subscription answered within a version is placed.
     #[test]
-    fn the_names_table_is_replaced_only_when_complete() {
+    fn the_names_table_passes_through_as_it_came() {
         let name = |n: &str| v1::ServiceName {
             name: n.into(),
             namespace: "default".into(),
@@ -180,7 +174,8 @@ mod tests {
             ..Default::default()
         };
         let held = merge(Some(&held), same_version).unwrap();
-        assert_eq!((held.names.len(), held.services.len()), (2, 3));
+        assert_eq!((held.names.len(), held.services.len()), (0, 3));
+        assert!(!held.names_complete);
         let renamed = v1::Snapshot {
             version: 2,
             base_version: 1,
