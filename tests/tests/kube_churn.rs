@@ -794,6 +794,21 @@ fn pod_churn_keeps_the_control_plane_flat_and_endpoints_exact() {
     let before = rss_kib(pid);
     let proxy_before = rss_kib(proxy_pid);
     let cpu0 = cpu_seconds(pid);
+    // What else worked: etcd, kube-apiserver, kube-controller-manager, and
+    // this test (its churn client and the kubelet stand-in).
+    let mut others: Vec<(String, u32)> = cluster
+        .pod()
+        .ns
+        .pids()
+        .into_iter()
+        .filter_map(|p| {
+            let p = u32::try_from(p).ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?;
+            Some((comm.trim().to_string(), p))
+        })
+        .collect();
+    others.push(("test".to_string(), std::process::id()));
+    let others_cpu0: Vec<f64> = others.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let sampler = Sampler::start(pid);
     eprintln!(
         "kube_churn: {} Pods a second for {} s, each living {:?}; control plane RSS {before} KiB",
@@ -815,6 +830,11 @@ fn pod_churn_keeps_the_control_plane_flat_and_endpoints_exact() {
     let drained = settle(&cluster, &client, &services);
     let after_churn = rss_kib(pid);
     let cpu = cpu_seconds(pid) - cpu0;
+    let others_cpu: serde_json::Map<String, Value> = others
+        .iter()
+        .zip(others_cpu0)
+        .map(|((name, p), c0)| (name.clone(), json!(cpu_seconds(*p) - c0)))
+        .collect();
     let pod_events = cp_metrics(r#"kube_watch_events_total{kind="Pod"}"#) - pod_events0;
     let slice_events =
         cp_metrics(r#"kube_watch_events_total{kind="EndpointSlice"}"#) - slice_events0;
@@ -857,6 +877,7 @@ fn pod_churn_keeps_the_control_plane_flat_and_endpoints_exact() {
         "waited_s": wait.as_secs_f64(),
         "control_rss_kib_samples": samples,
         "control_cpu_s": cpu,
+        "others_cpu_s": others_cpu,
         "control_pod_events": pod_events,
         "control_slice_events": slice_events,
         "control_snapshot_pushes": pushes,
