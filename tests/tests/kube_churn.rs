@@ -382,7 +382,7 @@ async fn churn(
         .load(Ordering::Relaxed)
         .saturating_sub(counts.deleted.load(Ordering::Relaxed));
     if paused.send(Created { wall, alive }).is_err() {
-        // The test is gone: let the kept Pods go now.
+        // The test failed and went: the cluster goes with it.
         return;
     }
     while let Some(r) = tasks.join_next().await {
