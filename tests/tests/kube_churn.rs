@@ -12,9 +12,9 @@
 //! `weft.dev/dependencies`.
 //!
 //! When the minute is over, the churn Pods of the last lifetime are kept
-//! while the sidecar's endpoints are compared with the slices (`alive`), then
-//! deleted at the same pace; once all are gone, the comparison is made again
-//! (`drained`). The control plane's RSS is read before, every second, after,
+//! while the sidecar's endpoints are compared with the slices, once these
+//! hold every Ready Pod (`alive`); then they are deleted at the same pace,
+//! and once all are gone the comparison is made again (`drained`). The control plane's RSS is read before, every second, after,
 //! and 30 s later.
 //!
 //! It prints one line, `BENCH {json}`, also written to `WEFT_BENCH_OUT` when
@@ -202,6 +202,8 @@ struct Counts {
     status_failed: AtomicUsize,
     deleted: AtomicUsize,
     delete_failed: AtomicUsize,
+    /// Pods Running and Ready, not deleted yet: what the slices should hold.
+    ready: AtomicUsize,
     first_error: Mutex<Option<String>>,
     /// When each delete was sent and when it was answered, and whether it
     /// came after the pause.
@@ -253,6 +255,8 @@ struct Created {
     wall: Duration,
     /// Pods created and not deleted yet: the ones kept through the pause.
     alive: usize,
+    /// Of those, the ones whose status says Ready.
+    ready: usize,
 }
 
 /// The churn, on a thread of its own in the kube pod's namespace.
@@ -381,7 +385,8 @@ async fn churn(
         .created
         .load(Ordering::Relaxed)
         .saturating_sub(counts.deleted.load(Ordering::Relaxed));
-    if paused.send(Created { wall, alive }).is_err() {
+    let ready = counts.ready.load(Ordering::Relaxed);
+    if paused.send(Created { wall, alive, ready }).is_err() {
         // The test failed and went: the cluster goes with it.
         return;
     }
@@ -409,12 +414,12 @@ struct OnePod {
 impl OnePod {
     async fn run(mut self, permit: tokio::sync::OwnedSemaphorePermit) {
         let name = format!("churn-{}", self.i);
-        self.create(&name).await;
+        let ready = self.create(&name).await;
         drop(permit);
         let due = Instant::now() + self.lifetime;
         if due < self.end {
             tokio::time::sleep_until(due).await;
-            self.delete(&name, false).await;
+            self.delete(&name, false, ready).await;
             return;
         }
         // Kept through the pause; then deleted as far after the release as
@@ -427,12 +432,12 @@ impl OnePod {
         if let Some(at) = released {
             tokio::time::sleep_until(at + (due - self.end)).await;
         }
-        self.delete(&name, true).await;
+        self.delete(&name, true, ready).await;
     }
 
     /// Creates the Pod bound to [`CHURN_NODE`], then reports it Running
-    /// and Ready at its address, as its kubelet would.
-    async fn create(&self, name: &str) {
+    /// and Ready at its address, as its kubelet would; true if both worked.
+    async fn create(&self, name: &str) -> bool {
         let ip = churn_ip(self.i);
         let pod: ApiPod = serde_json::from_value(json!({
             "apiVersion": "v1",
@@ -459,7 +464,7 @@ impl OnePod {
         if let Err(e) = self.pods.create(&PostParams::default(), &pod).await {
             self.counts.create_failed.fetch_add(1, Ordering::Relaxed);
             self.counts.error(format!("creating pod {name}: {e}"));
-            return;
+            return false;
         }
         self.counts.created.fetch_add(1, Ordering::Relaxed);
         let now = json!(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -480,20 +485,27 @@ impl OnePod {
                 ],
             }
         });
-        if let Err(e) = self
+        match self
             .pods
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
             .await
         {
-            self.counts.status_failed.fetch_add(1, Ordering::Relaxed);
-            self.counts
-                .error(format!("writing the status of pod {name}: {e}"));
+            Ok(_) => {
+                self.counts.ready.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                self.counts.status_failed.fetch_add(1, Ordering::Relaxed);
+                self.counts
+                    .error(format!("writing the status of pod {name}: {e}"));
+                false
+            }
         }
     }
 
     /// Deletes the Pod at once (grace 0: no kubelet will confirm it),
     /// retrying a few times; a Pod that was never created is left alone.
-    async fn delete(&self, name: &str, after_pause: bool) {
+    async fn delete(&self, name: &str, after_pause: bool, ready: bool) {
         let _permit = self.deletes.acquire().await.expect("the delete semaphore");
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
@@ -504,6 +516,9 @@ impl OnePod {
             match self.pods.delete(name, &dp).await {
                 Ok(_) => {
                     self.counts.deleted.fetch_add(1, Ordering::Relaxed);
+                    if ready {
+                        self.counts.ready.fetch_sub(1, Ordering::Relaxed);
+                    }
                     self.counts.deletes.lock().expect("deletes").push((
                         sent,
                         Instant::now(),
@@ -657,21 +672,26 @@ fn compare(cluster: &Cluster, pod: &Pod, service: &str) -> Compared {
     }
 }
 
-/// Compares until the sidecar holds exactly what the slices say (`settled`,
-/// from the call) or [`WAIT`] has passed; the last comparison of each
-/// Service.
-fn settle(cluster: &Cluster, pod: &Pod, services: &[&str]) -> Value {
+/// Compares until the slices of [`CHURN`] hold `churn_ready` endpoints
+/// (the EndpointSlice controller has caught up with the API) and the
+/// sidecar holds exactly what the slices say of every Service (`settled_ms`,
+/// from the call), or [`WAIT`] has passed; the last comparison of each.
+fn settle(cluster: &Cluster, pod: &Pod, services: &[&str], churn_ready: usize) -> Value {
     let t0 = std::time::Instant::now();
     loop {
         let all: Vec<(&str, Compared)> = services
             .iter()
             .map(|s| (*s, compare(cluster, pod, s)))
             .collect();
+        let caught_up = all
+            .iter()
+            .all(|(s, c)| *s != CHURN || c.in_slices == churn_ready);
         let exact = all.iter().all(|(_, c)| c.exact());
-        if exact || t0.elapsed() > WAIT {
-            let settled_ms = exact.then(|| t0.elapsed().as_secs_f64() * 1000.0);
+        if (exact && caught_up) || t0.elapsed() > WAIT {
+            let settled_ms = (exact && caught_up).then(|| t0.elapsed().as_secs_f64() * 1000.0);
             let mut out = serde_json::Map::new();
             out.insert("settled_ms".into(), json!(settled_ms));
+            out.insert("churn_ready_pods".into(), json!(churn_ready));
             for (s, c) in all {
                 out.insert(
                     s.to_string(),
@@ -824,10 +844,10 @@ fn pod_churn_keeps_the_control_plane_flat_and_endpoints_exact() {
         created.wall.as_secs_f64(),
         created.alive
     );
-    let alive = settle(&cluster, &client, &[CHURN]);
+    let alive = settle(&cluster, &client, &[CHURN], created.ready);
     let counts = churn.finish();
     eprintln!("kube_churn: every churn Pod deleted; comparing");
-    let drained = settle(&cluster, &client, &services);
+    let drained = settle(&cluster, &client, &services, 0);
     let after_churn = rss_kib(pid);
     let cpu = cpu_seconds(pid) - cpu0;
     let others_cpu: serde_json::Map<String, Value> = others
