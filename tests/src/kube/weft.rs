@@ -137,6 +137,17 @@ impl ControlReplica {
         }
     }
 
+    /// The PID of its current process (its memory is in
+    /// `/proc/<pid>/status`), while one runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process
+            .lock()
+            .expect("process")
+            .as_ref()
+            .filter(|p| p.is_running())
+            .map(|p| p.pid())
+    }
+
     pub fn grpc_addr(&self) -> String {
         self.pod
             .addr(weft_api::defaults::CONTROL_GRPC_PORT)
