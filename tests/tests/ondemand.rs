@@ -94,12 +94,23 @@ impl Mesh {
         };
         self.cp.write_manifest(&format!("pod-{name}.yaml"), &yaml);
         pod.mesh_with_dns(&self.cp, name, UPSTREAM, extra);
-        // Started: the names table is in.
+        // Started: the names table is in, and the control plane has read
+        // this pod's manifest (and so the servers' ones, written before:
+        // otherwise a first call can find a Service with no endpoints yet).
         eventually("the names table arrives", Duration::from_secs(10), || {
             pod.config()["names"]
                 .as_array()
                 .is_some_and(|n| n.len() == 3)
         });
+        eventually(
+            "the control plane knows the pod",
+            Duration::from_secs(10),
+            || {
+                self.cp.admin_json("/proxies")["proxies"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|p| p["pod"] == name && p["pod_known"] == true))
+            },
+        );
         pod
     }
 }
