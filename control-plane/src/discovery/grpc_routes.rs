@@ -46,11 +46,6 @@ fn decoder<T: prost::Message + Default + Send + 'static>()
     tonic_prost::ProstCodec::<T, T>::default().decoder()
 }
 
-/// A trailers-only answer for a call refused before its stream began.
-fn refused(status: Status) -> Response<Body> {
-    status.into_http()
-}
-
 impl tower::Service<Request<Body>> for DiscoveryRoutes {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -97,7 +92,8 @@ impl tower::Service<Request<Body>> for DiscoveryRoutes {
                     );
                     res
                 }
-                Err(status) => refused(status),
+                // Refused before the stream began: a trailers-only answer.
+                Err(status) => status.into_http(),
             })
         })
     }
