@@ -1,7 +1,10 @@
 //! The control plane's admin server: `/live`, `/ready`, `/metrics`, and the
 //! JSON views `/proxies` (what each proxy was sent and acknowledged),
 //! `/errors` (manifest problems outstanding) and `/status` (both, with
-//! whether each proxy runs the current version: what `weftctl status` shows).
+//! whether each proxy runs the current version, its workload and pod IP:
+//! what `weftctl status` and `weftctl dashboard` show); and
+//! `/proxies/NAMESPACE/POD/metrics`, that pod's proxy's own `/metrics`
+//! (read by [`ProxyMetrics`] for `weftctl dashboard`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,15 +21,32 @@ use tokio::sync::watch;
 use crate::discovery::Registry;
 use crate::discovery::source::State;
 use crate::metrics::Metrics;
+use crate::proxy_metrics::{ProxyMetrics, ScrapeError};
 
 #[derive(Clone, Debug)]
 pub struct Admin {
-    pub metrics: Arc<Metrics>,
-    pub registry: Arc<Registry>,
-    pub state: watch::Receiver<Arc<State>>,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    state: watch::Receiver<Arc<State>>,
+    proxies: ProxyMetrics,
 }
 
+type Answer = Response<Full<Bytes>>;
+
 impl Admin {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+        state: watch::Receiver<Arc<State>>,
+    ) -> Self {
+        Admin {
+            metrics,
+            registry,
+            state,
+            proxies: ProxyMetrics::default(),
+        }
+    }
+
     pub async fn serve(self, listener: TcpListener) {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -37,7 +57,7 @@ impl Admin {
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.route(&req)) }
+                    async move { Ok::<_, Infallible>(this.answer(&req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -46,7 +66,51 @@ impl Admin {
         }
     }
 
-    fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn answer(&self, req: &Request<Incoming>) -> Answer {
+        match proxy_metrics_path(req.uri().path()) {
+            Some((namespace, pod)) if req.method() == Method::GET => {
+                self.proxy_metrics(namespace, pod).await
+            }
+            _ => self.route(req),
+        }
+    }
+
+    /// A meshed pod's proxy's `/metrics`, as it answered.
+    async fn proxy_metrics(&self, namespace: &str, pod: &str) -> Answer {
+        let ip = {
+            let state = self.state.borrow();
+            state
+                .model
+                .pod(namespace, pod)
+                .filter(|p| p.meshed)
+                .map(|p| p.ip)
+        };
+        let ip = match ip {
+            Some(Some(ip)) => ip,
+            Some(None) => {
+                let msg = format!("pod {namespace}/{pod} has no IP yet\n");
+                return text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", msg.into());
+            }
+            None => {
+                let msg = format!("no meshed pod {namespace}/{pod}\n");
+                return text(StatusCode::NOT_FOUND, "text/plain", msg.into());
+            }
+        };
+        match self.proxies.read(ip).await {
+            Ok((ctype, body)) => text(StatusCode::OK, &ctype, body),
+            Err(e) => {
+                let status = match e {
+                    ScrapeError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                    ScrapeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    ScrapeError::Failed { .. } => StatusCode::BAD_GATEWAY,
+                };
+                let msg = format!("the proxy of {namespace}/{pod}: {e}\n");
+                text(status, "text/plain", msg.into())
+            }
+        }
+    }
+
+    fn route(&self, req: &Request<Incoming>) -> Answer {
         let json =
             |v: serde_json::Value| (StatusCode::OK, "application/json", v.to_string() + "\n");
         let (status, ctype, body) = match (req.method(), req.uri().path()) {
@@ -87,9 +151,18 @@ impl Admin {
                     .map(|p| {
                         let current =
                             p.connected && p.synced_version() >= version && p.ack_error.is_empty();
+                        let pod = state.model.pod(&p.namespace, &p.pod);
                         let mut v = serde_json::to_value(&p).unwrap_or_default();
                         v["current"] = serde_json::Value::Bool(current);
                         v["synced_version"] = p.synced_version().into();
+                        // The pod's, when the model has it (a proxy can
+                        // connect before its pod is known).
+                        v["workload"] = pod.map(|p| p.workload()).unwrap_or_default().into();
+                        v["ip"] = pod
+                            .and_then(|p| p.ip)
+                            .map(|ip| ip.to_string())
+                            .unwrap_or_default()
+                            .into();
                         v
                     })
                     .collect();
@@ -102,15 +175,41 @@ impl Admin {
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /live, /ready, /metrics, /proxies, /errors, /status\n".to_string(),
+                "not found; try /live, /ready, /metrics, /proxies, /errors, /status, \
+                 /proxies/NAMESPACE/POD/metrics\n"
+                    .to_string(),
             ),
         };
-        let mut res = Response::new(Full::new(Bytes::from(body)));
-        *res.status_mut() = status;
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static(ctype),
-        );
-        res
+        text(status, ctype, Bytes::from(body))
+    }
+}
+
+fn text(status: StatusCode, ctype: &str, body: Bytes) -> Answer {
+    let mut res = Response::new(Full::new(body));
+    *res.status_mut() = status;
+    let ctype = header::HeaderValue::from_str(ctype)
+        .unwrap_or(header::HeaderValue::from_static("text/plain"));
+    res.headers_mut().insert(header::CONTENT_TYPE, ctype);
+    res
+}
+
+/// `/proxies/NAMESPACE/POD/metrics` → (namespace, pod).
+fn proxy_metrics_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/proxies/")?.strip_suffix("/metrics")?;
+    let (namespace, pod) = rest.split_once('/')?;
+    let ok = |s: &str| !s.is_empty() && !s.contains('/');
+    (ok(namespace) && ok(pod)).then_some((namespace, pod))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_pods_metrics_path_is_read_as_one() {
+        use super::proxy_metrics_path as p;
+        assert_eq!(p("/proxies/shop/web-0/metrics"), Some(("shop", "web-0")));
+        assert_eq!(p("/proxies/shop/metrics"), None);
+        assert_eq!(p("/proxies//web-0/metrics"), None);
+        assert_eq!(p("/proxies/a/b/c/metrics"), None);
+        assert_eq!(p("/proxies"), None);
     }
 }

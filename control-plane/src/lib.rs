@@ -18,4 +18,5 @@ pub mod inject;
 pub mod install;
 pub mod kubernetes;
 pub mod metrics;
+pub mod proxy_metrics;
 pub mod server;

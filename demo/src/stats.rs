@@ -151,7 +151,6 @@ pub fn rows(
 ) -> BTreeMap<(String, String), Row> {
     let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
     for (workload, samples) in proxies {
-        let mut called: Vec<(String, String)> = Vec::new();
         for s in samples {
             match s.labels.get("direction").map(String::as_str) {
                 Some("inbound") => {
@@ -159,19 +158,14 @@ pub fn rows(
                         add_served(&mut rows, w, s);
                     }
                 }
-                Some("outbound") => {
-                    if let Some(key) = add_called(&mut rows, s, tcp_services)
-                        && !called.contains(&key)
-                    {
-                        called.push(key);
-                    }
+                Some("outbound") => add_called(&mut rows, s, tcp_services),
+                // Retries carry the Service and route they were for.
+                _ if s.name == "http_retries_total" && label(s, "allowed") == "true" => {
+                    let key = (label(s, "service"), label(s, "route"));
+                    entry(&mut rows, &key, "http").retries += s.value;
                 }
                 _ => {}
             }
-        }
-        // Retries are counted per proxy; a demo proxy calls one HTTP Service.
-        if let Some(key) = called.first() {
-            entry(&mut rows, key, "http").retries += allowed_retries(samples);
         }
     }
     for row in rows.values_mut() {
@@ -204,13 +198,12 @@ fn add_served(rows: &mut BTreeMap<(String, String), Row>, workload: &str, s: &Sa
     }
 }
 
-/// An outbound sample into the row of the Service called; returns the key
-/// of an HTTP row that counted a request.
+/// An outbound sample into the row of the Service called.
 fn add_called(
     rows: &mut BTreeMap<(String, String), Row>,
     s: &Sample,
     tcp_services: &BTreeMap<String, String>,
-) -> Option<(String, String)> {
+) {
     let key = (label(s, "service"), label(s, "route"));
     match s.name.as_str() {
         "request_total" => {
@@ -219,7 +212,6 @@ fn add_called(
             if label(s, "tls") == "true" {
                 row.mtls += s.value;
             }
-            return Some(key);
         }
         "response_total" if label(s, "classification") == "success" => {
             entry(rows, &key, "http").successes += s.value;
@@ -248,16 +240,6 @@ fn add_called(
         }
         _ => {}
     }
-    None
-}
-
-/// Retries the budget allowed, over all of a proxy's samples.
-fn allowed_retries(samples: &[Sample]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == "http_retries_total" && label(s, "allowed") == "true")
-        .map(|s| s.value)
-        .sum()
 }
 
 fn entry<'a>(
@@ -291,7 +273,8 @@ response_total{direction="outbound",service="backend.demo:80",route="backend",pe
 response_latency_ms_bucket{direction="outbound",service="backend.demo:80",route="backend",peer_identity="spiffe://x",tls="true",le="1.0"} 10
 response_latency_ms_bucket{direction="outbound",service="backend.demo:80",route="backend",peer_identity="spiffe://x",tls="true",le="2.0"} 20
 response_latency_ms_bucket{direction="outbound",service="backend.demo:80",route="backend",peer_identity="spiffe://x",tls="true",le="+Inf"} 20
-http_retries_total{reason="status",allowed="true"} 3
+http_retries_total{service="backend.demo:80",route="backend",reason="status",allowed="true"} 3
+http_retries_total{service="backend.demo:80",route="backend",reason="status",allowed="false"} 5
 tcp_open_total{direction="outbound",tls="true",peer_identity="spiffe://db"} 7
 # EOF
 "#;

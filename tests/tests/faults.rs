@@ -260,7 +260,7 @@ fn an_abort_hits_its_share_and_says_so() {
     let before = f.injected("abort");
     let errors = || {
         f.client
-            .metric(r#"http_proxy_errors_total{reason="fault-injected"}"#)
+            .metric(r#"http_proxy_errors_total{service="web.default:80",route="default/web",reason="fault-injected"}"#)
     };
     let errors_before = errors();
     let replies = f.load("/abort/x", 2000, 8);

@@ -165,7 +165,7 @@ fn retries_make_a_flaky_service_look_healthy() {
     );
     assert!(
         m.client
-            .metric(r#"http_retries_total{reason="status",allowed="true"}"#)
+            .metric(r#"http_retries_total{service="app.default:80",route="default/app",reason="status",allowed="true"}"#)
             > 0.0
     );
 }
@@ -240,7 +240,7 @@ fn the_retry_budget_stops_a_retry_storm() {
     assert!(attempts > 1000, "no retry at all");
     assert!(
         m.client
-            .metric(r#"http_retries_total{reason="status",allowed="false"}"#)
+            .metric(r#"http_retries_total{service="app.default:80",route="default/app",reason="status",allowed="false"}"#)
             > 0.0
     );
 }

@@ -58,6 +58,36 @@ impl PodModel {
         SpiffeId::new(trust_domain, &self.namespace, &self.service_account).ok()
     }
 
+    /// The workload the pod belongs to, as dashboards group pods: a
+    /// Deployment's pod by the Deployment (its name up to
+    /// `-<pod-template-hash>-`); else by its `app.kubernetes.io/name` or
+    /// `app` label, with its `app.kubernetes.io/version` or `version` label
+    /// when it has one (`backend-v1`, as Kiali groups versions); else a
+    /// StatefulSet's or DaemonSet's pod by its name up to the last `-`;
+    /// else by its own name.
+    pub fn workload(&self) -> String {
+        let label = |keys: [&str; 2]| keys.iter().find_map(|k| self.labels.get(*k));
+        if let Some(hash) = self.labels.get("pod-template-hash")
+            && let Some((deployment, _)) = self.name.split_once(&format!("-{hash}-"))
+            && !deployment.is_empty()
+        {
+            return deployment.to_string();
+        }
+        if let Some(app) = label(["app.kubernetes.io/name", "app"]) {
+            return match label(["app.kubernetes.io/version", "version"]) {
+                Some(v) => format!("{app}-{v}"),
+                None => app.clone(),
+            };
+        }
+        if self.labels.contains_key("controller-revision-hash")
+            && let Some((owner, _)) = self.name.rsplit_once('-')
+            && !owner.is_empty()
+        {
+            return owner.to_string();
+        }
+        self.name.clone()
+    }
+
     /// What the model keeps of a Pod (both sources go through this).
     pub fn from_pod(p: &Pod) -> PodModel {
         let meta = &p.metadata;
@@ -578,6 +608,47 @@ fn from_slices(slices: &[&EndpointSlice], port_name: &str) -> Vec<EndpointModel>
 mod tests {
     use super::*;
     use crate::discovery::objects::Kind;
+
+    #[test]
+    fn pods_group_into_workloads() {
+        let pod = |name: &str, labels: &[(&str, &str)]| PodModel {
+            name: name.into(),
+            namespace: "shop".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ip: None,
+            service_account: "default".into(),
+            meshed: true,
+            ready: true,
+            named_ports: BTreeMap::new(),
+            mtls_mode: None,
+            opaque_ports: Vec::new(),
+            dependencies: Vec::new(),
+        };
+        let hash = ("pod-template-hash", "5d9f7c6b8");
+        // A Deployment's pod, whatever its labels say.
+        assert_eq!(
+            pod("web-api-5d9f7c6b8-x2x7q", &[hash, ("app", "web")]).workload(),
+            "web-api"
+        );
+        assert_eq!(
+            pod("backend-v1-1", &[("app", "backend"), ("version", "v1")]).workload(),
+            "backend-v1"
+        );
+        assert_eq!(
+            pod("x", &[("app.kubernetes.io/name", "db"), ("app", "other")]).workload(),
+            "db"
+        );
+        assert_eq!(
+            pod("redis-2", &[("controller-revision-hash", "redis-7c9")]).workload(),
+            "redis"
+        );
+        assert_eq!(pod("lonely", &[]).workload(), "lonely");
+        // A hash that is not in the name: not a Deployment's name to cut.
+        assert_eq!(pod("odd", &[hash]).workload(), "odd");
+    }
 
     fn objects(yaml: &str) -> BTreeMap<ObjectKey, Object> {
         let dir = tempfile::tempdir().unwrap();

@@ -110,7 +110,9 @@ impl HttpOutbound {
             Ok(res) => res,
             Err(f) => {
                 let e = &f.error;
-                self.parts.metrics.error(e.reason());
+                self.parts
+                    .metrics
+                    .error(&routed.service, &routed.route, e.reason());
                 debug!(error = %e, reason = e.reason(), route = %routed.route, service = %routed.service, "answering for the upstream");
                 let mut r = if grpc {
                     e.grpc_response(&routed.route, &routed.service)

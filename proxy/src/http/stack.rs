@@ -21,7 +21,7 @@ use super::timeout::TimeoutLayer;
 use super::{Body, Failed};
 use crate::discovery::{Mesh, MeshConfig, ServicePort};
 use crate::routes::Rule;
-use crate::telemetry::RetryMetrics;
+use crate::telemetry::{RetryMetrics, RouteLabels};
 
 /// One route's way to one backend.
 pub type RouteStack = BoxCloneSyncService<Request<Body>, Response<Body>, Failed>;
@@ -52,13 +52,17 @@ pub fn route_stack(
         None => (policy.timeouts, policy.retry.clone()),
     };
     let metrics = parts.metrics.clone();
+    let at = RouteLabels {
+        service: called.name.clone(),
+        route: rule.map(|r| r.route.clone()).unwrap_or_default(),
+    };
     let retry = retry.map(|conditions| {
         Arc::new(RetryPolicy {
             conditions,
             budget: policy.budget.clone(),
             max_replay: DEFAULT_MAX_REPLAY,
             on_retry: Some(OnRetry(Arc::new(move |why, allowed| {
-                metrics.retry(why, allowed)
+                metrics.retry(&at, why, allowed)
             }))),
         })
     });

@@ -260,14 +260,27 @@ impl TlsMetrics {
     }
 }
 
+/// The Service and route a retry or a generated answer belongs to, as in
+/// `request_total` (`name.namespace:port`, `namespace/name` or empty), so a
+/// dashboard can put them beside that Service's requests.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub service: String,
+    pub route: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RetryLabels {
+    #[prometheus(flatten)]
+    at: RouteLabels,
     reason: &'static str,
     allowed: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
+    #[prometheus(flatten)]
+    at: RouteLabels,
     reason: &'static str,
 }
 
@@ -293,12 +306,12 @@ impl RetryMetrics {
     fn register(&self, reg: &mut Registry) {
         reg.register(
             "http_retries",
-            "Retries wanted, by why and whether the retry budget allowed them",
+            "Retries wanted, by Service, route, why and whether the retry budget allowed them",
             self.retries.clone(),
         );
         reg.register(
             "http_proxy_errors",
-            "Responses the proxy generated itself, by weft-error reason",
+            "Responses the proxy generated itself, by Service, route and weft-error reason",
             self.errors.clone(),
         );
         reg.register(
@@ -323,10 +336,16 @@ impl RetryMetrics {
             .inc();
     }
 
-    pub fn retry(&self, reason: &'static str, allowed: bool) {
+    /// A retry of a request to `at` (retries are rare: the labels are
+    /// cloned only then).
+    pub fn retry(&self, at: &RouteLabels, reason: &'static str, allowed: bool) {
         let allowed = if allowed { "true" } else { "false" };
         self.retries
-            .get_or_create(&RetryLabels { reason, allowed })
+            .get_or_create(&RetryLabels {
+                at: at.clone(),
+                reason,
+                allowed,
+            })
             .inc();
     }
 
@@ -334,8 +353,16 @@ impl RetryMetrics {
         self.ejections.inc();
     }
 
-    pub fn error(&self, reason: &'static str) {
-        self.errors.get_or_create(&ReasonLabels { reason }).inc();
+    /// An answer the proxy generated for a request to `service` (by
+    /// `route`), with `weft-error: reason`.
+    pub fn error(&self, service: &str, route: &str, reason: &'static str) {
+        let at = RouteLabels {
+            service: service.to_string(),
+            route: route.to_string(),
+        };
+        self.errors
+            .get_or_create(&ReasonLabels { at, reason })
+            .inc();
     }
 }
 

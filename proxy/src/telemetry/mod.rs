@@ -4,5 +4,5 @@ pub mod metrics;
 
 pub use metrics::{
     AuthzMetrics, DefenceMetrics, Direction, HttpMetrics, Metrics, RateLimitMetrics, RequestLabels,
-    RetryMetrics, TcpMetrics, TlsMetrics, TlsStatus,
+    RetryMetrics, RouteLabels, TcpMetrics, TlsMetrics, TlsStatus,
 };
