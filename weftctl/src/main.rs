@@ -40,6 +40,14 @@ enum Command {
     /// with a live table of golden metrics. Needs root. Exits 1 when the
     /// client's success rate fell below 99%.
     Demo(weft_demo::Args),
+    /// A web page of the mesh, live: a graph of workloads and the calls
+    /// between them (rate, success, p99, mTLS), per Service and route golden
+    /// metrics with sparklines, every proxy's identity, certificate and
+    /// config, the answers proxies generated (`weft-error`) and links into
+    /// Jaeger. Reads the control plane (`--control-plane`; on a cluster,
+    /// `kubectl -n weft-system port-forward deploy/weft-control 9990`) and
+    /// the proxies' metrics through it, or from `--prometheus`.
+    Dashboard(weft_dashboard::Args),
     /// Weft's CustomResourceDefinitions, generated from the control plane's
     /// types, as YAML for `kubectl apply -f -` (k8s/crds/ holds the same).
     Crds,
@@ -175,6 +183,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { json } => in_runtime(status::run(&control_plane, json)),
+        Command::Dashboard(args) => in_runtime(async move {
+            weft_dashboard::run(args, &control_plane).await?;
+            Ok(true)
+        }),
         Command::Check(args) => in_runtime(async move {
             Ok(weft_control::check::run(&args, &mut |line| println!("{line}")).await?)
         }),
