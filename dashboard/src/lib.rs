@@ -83,6 +83,20 @@ pub struct ReadArgs {
     pub allowed_host: Vec<String>,
 }
 
+impl Default for ReadArgs {
+    /// The flags' defaults.
+    fn default() -> Self {
+        ReadArgs {
+            prometheus: None,
+            jaeger: "http://127.0.0.1:16686".into(),
+            interval: Duration::from_secs(2),
+            window: Duration::from_secs(30),
+            history: Duration::from_secs(300),
+            allowed_host: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{flag} {value:?}: {why}")]

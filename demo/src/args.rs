@@ -69,6 +69,17 @@ pub struct Args {
     /// to weftctl).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// Where to serve the dashboard (`weftctl dashboard` over this mesh);
+    /// port 0 picks a free one. Its address is printed and in the state file.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9900")]
+    pub dashboard: SocketAddr,
+    /// Serve no dashboard.
+    #[arg(long, conflicts_with = "dashboard")]
+    pub no_dashboard: bool,
+    /// Jaeger's UI, for the dashboard's links to traces (with
+    /// `--otlp-endpoint` pointing at that Jaeger).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:16686")]
+    pub jaeger_ui: String,
 }
 
 /// `127.0.0.1:4317` or `http://127.0.0.1:4317`.

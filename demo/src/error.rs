@@ -38,6 +38,8 @@ pub enum Error {
     Interrupted,
     #[error("{0} panicked")]
     Panicked(&'static str),
+    #[error("the dashboard: {0}")]
+    Dashboard(#[from] weft_dashboard::Error),
     #[error("writing the summary: {0}")]
     Json(#[from] serde_json::Error),
 }

@@ -8,6 +8,7 @@
 //! a run also removes what a killed run left behind.
 
 mod args;
+mod dashboard;
 mod error;
 mod load;
 mod mesh;
@@ -101,8 +102,48 @@ fn build(
         mesh.add_pod(spec)?;
     }
     mesh.wait_ready()?;
+    open_to_host(args, &mut mesh, stop)?;
     mesh.write_state(args.scenario.name())?;
     Ok(mesh)
+}
+
+/// Makes the admin servers reachable from this machine, writes the
+/// Prometheus scrape configuration, and serves the dashboard.
+fn open_to_host(args: &Args, mesh: &mut Mesh, stop: &Arc<AtomicBool>) -> Result<(), Error> {
+    let mut targets = vec![mesh.control_admin()];
+    targets.extend(mesh.pods.iter().map(|p| p.admin()));
+    let exposed = relay::expose(mesh, &targets, stop.clone())?;
+    let (control_admin, pod_admins) = exposed
+        .split_first()
+        .ok_or(Error::Missing("the control plane's relay"))?;
+    let mut host = mesh::HostAccess {
+        control_admin: *control_admin,
+        pod_admins: pod_admins.to_vec(),
+        prometheus_config: mesh.dir.join("prometheus.yml"),
+        dashboard: None,
+    };
+    std::fs::write(&host.prometheus_config, mesh.prometheus_yaml(&host)).map_err(Error::io(
+        format!("writing {}", host.prometheus_config.display()),
+    ))?;
+    if !args.no_dashboard {
+        let control = format!("http://{control_admin}");
+        let addr = dashboard::start(args, &control, stop.clone())?;
+        let url = format!("http://{addr}");
+        say(
+            args,
+            &format!("dashboard on {url} (or: weftctl dashboard --control-plane {control})"),
+        );
+        host.dashboard = Some(url);
+    }
+    say(
+        args,
+        &format!(
+            "control plane admin on http://{control_admin}; Prometheus: prometheus --config.file={}",
+            host.prometheus_config.display()
+        ),
+    );
+    mesh.host = Some(host);
+    Ok(())
 }
 
 /// Drives the load and the scenario, shows the table, and sums the run up

@@ -81,6 +81,21 @@ pub struct Mesh {
     pub services: Vec<ServiceSpec>,
     pub otlp: Option<SocketAddr>,
     pub state_file: PathBuf,
+    /// What this machine reaches of the mesh, once exposed.
+    pub host: Option<HostAccess>,
+}
+
+/// The mesh's admin servers as this machine reaches them (relayed from
+/// 127.0.0.1), and what is served from them.
+#[derive(Debug, Clone)]
+pub struct HostAccess {
+    pub control_admin: SocketAddr,
+    /// In the order of [`Mesh::pods`].
+    pub pod_admins: Vec<SocketAddr>,
+    /// The scrape configuration for a Prometheus on this machine.
+    pub prometheus_config: PathBuf,
+    /// The dashboard's URL, when one is served.
+    pub dashboard: Option<String>,
 }
 
 impl Mesh {
@@ -110,6 +125,7 @@ impl Mesh {
             services: spec::services(),
             otlp,
             state_file,
+            host: None,
         };
         // The manifests, the CA (whose anchors the proxies read) and the logs.
         for d in [mesh.manifests(), mesh.logs()] {
@@ -309,10 +325,12 @@ impl Mesh {
 
     /// The state file's content.
     pub fn state(&self, scenario: &str) -> serde_json::Value {
+        let host = self.host.as_ref();
         let pods: Vec<_> = self
             .pods
             .iter()
-            .map(|p| {
+            .enumerate()
+            .map(|(i, p)| {
                 serde_json::json!({
                     "name": p.spec.name,
                     "namespace": NAMESPACE,
@@ -322,10 +340,13 @@ impl Mesh {
                     "version": p.spec.version,
                     "identity": spiffe(p.spec.sa),
                     "admin": p.admin().to_string(),
+                    "admin_on_host": host.and_then(|h| h.pod_admins.get(i)).map(|a| a.to_string()),
                 })
             })
             .collect();
         serde_json::json!({
+            "dashboard": host.and_then(|h| h.dashboard.clone()),
+            "prometheus_config": host.map(|h| h.prometheus_config.clone()),
             "scenario": scenario,
             "pid": std::process::id(),
             "manifests": self.manifests(),
@@ -336,10 +357,35 @@ impl Mesh {
                 "ip": CONTROL_IP.to_string(),
                 "grpc": self.control_grpc().to_string(),
                 "admin": self.control_admin().to_string(),
+                "admin_on_host": host.map(|h| h.control_admin.to_string()),
             },
             "pods": pods,
             "services": self.services,
         })
+    }
+
+    /// A Prometheus scrape configuration for every sidecar (and the control
+    /// plane) as this machine reaches them, with the `namespace` and `pod`
+    /// target labels the dashboard and k8s/addons/grafana read.
+    pub fn prometheus_yaml(&self, host: &HostAccess) -> String {
+        let mut y = String::from(
+            "# Written by `weftctl demo`: every sidecar's admin server (and the control\n\
+             # plane's) as this machine reaches it, relayed from 127.0.0.1 for as long as\n\
+             # the demo runs. `prometheus --config.file=THIS_FILE` scrapes the demo.\n\
+             global:\n  scrape_interval: 2s\n  evaluation_interval: 2s\n\
+             scrape_configs:\n- job_name: weft-proxies\n  static_configs:\n",
+        );
+        for (p, a) in self.pods.iter().zip(&host.pod_admins) {
+            y.push_str(&format!(
+                "  - targets: ['{a}']\n    labels: {{namespace: {NAMESPACE}, pod: {}, workload: {}}}\n",
+                p.spec.name, p.spec.service
+            ));
+        }
+        y.push_str(&format!(
+            "- job_name: weft-control\n  static_configs:\n  - targets: ['{}']\n    labels: {{namespace: weft-system, pod: weft-control}}\n",
+            host.control_admin
+        ));
+        y
     }
 
     /// Writes the state file atomically, for tools that poll for it.

@@ -1,6 +1,8 @@
-//! Makes a collector on the host reachable from the pods without touching
-//! the host's network: a listener on the bridge whose connections this
-//! process relays to the host's address.
+//! Joins the host and the mesh without touching the host's network: a
+//! collector on the host made reachable from the pods (a listener on the
+//! bridge, relayed to the host's address), and admin servers in the mesh
+//! made reachable from the host (listeners on 127.0.0.1, relayed from the
+//! bridge's namespace) for `weftctl status`, the dashboard and Prometheus.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,4 +53,46 @@ async fn relay(listener: std::net::TcpListener, collector: SocketAddr, stop: Arc
             Err(_) => {}
         }
     }
+}
+
+/// For each of `targets` (addresses inside the mesh), a listener on
+/// 127.0.0.1 at a free port whose connections are relayed to it, until
+/// `stop`; returns the listeners' addresses, in order. The listeners are
+/// made here, in the host's namespace; the relays run on a thread of the
+/// bridge's, from where every pod is reached.
+pub fn expose(
+    mesh: &Mesh,
+    targets: &[SocketAddr],
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<SocketAddr>, Error> {
+    let mut pairs = Vec::new();
+    let mut addrs = Vec::new();
+    for &target in targets {
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(Error::io(format!("listening on 127.0.0.1 for {target}")))?;
+        addrs.push(
+            listener
+                .local_addr()
+                .map_err(Error::io(format!("listening on 127.0.0.1 for {target}")))?,
+        );
+        pairs.push((listener, target));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io("starting the admin relays"))?;
+    // Detached: it ends by itself once `stop` is set.
+    let _relays = mesh.bridge.thread("weftctl-expose", move || {
+        rt.block_on(async move {
+            let relays: Vec<_> = pairs
+                .into_iter()
+                .map(|(l, t)| tokio::spawn(relay(l, t, stop.clone())))
+                .collect();
+            for r in relays {
+                let _ = r.await;
+            }
+        });
+    })?;
+    Ok(addrs)
 }

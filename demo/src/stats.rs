@@ -6,57 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-/// One sample: metric name, labels, value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-/// Parses OpenMetrics / Prometheus text; lines it cannot read are skipped.
-pub fn parse(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(parse_line)
-        .collect()
-}
-
-fn parse_line(line: &str) -> Option<Sample> {
-    let (series, value) = line.rsplit_once(' ')?;
-    let value = value.parse().ok()?;
-    let (name, labels) = match series.split_once('{') {
-        None => (series.to_string(), BTreeMap::new()),
-        Some((name, rest)) => (name.to_string(), parse_labels(rest.strip_suffix('}')?)?),
-    };
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
-}
-
-fn parse_labels(mut s: &str) -> Option<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    while !s.is_empty() {
-        let (key, rest) = s.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = rest.char_indices();
-        let end = loop {
-            match chars.next()? {
-                (i, '"') => break i,
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    c => value.push(c),
-                },
-                (_, c) => value.push(c),
-            }
-        };
-        out.insert(key.to_string(), value);
-        s = rest[end + 1..].trim_start_matches(',');
-    }
-    Some(out)
-}
+pub use weft_dashboard::text::{Sample, parse};
 
 /// A row of the table: one Service (and route) as its clients saw it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -304,13 +254,5 @@ tcp_open_total{direction="outbound",tls="true",peer_identity="spiffe://db"} 7
             ..r.clone()
         };
         assert_eq!(later.since(Some(r)).requests, 10.0);
-    }
-
-    #[test]
-    fn labels_with_escapes_parse() {
-        let s = parse(r#"x_total{a="q\"uote",b="c,d"} 2"#);
-        assert_eq!(s[0].labels["a"], "q\"uote");
-        assert_eq!(s[0].labels["b"], "c,d");
-        assert_eq!(s[0].value, 2.0);
     }
 }
