@@ -382,7 +382,9 @@ impl Mesh {
             ));
         }
         y.push_str(&format!(
-            "- job_name: weft-control\n  static_configs:\n  - targets: ['{}']\n    labels: {{namespace: weft-system, pod: weft-control}}\n",
+            // Not `namespace`/`pod`: the control plane's own series carry
+            // those (of the proxy they describe), as in k8s/addons.
+            "- job_name: weft-control\n  static_configs:\n  - targets: ['{}']\n    labels: {{control_pod: weft-control}}\n",
             host.control_admin
         ));
         y

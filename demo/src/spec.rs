@@ -199,10 +199,17 @@ pub fn service_yaml(s: &ServiceSpec) -> String {
     y
 }
 
+/// A pod's manifest; only the backends, which run in two versions, carry a
+/// `version` label (so the dashboard shows `backend-v1`, `backend-v2` and
+/// plain `frontend`).
 pub fn pod_yaml(p: &PodSpec, ip: Ipv4Addr) -> String {
+    let version = match p.app {
+        App::Backend { .. } => format!("\n    version: {}", p.version),
+        _ => String::new(),
+    };
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {NAMESPACE}\n  annotations:\n    weft.dev/inject: enabled\n  labels:\n    app: {}\n    version: {}\nspec:\n  serviceAccountName: {}\n  containers:\n  - name: app\n    image: weft-test-app\nstatus:\n  podIP: {ip}\n",
-        p.name, p.service, p.version, p.sa
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {}\n  namespace: {NAMESPACE}\n  annotations:\n    weft.dev/inject: enabled\n  labels:\n    app: {}{version}\nspec:\n  serviceAccountName: {}\n  containers:\n  - name: app\n    image: weft-test-app\nstatus:\n  podIP: {ip}\n",
+        p.name, p.service, p.sa
     )
 }
 

@@ -20,6 +20,7 @@ pub mod echo {
 }
 pub mod capture;
 pub mod client;
+pub mod demo;
 pub mod jwks;
 pub mod kube;
 pub mod mesh;
@@ -28,6 +29,7 @@ pub mod netns;
 pub mod node;
 pub mod otlp;
 pub mod process;
+pub mod prometheus;
 
 pub use mesh::{
     ControlPlane, http_pod, http_pod_in, namespace_yaml, pod_yaml, pod_yaml_in, service_yaml,

@@ -2,82 +2,13 @@
 //! describes it, carries traffic over mTLS while a backend fails, reports it
 //! as JSON, and leaves nothing behind, whether `--duration` or Ctrl-C ends it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use weft_e2e::bins;
 use weft_e2e::otlp::Collector;
 
-fn demo(dir: &Path, args: &[&str]) -> Child {
-    weft_e2e::require_root();
-    let bin_dir = bins::weftctl()
-        .parent()
-        .map(PathBuf::from)
-        .expect("the binaries' directory");
-    Command::new(bins::weftctl())
-        .arg("demo")
-        .args(args)
-        .arg("--state-file")
-        .arg(dir.join("state/state.json"))
-        .arg("--dir")
-        .arg(dir.join("mesh"))
-        .arg("--bin-dir")
-        .arg(bin_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting weftctl demo")
-}
-
-fn namespaces() -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("wdemo-"))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Waits for the state file, failing with the demo's output if it exits first.
-fn wait_state(child: &mut Child, file: &Path) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(file)
-            && let Ok(v) = serde_json::from_str(&text)
-        {
-            return v;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let out = child.wait_with_output_now();
-            panic!("the demo exited ({status}) before writing its state: {out}");
-        }
-        assert!(Instant::now() < deadline, "no state file after 90s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-trait Output {
-    fn wait_with_output_now(&mut self) -> String;
-}
-
-impl Output for Child {
-    fn wait_with_output_now(&mut self) -> String {
-        use std::io::Read;
-        let mut out = String::new();
-        if let Some(mut s) = self.stdout.take() {
-            let _ = s.read_to_string(&mut out);
-        }
-        if let Some(mut s) = self.stderr.take() {
-            let _ = s.read_to_string(&mut out);
-        }
-        out
-    }
-}
+use weft_e2e::demo::{namespaces, start as demo, wait_state};
 
 /// Nothing the demo made is left: namespaces, files, processes.
 fn assert_clean(dir: &Path) {
@@ -148,6 +79,22 @@ fn the_demo_runs_survives_faults_and_cleans_up() {
         .output()
         .expect("GET /ready");
     assert!(ready.status.success(), "{ready:?}");
+    // From this machine: the control plane's admin server through its relay
+    // on 127.0.0.1, as `weftctl status` reads it.
+    let control = state["control_plane"]["admin_on_host"]
+        .as_str()
+        .expect("the control plane's admin on this machine");
+    let status = Command::new(bins::weftctl())
+        .args(["--control-plane", &format!("http://{control}"), "status", "--json"])
+        .output()
+        .expect("weftctl status");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)
+        .unwrap_or_else(|e| panic!("weftctl status --json through the relay: {e}: {status:?}"));
+    assert_eq!(status["proxies"].as_array().map(Vec::len), Some(8), "{status:#}");
+    assert!(
+        state["dashboard"].as_str().is_some_and(|d| d.starts_with("http://127.0.0.1:")),
+        "{state:#}"
+    );
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
