@@ -12,6 +12,7 @@
 //! entry point says so plainly when run without it.
 
 pub mod bins;
+pub mod browser;
 
 /// The test gRPC service, generated from `proto/echo.proto`.
 #[allow(missing_debug_implementations, clippy::all)]
@@ -31,6 +32,7 @@ pub mod otlp;
 pub mod process;
 pub mod prometheus;
 
+pub use browser::Browser;
 pub use mesh::{
     ControlPlane, http_pod, http_pod_in, namespace_yaml, pod_yaml, pod_yaml_in, service_yaml,
     service_yaml_in, spiffe, spiffe_in,
