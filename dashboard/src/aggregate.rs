@@ -304,3 +304,108 @@ impl Round {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Proxy;
+    use crate::text::parse;
+
+    fn proxy(pod: &str, workload: &str, sa: &str) -> Proxy {
+        Proxy {
+            namespace: "shop".into(),
+            pod: pod.into(),
+            workload: workload.into(),
+            identity: format!("spiffe://cluster.local/ns/shop/sa/{sa}"),
+            ..Proxy::default()
+        }
+    }
+
+    fn key(pod: &str) -> PodKey {
+        PodKey {
+            namespace: "shop".into(),
+            pod: pod.into(),
+        }
+    }
+
+    #[test]
+    fn edges_come_from_the_called_side_and_rows_from_the_calling_side() {
+        let status = Status {
+            proxies: vec![
+                proxy("web-0", "web", "web"),
+                proxy("api-v1-0", "api-v1", "api"),
+                proxy("api-v2-0", "api-v2", "api"),
+            ],
+            ..Status::default()
+        };
+        let dir = Directory::new(&status);
+        let web = parse(
+            r#"request_total{direction="outbound",service="api.shop:80",route="shop/api",peer_identity="spiffe://cluster.local/ns/shop/sa/api",tls="true"} 10
+response_total{direction="outbound",service="api.shop:80",route="shop/api",peer_identity="spiffe://cluster.local/ns/shop/sa/api",tls="true",status_code="200",classification="success",grpc_status=""} 10
+http_retries_total{service="api.shop:80",route="shop/api",reason="status",allowed="true"} 2
+http_proxy_errors_total{service="api.shop:80",route="shop/api",reason="timeout"} 1
+"#,
+        );
+        let api = parse(
+            r#"request_total{direction="inbound",service="8080",route="",peer_identity="spiffe://cluster.local/ns/shop/sa/web",tls="true"} 8
+response_total{direction="inbound",service="8080",route="",peer_identity="spiffe://cluster.local/ns/shop/sa/web",tls="true",status_code="200",classification="success",grpc_status=""} 6
+response_total{direction="inbound",service="8080",route="",peer_identity="spiffe://cluster.local/ns/shop/sa/web",tls="true",status_code="503",classification="failure",grpc_status=""} 2
+response_latency_ms_bucket{direction="inbound",service="8080",route="",peer_identity="spiffe://cluster.local/ns/shop/sa/web",tls="true",le="1.0"} 4
+response_latency_ms_bucket{direction="inbound",service="8080",route="",peer_identity="spiffe://cluster.local/ns/shop/sa/web",tls="true",le="+Inf"} 8
+request_total{direction="inbound",service="8080",route="",peer_identity="",tls="false"} 3
+tcp_open_connections{direction="inbound",tls="true",peer_identity="spiffe://cluster.local/ns/shop/sa/api"} 1
+"#,
+        );
+        let round = Round::build(
+            2.0,
+            &dir,
+            &[
+                (key("web-0"), web),
+                (key("api-v1-0"), api),
+                (key("gone-0"), parse("request_total 5\n")),
+            ],
+        );
+        // web → api-v1, from api-v1's sidecar: 75% success, all mTLS.
+        let e = &round.edges[&("shop/web".to_string(), "shop/api-v1".to_string())];
+        assert_eq!(e.http.requests, 8.0);
+        assert_eq!(e.http.success_rate(), Some(0.75));
+        assert_eq!(e.http.mtls_share(), Some(1.0));
+        assert_eq!(e.http.quantile(0.5), Some(1.0));
+        // Plaintext callers, and an identity two workloads share.
+        assert_eq!(
+            round.edges[&(UNMESHED.to_string(), "shop/api-v1".to_string())]
+                .http
+                .requests,
+            3.0
+        );
+        let shared = (
+            "spiffe://cluster.local/ns/shop/sa/api".to_string(),
+            "shop/api-v1".to_string(),
+        );
+        assert_eq!(round.edges[&shared].tcp.open_now, 1.0);
+        // The Service and route as web saw them, its retries with them.
+        let calls = &round.services[&("api.shop:80".to_string(), "shop/api".to_string())];
+        assert_eq!((calls.http.requests, calls.retries), (10.0, 2.0));
+        assert_eq!(calls.callers.iter().collect::<Vec<_>>(), ["shop/web"]);
+        let generated = &round.errors[&("api.shop:80".to_string(), "timeout".to_string())];
+        assert_eq!(generated.count, 1.0);
+        assert_eq!(round.edges.len(), 3, "{:?}", round.edges.keys());
+
+        // Merged with a later round: sums, and the later open connections.
+        let mut sum = round.clone();
+        let mut later = Round {
+            seconds: 2.0,
+            ..Round::default()
+        };
+        later.edges.insert(shared.clone(), Flow::default());
+        sum.merge(&later);
+        assert_eq!(sum.seconds, 4.0);
+        assert_eq!(sum.edges[&shared].tcp.open_now, 0.0);
+        assert_eq!(
+            sum.edges[&("shop/web".to_string(), "shop/api-v1".to_string())]
+                .http
+                .requests,
+            8.0
+        );
+    }
+}

@@ -179,6 +179,47 @@ pub async fn serve(listener: TcpListener, router: Router) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn call(
+        router: Router,
+        host: &str,
+        path: &str,
+    ) -> (StatusCode, axum::http::HeaderMap, String) {
+        let req = Request::builder()
+            .uri(path)
+            .header(header::HOST, host)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = router.oneshot(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn serves_the_page_and_the_latest_picture_to_its_own_host_only() {
+        let (tx, rx) = watch::channel(None);
+        let router = super::router(rx, Vec::new());
+        let (status, _, body) = call(router.clone(), "127.0.0.1:9900", "/api/model").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        tx.send(Some(Arc::from("{\"nodes\":[]}"))).unwrap();
+        let (status, headers, body) = call(router.clone(), "localhost:9900", "/api/model").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "{\"nodes\":[]}"));
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.starts_with("default-src 'self'"), "{csp}");
+        let (status, _, page) = call(router.clone(), "127.0.0.1:9900", "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("<script src=\"/app.js\""), "{page}");
+        // A page that rebinds its own name to 127.0.0.1 gets nothing.
+        let (status, _, body) = call(router, "attacker.example:9900", "/api/model").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
 
     #[test]
     fn only_addresses_localhost_and_allowed_names_are_answered() {

@@ -89,7 +89,7 @@ impl Reader {
             .map(|s| s.proxies.iter().map(|p| p.key()).collect())
             .unwrap_or_default();
         let (proxies, unread) = match &self.prometheus {
-            Some(prom) => self.from_prometheus(prom, &listed).await,
+            Some(prom) => self.read_prometheus(prom, &listed).await,
             None => self.through_control_plane(&listed).await,
         };
         Read {
@@ -132,7 +132,7 @@ impl Reader {
         (proxies, unread)
     }
 
-    async fn from_prometheus(
+    async fn read_prometheus(
         &self,
         prom: &str,
         listed: &[PodKey],

@@ -18,7 +18,10 @@ pub fn start(dir: &Path, args: &[&str]) -> Child {
         .expect("the binaries' directory");
     let mut cmd = Command::new(bins::weftctl());
     cmd.arg("demo").args(args);
-    if !args.iter().any(|a| a.starts_with("--dashboard") || *a == "--no-dashboard") {
+    if !args
+        .iter()
+        .any(|a| a.starts_with("--dashboard") || *a == "--no-dashboard")
+    {
         cmd.args(["--dashboard", "127.0.0.1:0"]);
     }
     cmd.arg("--state-file")

@@ -10,12 +10,14 @@ use crate::process::Process;
 
 /// The binary: `$WEFT_PROMETHEUS_BIN` (scripts/test sets it).
 pub fn binary() -> PathBuf {
-    let bin = std::env::var_os("WEFT_PROMETHEUS_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        panic!(
-            "WEFT_PROMETHEUS_BIN is not set: run the tests with scripts/test, or set it to \
+    let bin = std::env::var_os("WEFT_PROMETHEUS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "WEFT_PROMETHEUS_BIN is not set: run the tests with scripts/test, or set it to \
              the prometheus that `scripts/prometheus-tool` prints the folder of (…/bin/prometheus)"
-        )
-    });
+            )
+        });
     assert!(
         bin.is_file(),
         "{} is not a file; WEFT_PROMETHEUS_BIN must name the prometheus binary scripts/prometheus-tool builds",
@@ -44,7 +46,10 @@ impl Prometheus {
             .expect("a free port");
         let mut cmd = Command::new(binary());
         cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", data.path().join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                data.path().join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn");
         let process = Process::spawn("prometheus", cmd, data.path().join("prometheus.log"));
@@ -125,7 +130,10 @@ impl Prometheus {
             }
             if Instant::now() > deadline {
                 let (_, targets) = self.get("/api/v1/targets").unwrap_or_default();
-                panic!("{healthy} of {} targets up (want {want}): {targets}", up.len());
+                panic!(
+                    "{healthy} of {} targets up (want {want}): {targets}",
+                    up.len()
+                );
             }
             std::thread::sleep(Duration::from_millis(500));
         }

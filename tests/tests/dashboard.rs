@@ -20,10 +20,12 @@ fn one_demo() -> std::sync::MutexGuard<'static, ()> {
     ONE_DEMO.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `weftctl dashboard` as a process on a free port; its address.
-fn dashboard(args: &[&str], log: &Path) -> (Process, SocketAddr) {
+/// `weftctl --control-plane CONTROL dashboard --port 0 OWN…` as a process;
+/// its address, as it printed it.
+fn dashboard(control: &str, own: &[&str], log: &Path) -> (Process, SocketAddr) {
     let mut cmd = Command::new(weft_e2e::bins::weftctl());
-    cmd.args(args).args(["dashboard", "--port", "0"]);
+    cmd.args(["--control-plane", control, "dashboard", "--port", "0"])
+        .args(own);
     let p = Process::spawn("weftctl dashboard", cmd, log.to_path_buf());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -120,38 +122,17 @@ fn prometheus_scrapes_the_demo_and_agrees_with_its_client() {
             .expect("the control plane on this machine")
     );
     let (dash, addr) = dashboard(
+        &control,
         &[
-            "--control-plane",
-            &control,
-            // Everything after the subcommand's name is its own.
+            "--prometheus",
+            &prom.url(),
+            "--interval",
+            "1s",
+            "--window",
+            "20s",
         ],
         &dir.join("dashboard.log"),
     );
-    let _ = &dash;
-    drop(dash);
-    let (dash, addr2) = {
-        let mut cmd = Command::new(weft_e2e::bins::weftctl());
-        cmd.args(["--control-plane", &control, "dashboard", "--port", "0"])
-            .args(["--prometheus", &prom.url(), "--interval", "1s", "--window", "20s"]);
-        let log = dir.join("dashboard-prom.log");
-        let p = Process::spawn("weftctl dashboard --prometheus", cmd, log);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
-            if let Some(a) = p
-                .log()
-                .split("weftctl dashboard: http://")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-            {
-                break a;
-            }
-            assert!(p.is_running() && Instant::now() < deadline, "{}", p.log());
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        (p, addr)
-    };
-    let _ = addr;
 
     // Let the run go on: most of it is then in Prometheus.
     let settle = Duration::from_secs(run - 15);
@@ -203,10 +184,16 @@ fn prometheus_scrapes_the_demo_and_agrees_with_its_client() {
     grafana_exprs(&grafana, &mut exprs);
     assert!(exprs.len() > 20, "{exprs:?}");
     for e in &exprs {
-        let r = prom.try_query(e).unwrap_or_else(|err| panic!("the Grafana query {e} fails: {err}"));
-        if ["request_total", "response_total", "response_latency_ms_bucket"]
-            .iter()
-            .any(|m| e.contains(m))
+        let r = prom
+            .try_query(e)
+            .unwrap_or_else(|err| panic!("the Grafana query {e} fails: {err}"));
+        if [
+            "request_total",
+            "response_total",
+            "response_latency_ms_bucket",
+        ]
+        .iter()
+        .any(|m| e.contains(m))
         {
             assert!(!r.is_empty(), "the Grafana query {e} has no data");
         }
@@ -216,7 +203,7 @@ fn prometheus_scrapes_the_demo_and_agrees_with_its_client() {
     // less successful one.
     let deadline = Instant::now() + Duration::from_secs(20);
     let m = loop {
-        if let Some(m) = model(addr2)
+        if let Some(m) = model(addr)
             && edge_success(&m, "demo/backend-v1").is_some()
             && edge_success(&m, "demo/backend-v2").is_some()
         {
@@ -229,9 +216,14 @@ fn prometheus_scrapes_the_demo_and_agrees_with_its_client() {
         edge_success(&m, "demo/backend-v1").unwrap_or(1.0),
         edge_success(&m, "demo/backend-v2").unwrap_or(0.0),
     );
-    assert!(v1 < v2, "frontend→backend-v1 {v1} vs frontend→backend-v2 {v2}: {m:#}");
     assert!(
-        m["source"].as_str().is_some_and(|s| s.contains(&prom.url())),
+        v1 < v2,
+        "frontend→backend-v1 {v1} vs frontend→backend-v2 {v2}: {m:#}"
+    );
+    assert!(
+        m["source"]
+            .as_str()
+            .is_some_and(|s| s.contains(&prom.url())),
         "{}",
         m["source"]
     );
@@ -275,8 +267,122 @@ fn prometheus_scrapes_the_demo_and_agrees_with_its_client() {
         "p99: Prometheus {p99} ms vs the client's {client_p99} ms"
     );
     // What the client was spared: backend-v1-1 failed about 30%, retried.
-    assert!((0.15..0.45).contains(&failing), "backend-v1-1 failed {failing}");
+    assert!(
+        (0.15..0.45).contains(&failing),
+        "backend-v1-1 failed {failing}"
+    );
     assert!(retried > 0.0, "no retries in Prometheus");
     drop(dash);
-    let _ = addr;
+}
+
+/// What the page shows of its graph: each edge's data, and when it was drawn.
+const READ_GRAPH: &str = "return {
+    updated: document.body.dataset.updated || '',
+    edges: [...document.querySelectorAll('#graph g.edge')].map(e => ({
+        src: e.dataset.src, dst: e.dataset.dst, success: e.dataset.success,
+        rps: e.dataset.rps, label: e.querySelector('text').textContent })),
+    services: [...document.querySelectorAll('#services tbody tr[data-service]')].map(r => r.textContent),
+    proxies: document.querySelectorAll('#proxies tbody tr').length,
+}";
+
+/// The success rate the page shows on the edge from the frontend to `dst`.
+fn shown_success(page: &serde_json::Value, dst: &str) -> Option<f64> {
+    page["edges"]
+        .as_array()?
+        .iter()
+        .find(|e| e["src"] == "demo/frontend" && e["dst"] == dst)?["success"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn the_dashboard_shows_the_faults_scenario_in_a_browser() {
+    let _turn = one_demo();
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let dir = tmp.path();
+    let mut child = demo::start(
+        dir,
+        &["--scenario", "faults", "--duration", "60s", "--json"],
+    );
+    let state = demo::wait_state(&mut child, &dir.join("state/state.json"));
+    let started = Instant::now();
+    let url = state["dashboard"]
+        .as_str()
+        .expect("the demo serves a dashboard")
+        .to_string();
+    let browser = weft_e2e::Browser::start();
+    let (first, second) = browser.block_on(async {
+        browser.goto(&url).await.expect("opening the dashboard");
+        browser
+            .wait_for("#graph g.node", Duration::from_secs(30))
+            .await
+            .expect("the graph");
+        // Until both backends' edges carry a success rate.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let first = loop {
+            let page = browser.eval(READ_GRAPH).await.expect("reading the page");
+            if shown_success(&page, "demo/backend-v1").is_some()
+                && shown_success(&page, "demo/backend-v2").is_some()
+            {
+                break page;
+            }
+            assert!(Instant::now() < deadline, "no backend edges: {page:#}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let second = browser.eval(READ_GRAPH).await.expect("reading the page");
+        // The picture after the scenario killed backend-v1-2 (at 30 s), with
+        // the sparklines filled in: the screenshot.
+        let shot_at = Duration::from_secs(40);
+        tokio::time::sleep(shot_at.saturating_sub(started.elapsed())).await;
+        let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+        browser.screenshot(&shot).await.expect("a screenshot");
+        let png = std::fs::read(&shot).expect("the screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 20_000,
+            "{}",
+            shot.display()
+        );
+        eprintln!("screenshot: {}", shot.display());
+        // `WEFT_UPDATE_SCREENSHOT=1` refreshes the README's.
+        if std::env::var_os("WEFT_UPDATE_SCREENSHOT").is_some() {
+            let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard.png");
+            std::fs::write(&docs, &png).expect("writing docs/dashboard.png");
+        }
+        (first, second)
+    });
+
+    // backend-v1-1 fails 30% of its requests: its workload's edge shows it.
+    let (v1, v2) = (
+        shown_success(&second, "demo/backend-v1").expect("backend-v1's edge"),
+        shown_success(&second, "demo/backend-v2").expect("backend-v2's edge"),
+    );
+    assert!(
+        v1 < v2,
+        "frontend→backend-v1 {v1} vs frontend→backend-v2 {v2}: {second:#}"
+    );
+    assert!(v1 < 0.995, "backend-v1's failures do not show: {second:#}");
+    // The page updated by itself, and its numbers moved.
+    assert_ne!(
+        first["updated"], second["updated"],
+        "the page did not update"
+    );
+    assert_ne!(
+        first["edges"], second["edges"],
+        "no number changed between two reads"
+    );
+    // The tables: the backend's route, and all eight proxies.
+    assert!(
+        second["services"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r
+                .as_str()
+                .is_some_and(|t| t.contains("backend.demo:80") && t.contains("demo/backend")))),
+        "{second:#}"
+    );
+    assert_eq!(second["proxies"], 8, "{second:#}");
+    drop(browser);
+    let summary = demo::finish(child);
+    assert_eq!(summary["ended_by"], "duration", "{summary:#}");
 }

@@ -85,14 +85,25 @@ fn the_demo_runs_survives_faults_and_cleans_up() {
         .as_str()
         .expect("the control plane's admin on this machine");
     let status = Command::new(bins::weftctl())
-        .args(["--control-plane", &format!("http://{control}"), "status", "--json"])
+        .args([
+            "--control-plane",
+            &format!("http://{control}"),
+            "status",
+            "--json",
+        ])
         .output()
         .expect("weftctl status");
     let status: serde_json::Value = serde_json::from_slice(&status.stdout)
         .unwrap_or_else(|e| panic!("weftctl status --json through the relay: {e}: {status:?}"));
-    assert_eq!(status["proxies"].as_array().map(Vec::len), Some(8), "{status:#}");
+    assert_eq!(
+        status["proxies"].as_array().map(Vec::len),
+        Some(8),
+        "{status:#}"
+    );
     assert!(
-        state["dashboard"].as_str().is_some_and(|d| d.starts_with("http://127.0.0.1:")),
+        state["dashboard"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("http://127.0.0.1:")),
         "{state:#}"
     );
 

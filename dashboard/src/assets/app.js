@@ -72,11 +72,11 @@ function layout(nodes, edges) {
 }
 
 function edgeLabel(e) {
-  const lock = e.mtls != null && e.mtls >= 0.999 ? "🔒 " : e.mtls > 0 ? "◐ " : "";
+  const tls = e.mtls == null ? "" : e.mtls >= 0.999 ? "mTLS · " : e.mtls > 0 ? `mTLS ${fmt.pct(e.mtls)} · ` : "plaintext · ";
   if (e.protocol === "http") {
-    return `${lock}${fmt.rate(e.rps)} rps · ${fmt.pct(e.success)} · p99 ${fmt.ms(e.p99_ms)}`;
+    return `${tls}${fmt.rate(e.rps)} rps · ${fmt.pct(e.success)} · p99 ${fmt.ms(e.p99_ms)}`;
   }
-  return `${lock}tcp · ${e.open.toFixed(0)} open · ${fmt.bytes(e.bytes_per_s)}`;
+  return `${tls}tcp · ${e.open.toFixed(0)} open · ${fmt.bytes(e.bytes_per_s)}`;
 }
 
 function drawGraph(m) {
@@ -100,7 +100,7 @@ function drawGraph(m) {
       "data-p99": e.p99_ms == null ? "" : e.p99_ms, "data-mtls": e.mtls == null ? "" : e.mtls,
       "data-health": e.health,
     });
-    let d, lx, ly;
+    let d, lx, ly, anchor = "middle";
     if (e.src === e.dst) {
       const x = a.x + NODE_W - 30, y = a.y;
       d = `M${x},${y} C${x},${y - 40} ${x + 50},${y - 40} ${x + 30},${y + 8}`;
@@ -109,7 +109,8 @@ function drawGraph(m) {
       const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2;
       const mid = (x1 + x2) / 2;
       d = `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`;
-      lx = mid; ly = (y1 + y2) / 2 - 6;
+      // By its target, where edges from one caller have parted.
+      lx = x2 - 12; ly = y2 - 7; anchor = "end";
     } else {
       // Backwards (or within a layer): under the nodes.
       const x1 = a.x + NODE_W / 2, y1 = a.y + NODE_H, x2 = b.x + NODE_W / 2, y2 = b.y + NODE_H;
@@ -118,7 +119,7 @@ function drawGraph(m) {
       lx = (x1 + x2) / 2; ly = low - 4;
     }
     g.append(el("svg:path", { d, "marker-end": "url(#arrow)" }));
-    g.append(el("svg:text", { x: lx, y: ly, "text-anchor": "middle" }, edgeLabel(e)));
+    g.append(el("svg:text", { x: lx, y: ly, "text-anchor": anchor }, edgeLabel(e)));
     const tip = `${e.src} → ${e.dst}\n${edgeLabel(e)}` +
       (e.protocol === "http" ? `\np50 ${fmt.ms(e.p50_ms)} · mTLS ${fmt.pct(e.mtls)}` : `\n${fmt.rate(e.cps)} connections/s`);
     g.append(el("svg:title", {}, tip));
@@ -190,7 +191,8 @@ function drawServices(m) {
     const requests = el("td");
     requests.append(spark(s.spark_rps, s.health, 0));
     const successHist = el("td");
-    successHist.append(spark(s.spark_success, s.health, null, 1));
+    const seen = s.spark_success.filter(v => v != null);
+    successHist.append(spark(s.spark_success, s.health, Math.min(0.9, ...seen), 1));
     tr.append(
       cell(s.service), cell(s.route || "–", s.route ? "" : "muted"), cell(s.callers.join(", ")),
       rpsCell, requests, cell(fmt.pct(s.success), s.health), successHist,
