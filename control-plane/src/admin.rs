@@ -1,8 +1,9 @@
 //! The control plane's admin server: `/live`, `/ready`, `/metrics`, and the
 //! JSON views `/proxies` (what each proxy was sent and acknowledged),
 //! `/errors` (manifest problems outstanding) and `/status` (both, with
-//! whether each proxy runs the current version, its workload and pod IP:
-//! what `weftctl status` and `weftctl dashboard` show); and
+//! whether each proxy runs the current version, its workload and pod IP,
+//! and every meshed pod of the model: what `weftctl status` and `weftctl
+//! dashboard` show); and
 //! `/proxies/NAMESPACE/POD/metrics`, that pod's proxy's own `/metrics`
 //! (read by [`ProxyMetrics`] for `weftctl dashboard`).
 
@@ -29,6 +30,8 @@ pub struct Admin {
     registry: Arc<Registry>,
     state: watch::Receiver<Arc<State>>,
     proxies: ProxyMetrics,
+    /// For the identities of pods in `/status`.
+    trust_domain: String,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -38,12 +41,14 @@ impl Admin {
         metrics: Arc<Metrics>,
         registry: Arc<Registry>,
         state: watch::Receiver<Arc<State>>,
+        trust_domain: &str,
     ) -> Self {
         Admin {
             metrics,
             registry,
             state,
             proxies: ProxyMetrics::default(),
+            trust_domain: trust_domain.to_string(),
         }
     }
 
@@ -166,9 +171,27 @@ impl Admin {
                         v
                     })
                     .collect();
+                // Every meshed pod, whichever replica its proxy streams
+                // from: what a dashboard reads the metrics of.
+                let pods: Vec<serde_json::Value> = state
+                    .model
+                    .pods
+                    .iter()
+                    .filter(|p| p.meshed)
+                    .map(|p| {
+                        serde_json::json!({
+                            "namespace": p.namespace,
+                            "pod": p.name,
+                            "workload": p.workload(),
+                            "identity": p.identity(&self.trust_domain).map(|i| i.to_string()).unwrap_or_default(),
+                            "ip": p.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                        })
+                    })
+                    .collect();
                 json(serde_json::json!({
                     "version": version,
                     "proxies": proxies,
+                    "pods": pods,
                     "errors": state.errors,
                 }))
             }

@@ -141,7 +141,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let admin = TcpListener::bind(cfg.admin_listen)
         .await
         .with_context(|| format!("binding the admin server to {}", cfg.admin_listen))?;
-    let admin_server = crate::admin::Admin::new(metrics.clone(), registry.clone(), state.clone());
+    let admin_server = crate::admin::Admin::new(
+        metrics.clone(),
+        registry.clone(),
+        state.clone(),
+        &cfg.trust_domain,
+    );
     tokio::spawn(admin_server.serve(admin));
 
     // The serving certificate: issued to ourselves, renewed well before expiry.

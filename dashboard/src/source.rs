@@ -81,6 +81,7 @@ impl Reader {
     pub async fn read(&self) -> Read {
         let status = match self.get(&format!("{}/status", self.control_plane)).await {
             Ok(body) => serde_json::from_slice::<Status>(&body)
+                .map(Status::with_every_pod)
                 .map_err(|e| format!("{}/status is not the status: {e}", self.control_plane)),
             Err(e) => Err(e.to_string()),
         };

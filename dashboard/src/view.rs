@@ -141,6 +141,9 @@ pub struct ProxyRow {
     pub workload: String,
     pub identity: String,
     pub connected: bool,
+    /// No stream to the replica read: another replica serves it (or it has
+    /// not connected yet).
+    pub elsewhere: bool,
     pub current: bool,
     pub control_version: u64,
     pub sent_version: u64,
@@ -326,6 +329,7 @@ pub fn model(i: &Inputs<'_>) -> Model {
                 workload: p.workload().to_string(),
                 identity: p.identity.clone(),
                 connected: p.connected,
+                elsewhere: p.elsewhere,
                 current: p.current,
                 control_version: status.version,
                 sent_version: p.sent_version,

@@ -323,6 +323,12 @@ fn a_whole_mesh_installed_injected_and_traced() {
         frontend.1.metrics()
     );
 
+    // The dashboard on a cluster reads through one control plane replica
+    // (as over `kubectl port-forward`): every meshed pod, grouped by its
+    // Deployment, whichever replica its proxy streams from, and the calls
+    // just made, from the proxies' metrics read through that replica.
+    dashboard_over_the_cluster(&control[0].1, &loadgen.1, vip);
+
     // 4. A trace crossing the frontend's and a backend's sidecars, in Jaeger.
     let query = jaeger.addr(16686);
     let frontend_id = "spiffe://cluster.local/ns/shop/sa/frontend";
@@ -388,6 +394,98 @@ fn a_whole_mesh_installed_injected_and_traced() {
     let during = load.join().expect("the load thread");
     assert_eq!(during.keys().collect::<Vec<_>>(), ["v1"], "{during:?}");
     eprintln!("calls while a backend pod was deleted and replaced: {during:?}");
+}
+
+/// `weftctl dashboard` in a control plane pod's namespace, pointed at that
+/// replica's admin server; checks its picture.
+fn dashboard_over_the_cluster(control: &Pod, loadgen: &Pod, frontend: SocketAddr) {
+    let cp = format!("http://{}", control.addr(9990));
+    let log = std::env::temp_dir().join(format!("kube_mesh-dashboard-{}.log", std::process::id()));
+    let dash = control.ns.run_in(|| {
+        let mut cmd = Command::new(bins::weftctl());
+        cmd.args([
+            "--control-plane",
+            &cp,
+            "dashboard",
+            "--port",
+            "0",
+            "--interval",
+            "1s",
+        ]);
+        weft_e2e::Process::spawn("weftctl dashboard", cmd, log.clone())
+    });
+    let addr: SocketAddr = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(a) = dash
+                .log()
+                .split("weftctl dashboard: http://")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+            {
+                break a;
+            }
+            assert!(
+                dash.is_running() && Instant::now() < deadline,
+                "{}",
+                dash.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut last = serde_json::Value::Null;
+    eventually("the dashboard shows the mesh and its calls", WAIT, || {
+        // Calls keep the numbers moving while the dashboard reads.
+        calls(loadgen, frontend, 5);
+        let Ok(r) = control.ns.block_on(client::get(addr, "/api/model")) else {
+            return false;
+        };
+        if r.status != 200 {
+            return false;
+        }
+        last = r.json();
+        let nodes: Vec<&str> = last["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["id"].as_str())
+            .collect();
+        let every = [
+            "shop/loadgen",
+            "shop/frontend",
+            "shop/backend-v1",
+            "shop/backend-v2",
+        ]
+        .iter()
+        .all(|w| nodes.contains(w));
+        let pods = last["proxies"].as_array().map_or(0, Vec::len);
+        let read = last["proxies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["namespace"] == NS && p["unread"] == "")
+            .count();
+        let called = last["edges"].as_array().into_iter().flatten().any(|e| {
+            e["src"] == "shop/loadgen"
+                && e["dst"] == "shop/frontend"
+                && e["rps"].as_f64().is_some_and(|r| r > 0.0)
+                && e["mtls"] == 1.0
+        });
+        every && pods >= 5 && read >= 5 && called
+    });
+    let cert = last["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["workload"] == "frontend")
+        .and_then(|p| p["cert_expires_in_s"].as_f64());
+    assert!(cert.is_some_and(|s| s > 0.0), "{last:#}");
+    eprintln!(
+        "the dashboard over the cluster: {} nodes, {} proxies",
+        last["nodes"].as_array().map_or(0, Vec::len),
+        last["proxies"].as_array().map_or(0, Vec::len)
+    );
 }
 
 /// Whether trace `t` has a span of `child_service` whose parent is a span of

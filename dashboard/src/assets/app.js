@@ -220,13 +220,14 @@ function drawProxies(m) {
   const body = document.querySelector("#proxies tbody");
   body.replaceChildren();
   for (const p of m.proxies) {
-    const state = !p.connected ? ["disconnected", "bad"] : p.ack_error ? ["rejected: " + p.ack_error, "bad"]
+    const state = p.elsewhere ? ["no stream to this control plane replica", "muted"]
+      : !p.connected ? ["disconnected", "bad"] : p.ack_error ? ["rejected: " + p.ack_error, "bad"]
       : p.current ? ["current", "good"] : ["behind", "warn"];
     const tr = el("tr", { "data-pod": `${p.namespace}/${p.pod}` });
     const certCls = p.cert_expires_in_s == null ? "muted" : p.cert_expires_in_s < 3600 ? "warn" : "";
     tr.append(
       cell(`${p.namespace}/${p.pod}`), cell(p.workload), cell(p.identity),
-      cell(state[0], state[1]), cell(`${p.acked_version} / ${p.control_version}`, "num"),
+      cell(state[0], state[1]), cell(p.elsewhere ? "–" : `${p.acked_version} / ${p.control_version}`, "num"),
       cell(p.snapshot_age_s == null ? "–" : fmt.age(p.snapshot_age_s) + " ago", "num"),
       cell(p.cert_expires_in_s == null ? "–" : "in " + fmt.age(p.cert_expires_in_s), certCls),
       cell(p.unread ? p.unread : "read", p.unread ? "bad" : "muted"),
