@@ -21,6 +21,7 @@ pub mod echo {
 }
 pub mod capture;
 pub mod client;
+pub mod dashboard;
 pub mod demo;
 pub mod jwks;
 pub mod kube;

@@ -6,44 +6,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use weft_e2e::demo;
-use weft_e2e::process::Process;
 use weft_e2e::prometheus::Prometheus;
 
 static ONE_DEMO: Mutex<()> = Mutex::new(());
 
 fn one_demo() -> std::sync::MutexGuard<'static, ()> {
     ONE_DEMO.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// `weftctl --control-plane CONTROL dashboard --port 0 OWN…` as a process;
-/// its address, as it printed it.
-fn dashboard(control: &str, own: &[&str], log: &Path) -> (Process, SocketAddr) {
-    let mut cmd = Command::new(weft_e2e::bins::weftctl());
-    cmd.args(["--control-plane", control, "dashboard", "--port", "0"])
-        .args(own);
-    let p = Process::spawn("weftctl dashboard", cmd, log.to_path_buf());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = p.log();
-        if let Some(addr) = text
-            .split("weftctl dashboard: http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-        {
-            return (p, addr);
-        }
-        assert!(
-            p.is_running() && Instant::now() < deadline,
-            "weftctl dashboard did not say where it serves: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn model(addr: SocketAddr) -> Option<serde_json::Value> {
@@ -121,7 +93,7 @@ fn prometheus_scrapes_the_demo_and_agrees_with_its_client() {
             .as_str()
             .expect("the control plane on this machine")
     );
-    let (dash, addr) = dashboard(
+    let (dash, addr) = weft_e2e::dashboard::spawn(
         &control,
         &[
             "--prometheus",

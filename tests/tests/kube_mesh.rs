@@ -401,39 +401,9 @@ fn a_whole_mesh_installed_injected_and_traced() {
 fn dashboard_over_the_cluster(control: &Pod, loadgen: &Pod, frontend: SocketAddr) {
     let cp = format!("http://{}", control.addr(9990));
     let log = std::env::temp_dir().join(format!("kube_mesh-dashboard-{}.log", std::process::id()));
-    let dash = control.ns.run_in(|| {
-        let mut cmd = Command::new(bins::weftctl());
-        cmd.args([
-            "--control-plane",
-            &cp,
-            "dashboard",
-            "--port",
-            "0",
-            "--interval",
-            "1s",
-        ]);
-        weft_e2e::Process::spawn("weftctl dashboard", cmd, log.clone())
-    });
-    let addr: SocketAddr = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(a) = dash
-                .log()
-                .split("weftctl dashboard: http://")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|a| a.parse().ok())
-            {
-                break a;
-            }
-            assert!(
-                dash.is_running() && Instant::now() < deadline,
-                "{}",
-                dash.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let (_dash, addr) = control
+        .ns
+        .run_in(|| weft_e2e::dashboard::spawn(&cp, &["--interval", "1s"], &log));
     let mut last = serde_json::Value::Null;
     eventually("the dashboard shows the mesh and its calls", WAIT, || {
         // Calls keep the numbers moving while the dashboard reads.
