@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::aggregate::Round;
+use crate::aggregate::{Http, Round};
 
 #[derive(Debug)]
 pub struct History {
@@ -49,15 +49,30 @@ impl History {
         sum
     }
 
-    /// One Service's (and route's) points over the history, oldest first.
-    pub fn spark(&self, key: &(String, String)) -> Vec<Point> {
-        self.rounds
-            .iter()
-            .filter(|(_, r)| r.seconds > 0.0)
-            .map(|(_, r)| match r.services.get(key) {
-                Some(c) => (c.http.requests / r.seconds, c.http.success_rate()),
-                None => (0.0, None),
-            })
+    /// One Service's (and route's) points over the history, oldest first:
+    /// the history cut into `points` equal spans (so that a Prometheus
+    /// scraped less often than the dashboard reads gives a smooth line, not
+    /// bursts between zeros); spans with no read are left out.
+    pub fn spark(&self, key: &(String, String), points: usize) -> Vec<Point> {
+        let Some((newest, _)) = self.rounds.back() else {
+            return Vec::new();
+        };
+        let points = points.max(1);
+        let keep = self.keep.as_millis() as u64;
+        let width = (keep / points as u64).max(1);
+        let start = newest.saturating_sub(keep);
+        let mut spans = vec![(0.0, Http::default()); points];
+        for (t, r) in self.rounds.iter().filter(|(_, r)| r.seconds > 0.0) {
+            let i = ((t.saturating_sub(start) / width) as usize).min(points - 1);
+            spans[i].0 += r.seconds;
+            if let Some(c) = r.services.get(key) {
+                spans[i].1.merge(&c.http);
+            }
+        }
+        spans
+            .into_iter()
+            .filter(|(seconds, _)| *seconds > 0.0)
+            .map(|(seconds, http)| (http.requests / seconds, http.success_rate()))
             .collect()
     }
 }
@@ -89,7 +104,15 @@ mod tests {
         assert_eq!(w.seconds, 4.0);
         let key = ("web:80".to_string(), String::new());
         assert_eq!(w.services[&key].http.requests, 60.0 + 70.0);
-        let spark: Vec<f64> = h.spark(&key).into_iter().map(|p| p.0).collect();
-        assert_eq!(spark, [10.0, 15.0, 20.0, 25.0, 30.0, 35.0]);
+        // Five spans of 2 s over the 10 s kept (reads at 4 s … 14 s of 20,
+        // 30, … 70 requests in 2 s each): the newest span takes the last two.
+        let spark: Vec<f64> = h.spark(&key, 5).into_iter().map(|p| p.0).collect();
+        assert_eq!(spark, [10.0, 15.0, 20.0, 25.0, (60.0 + 70.0) / 4.0]);
+        // Fewer spans: reads summed, over the seconds they cover.
+        let spark: Vec<f64> = h.spark(&key, 2).into_iter().map(|p| p.0).collect();
+        assert_eq!(
+            spark,
+            [(20.0 + 30.0 + 40.0) / 6.0, (50.0 + 60.0 + 70.0) / 6.0]
+        );
     }
 }

@@ -159,6 +159,9 @@ pub struct ProxyRow {
     pub unread: String,
 }
 
+/// Points in a sparkline (over `--history`).
+const SPARK_POINTS: usize = 60;
+
 /// `good`, `warn`, `bad` or `idle`, by success rate.
 fn health(http: &Http) -> &'static str {
     match http.success_rate() {
@@ -271,7 +274,7 @@ pub fn model(i: &Inputs<'_>) -> Model {
         .iter()
         .filter(|(_, c)| c.http.requests > 0.0 || c.http.responses > 0.0)
         .map(|(key, c)| {
-            let spark = i.history.spark(key);
+            let spark = i.history.spark(key, SPARK_POINTS);
             ServiceRow {
                 service: key.0.clone(),
                 route: key.1.clone(),
