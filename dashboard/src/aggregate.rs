@@ -82,32 +82,37 @@ impl Http {
         (self.requests > 0.0).then(|| (self.mtls / self.requests).min(1.0))
     }
 
-    /// The `q` quantile in ms, interpolated within its bucket as
-    /// Prometheus's `histogram_quantile` does.
+    /// The `q` quantile in ms (see [`quantile`]).
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        let total = self.buckets.last()?.1;
-        if total <= 0.0 {
-            return None;
-        }
-        let want = q * total;
-        let mut prev = (0.0, 0.0);
-        for &(le, count) in &self.buckets {
-            if count >= want {
-                if le.is_infinite() {
-                    return Some(prev.0);
-                }
-                let span = count - prev.1;
-                let frac = if span > 0.0 {
-                    (want - prev.1) / span
-                } else {
-                    1.0
-                };
-                return Some(prev.0 + (le - prev.0) * frac);
-            }
-            prev = (le, count);
-        }
-        None
+        quantile(&self.buckets, q)
     }
+}
+
+/// The `q` quantile of a cumulative histogram (upper bound, count; sorted),
+/// interpolated within its bucket as Prometheus's `histogram_quantile` does.
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let want = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= want {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let span = count - prev.1;
+            let frac = if span > 0.0 {
+                (want - prev.1) / span
+            } else {
+                1.0
+            };
+            return Some(prev.0 + (le - prev.0) * frac);
+        }
+        prev = (le, count);
+    }
+    None
 }
 
 /// Opaque (and all) connections.

@@ -193,6 +193,9 @@ struct Refresher {
     counters: Counters,
     history: History,
     gauges: HashMap<PodKey, Gauges>,
+    /// The last status read: the page keeps showing the mesh while the
+    /// control plane cannot be reached (and says so).
+    status: Option<status::Status>,
 }
 
 impl Refresher {
@@ -206,6 +209,7 @@ impl Refresher {
             counters: Counters::default(),
             history: History::new(args.history),
             gauges: HashMap::new(),
+            status: None,
         }
     }
 
@@ -232,26 +236,29 @@ impl Refresher {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
-        let status = read.status.as_ref().ok();
-        let listed: HashSet<PodKey> = status
-            .map(|s| s.proxies.iter().map(|p| p.key()).collect())
-            .unwrap_or_default();
-        // Without the status, nothing can be placed: keep what we had.
-        if let Some(status) = status {
-            let increases = self.counters.advance(read.proxies, &listed);
-            self.gauges.retain(|k, _| listed.contains(k));
-            for (pod, samples) in &increases {
-                self.gauges.insert(pod.clone(), Gauges::read(samples));
+        let status_error = match read.status {
+            Ok(status) => {
+                let listed: HashSet<PodKey> = status.proxies.iter().map(|p| p.key()).collect();
+                let increases = self.counters.advance(read.proxies, &listed);
+                self.gauges.retain(|k, _| listed.contains(k));
+                for (pod, samples) in &increases {
+                    self.gauges.insert(pod.clone(), Gauges::read(samples));
+                }
+                let dir = Directory::new(&status);
+                self.history
+                    .push(at_ms, Round::build(seconds, &dir, &increases));
+                self.status = Some(status);
+                None
             }
-            let dir = Directory::new(status);
-            self.history
-                .push(at_ms, Round::build(seconds, &dir, &increases));
-        }
+            // Without the status nothing can be placed: keep what we had.
+            Err(e) => Some(e),
+        };
         let model = view::model(&Inputs {
             at_ms,
             source: &self.source,
             control_plane: &self.control_plane,
-            status: read.status.as_ref().map_err(String::as_str),
+            status: self.status.as_ref(),
+            status_error: status_error.as_deref(),
             window: self.args.window,
             history: &self.history,
             gauges: &self.gauges,

@@ -37,7 +37,10 @@ pub struct Inputs<'a> {
     /// Where metrics come from, for the header.
     pub source: &'a str,
     pub control_plane: &'a str,
-    pub status: Result<&'a Status, &'a str>,
+    /// The last status read (kept while the control plane cannot be read).
+    pub status: Option<&'a Status>,
+    /// Why the latest read of the status failed, if it did.
+    pub status_error: Option<&'a str>,
     pub window: Duration,
     pub history: &'a History,
     pub gauges: &'a HashMap<PodKey, Gauges>,
@@ -355,8 +358,8 @@ pub fn model(i: &Inputs<'_>) -> Model {
         source: i.source.to_string(),
         control_plane: ControlPlane {
             url: i.control_plane.to_string(),
-            up: i.status.is_ok(),
-            error: i.status.err().unwrap_or_default().to_string(),
+            up: i.status_error.is_none(),
+            error: i.status_error.unwrap_or_default().to_string(),
             version: status.version,
         },
         window_seconds: window.seconds,

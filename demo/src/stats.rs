@@ -37,28 +37,7 @@ impl Row {
 
     /// The `q` quantile in ms, interpolated within its bucket.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        let total = self.buckets.last()?.1;
-        if total <= 0.0 {
-            return None;
-        }
-        let want = q * total;
-        let mut prev = (0.0, 0.0);
-        for &(le, count) in &self.buckets {
-            if count >= want {
-                if le.is_infinite() {
-                    return Some(prev.0);
-                }
-                let span = count - prev.1;
-                let frac = if span > 0.0 {
-                    (want - prev.1) / span
-                } else {
-                    1.0
-                };
-                return Some(prev.0 + (le - prev.0) * frac);
-            }
-            prev = (le, count);
-        }
-        None
+        weft_dashboard::aggregate::quantile(&self.buckets, q)
     }
 
     /// What happened between `earlier` and `self`.

@@ -255,6 +255,7 @@ const READ_GRAPH: &str = "return {
         rps: e.dataset.rps, label: e.querySelector('text').textContent })),
     services: [...document.querySelectorAll('#services tbody tr[data-service]')].map(r => r.textContent),
     proxies: document.querySelectorAll('#proxies tbody tr').length,
+    proxy_rows: [...document.querySelectorAll('#proxies tbody tr')].map(r => r.textContent),
 }";
 
 /// The success rate the page shows on the edge from the frontend to `dst`.
@@ -284,7 +285,7 @@ fn the_dashboard_shows_the_faults_scenario_in_a_browser() {
         .expect("the demo serves a dashboard")
         .to_string();
     let browser = weft_e2e::Browser::start();
-    let (first, second) = browser.block_on(async {
+    let (first, second, failing) = browser.block_on(async {
         browser.goto(&url).await.expect("opening the dashboard");
         browser
             .wait_for("#graph g.node", Duration::from_secs(30))
@@ -304,6 +305,26 @@ fn the_dashboard_shows_the_faults_scenario_in_a_browser() {
         };
         tokio::time::sleep(Duration::from_secs(4)).await;
         let second = browser.eval(READ_GRAPH).await.expect("reading the page");
+        // backend-v1-1 fails 30% of its requests: its workload's edge shows
+        // it, within the run (outlier detection ejects backend-v1-1 for a
+        // while now and then, and a read covers the last 30 s).
+        let deadline = started + Duration::from_secs(55);
+        let failing = loop {
+            let page = browser.eval(READ_GRAPH).await.expect("reading the page");
+            if let (Some(v1), Some(v2)) = (
+                shown_success(&page, "demo/backend-v1"),
+                shown_success(&page, "demo/backend-v2"),
+            ) && v1 < v2
+                && v1 < 0.995
+            {
+                break page;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backend-v1's failures never showed: {page:#}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
         // The picture after the scenario killed backend-v1-2 (at 30 s), with
         // the sparklines filled in: the screenshot.
         let shot_at = Duration::from_secs(40);
@@ -322,19 +343,13 @@ fn the_dashboard_shows_the_faults_scenario_in_a_browser() {
             let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard.png");
             std::fs::write(&docs, &png).expect("writing docs/dashboard.png");
         }
-        (first, second)
+        (first, second, failing)
     });
-
-    // backend-v1-1 fails 30% of its requests: its workload's edge shows it.
-    let (v1, v2) = (
-        shown_success(&second, "demo/backend-v1").expect("backend-v1's edge"),
-        shown_success(&second, "demo/backend-v2").expect("backend-v2's edge"),
+    eprintln!(
+        "the failing backend's edge: backend-v1 {:?} vs backend-v2 {:?}",
+        shown_success(&failing, "demo/backend-v1"),
+        shown_success(&failing, "demo/backend-v2")
     );
-    assert!(
-        v1 < v2,
-        "frontend→backend-v1 {v1} vs frontend→backend-v2 {v2}: {second:#}"
-    );
-    assert!(v1 < 0.995, "backend-v1's failures do not show: {second:#}");
     // The page updated by itself, and its numbers moved.
     assert_ne!(
         first["updated"], second["updated"],
