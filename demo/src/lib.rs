@@ -158,7 +158,7 @@ fn observe(
     let loader = start_load(mesh, args.rate, &outcomes, stop)?;
     let (tx, rx) = mpsc::channel::<Scrape>();
     let scraper = start_scraper(mesh, tx, stop)?;
-    let mut seen = Seen::new(args);
+    let mut seen = Seen::new(args, mesh.host.as_ref());
     let ended_by = loop {
         std::thread::sleep(Duration::from_millis(100));
         if signalled.load(Ordering::SeqCst) {
@@ -259,10 +259,23 @@ struct Seen {
     first: Option<Rows>,
     latest: Option<Rows>,
     last_scrape: Option<Scrape>,
+    /// The table's lines on where to look further.
+    links: String,
 }
 
 impl Seen {
-    fn new(args: &Args) -> Seen {
+    fn new(args: &Args, host: Option<&mesh::HostAccess>) -> Seen {
+        let links = host.map_or_else(String::new, |h| {
+            let dashboard = h
+                .dashboard
+                .as_ref()
+                .map_or_else(String::new, |d| format!("Dashboard: {d}   "));
+            format!(
+                "\n{dashboard}control plane: http://{}   Prometheus: prometheus --config.file={}\n",
+                h.control_admin,
+                h.prometheus_config.display()
+            )
+        });
         Seen {
             start: Instant::now(),
             timeline: Timeline::new(args.scenario, args.duration),
@@ -270,6 +283,7 @@ impl Seen {
             first: None,
             latest: None,
             last_scrape: None,
+            links,
         }
     }
 
@@ -310,6 +324,7 @@ impl Seen {
                 client: client.as_ref(),
                 elapsed: self.start.elapsed(),
                 events: &self.events,
+                links: &self.links,
             }
             .print(args);
         }

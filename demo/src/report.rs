@@ -94,6 +94,8 @@ pub struct Frame<'a> {
     pub client: Option<&'a ClientSummary>,
     pub elapsed: Duration,
     pub events: &'a [Event],
+    /// Where to look further: the dashboard, the control plane, Prometheus.
+    pub links: &'a str,
 }
 
 impl Frame<'_> {
@@ -114,6 +116,7 @@ impl Frame<'_> {
         for e in self.events.iter().rev().take(5) {
             out.push_str(&format!("  at {:>5.1}s: {}\n", e.at_s, e.what));
         }
+        out.push_str(self.links);
         out.push_str("\nRows are what callers' sidecars saw; (served): what a workload's own sidecar\nanswered; (tcp): connections. Ctrl-C ends the demo and removes the mesh.\n");
         let mut stdout = std::io::stdout().lock();
         let _ = stdout.write_all(out.as_bytes());
